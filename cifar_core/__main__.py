@@ -1,0 +1,199 @@
+"""Command line: python -m cifar_core {train,evaluate,predict,models,bench}.
+
+Every failure a user can cause ends with one line on stderr and a non-zero
+exit status; set CIFAR_DEBUG=1 to see tracebacks.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from pathlib import Path
+
+from .errors import CifarError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m cifar_core", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train a model into a run folder")
+    train.add_argument("--model", help="registry name (see `models`)")
+    train.add_argument("--data", help="'keras', a CIFAR python tarball/folder, or an image folder/archive "
+                                      "(default: $CIFAR10_SOURCE or keras)")
+    train.add_argument("--epochs", type=int, dest="n_epochs")
+    train.add_argument("--limit", type=int, help="train on a seeded, stratified subset of N images")
+    train.add_argument("--run-dir", type=Path, help="run folder (default: artifacts/runs/<new id>)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--lr", type=float, dest="learning_rate")
+    train.add_argument("--optimizer", choices=("adamw", "adam", "sgd"))
+    train.add_argument("--schedule", choices=("constant", "plateau", "onecycle", "cosine"))
+    train.add_argument("--image-size", type=int, help="model input size; images are resized on the fly")
+    train.add_argument("--augment", help="comma-separated: flip,crop,translate,rotate,zoom,contrast or 'none'")
+    train.add_argument("--label-smoothing", type=float)
+    train.add_argument("--val-fraction", type=float)
+    train.add_argument("--fine-tune-epochs", type=int)
+    train.add_argument("--class-weights", action="store_true", default=None)
+    train.add_argument("--seed", type=int, dest="random_state")
+    train.add_argument("--config", type=Path, help="a config.json to start from (e.g. a shipped run's)")
+
+    evaluate = commands.add_parser("evaluate", help="re-measure a saved run on the test split")
+    evaluate.add_argument("run_dir", type=Path)
+    evaluate.add_argument("--data")
+
+    predict = commands.add_parser("predict", help="top-3 classes for images")
+    predict.add_argument("--run", type=Path, required=True, dest="run_dir")
+    predict.add_argument("images", nargs="+", type=Path)
+
+    commands.add_parser("models", help="list the model registry")
+
+    bench = commands.add_parser("bench", help="measure this machine: data, training, inference")
+    bench.add_argument("--data", help="data source to time (default: $CIFAR10_SOURCE)")
+    bench.add_argument("--output", type=Path, default=Path("benchmarks.json"))
+    bench.add_argument("--models", default="g3,fastnet,demo")
+    bench.add_argument("--steps", type=int, default=20, help="timed training steps per model")
+    return parser
+
+
+def cmd_train(args) -> int:
+    from .config import TrainConfig, recipe_config
+    from .training import resume, train
+
+    if args.resume:
+        if not args.run_dir:
+            raise CifarError("--resume needs --run-dir (the run folder to continue)")
+        run_dir = resume(args.run_dir)
+    else:
+        overrides = {key: getattr(args, key) for key in (
+            "data", "n_epochs", "limit", "batch_size", "learning_rate", "optimizer", "schedule", "image_size",
+            "label_smoothing", "val_fraction", "fine_tune_epochs", "class_weights", "random_state")}
+        if args.augment is not None:
+            overrides["augmentations"] = () if args.augment == "none" else tuple(
+                a.strip() for a in args.augment.split(",") if a.strip())
+        if args.config:
+            base = TrainConfig.from_json(_read(args.config)).to_dict()
+            base.update({k: v for k, v in overrides.items() if v is not None})
+            if args.model:
+                base["model"] = args.model
+            config = TrainConfig.from_dict(base)
+        else:
+            if not args.model:
+                raise CifarError("train needs --model NAME (or --config FILE); see `python -m cifar_core models`")
+            config = recipe_config(args.model, **overrides)
+        if config.data is None:
+            from .data import default_source
+
+            config = config.replace(data=default_source())
+        run_dir = train(config, args.run_dir)
+    from . import runs
+
+    metrics = runs.read_json(run_dir / runs.METRICS_FILE)
+    print(f"run folder: {run_dir}")
+    print(_accuracy_line(metrics))
+    return 0
+
+
+def _accuracy_line(metrics: dict) -> str:
+    line = f"test accuracy: {metrics['test_accuracy']:.4f}  (loss {metrics['test_loss']:.4f}"
+    if "test_accuracy_tta" in metrics:
+        line += f"; with flip TTA {metrics['test_accuracy_tta']:.4f}"
+    return line + f") on {metrics.get('data', 'the test split')}"
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise CifarError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def cmd_evaluate(args) -> int:
+    from .inference import evaluate_run
+
+    metrics = evaluate_run(args.run_dir, args.data)
+    print(_accuracy_line(metrics))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .errors import ImageDecodeError
+    from .evaluation import top_k
+    from .imaging import decode_image_file
+    from .inference import classify_arrays, load_run_model
+
+    run = load_run_model(args.run_dir)
+    failures = 0
+    for path in args.images:
+        try:
+            image = decode_image_file(path)
+        except ImageDecodeError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            failures += 1
+            continue
+        top = top_k(classify_arrays(run, [image]), run.class_names, 3)[0]
+        print(f"{path}: " + ", ".join(f"{name} {prob:.1%}" for name, prob in top))
+    return EXIT_USER_ERROR if failures else 0
+
+
+def cmd_models(args) -> int:
+    from .models import get_spec, model_names
+
+    for name in model_names():
+        spec = get_spec(name)
+        kind = "transfer" if spec.transfer else "homebrew"
+        print(f"{name:16s} {kind:9s} {spec.input_size:>4d}px  {spec.description}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import run_benchmarks
+
+    run_benchmarks(args.data, args.output, [m for m in args.models.split(",") if m], args.steps)
+    print(f"results written to {args.output}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "models": cmd_models,
+            "bench": cmd_bench}
+
+
+def _terminate_as_interrupt(signum, frame):
+    # A cancel (SIGTERM from the dashboard) stops training like Ctrl-C, so the
+    # run is recorded as interrupted and stays resumable.
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+    debug = bool(os.environ.get("CIFAR_DEBUG"))
+    try:
+        return COMMANDS[args.command](args)
+    except CifarError as exc:
+        if debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (OSError, MemoryError) as exc:
+        if debug:
+            raise
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except Exception as exc:  # noqa: BLE001 - the one place where anything becomes one line
+        if debug:
+            raise
+        print(f"error: unexpected {type(exc).__name__}: {exc} (rerun with CIFAR_DEBUG=1 for details)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""Process-wide TensorFlow/Keras settings, applied once before any op runs."""
+from __future__ import annotations
+
+import os
+import platform
+
+_configured = False
+
+
+def configure(threads: int | None = None) -> None:
+    """Pin op parallelism to the cores we have: on 2 shared cores, TensorFlow's
+    defaults oversubscribe them (measured in MACHINE-NOTES / BENCHMARKS)."""
+    global _configured
+    if _configured:
+        return
+    import tensorflow as tf
+
+    threads = threads or int(os.environ.get("CIFAR_THREADS", 0)) or os.cpu_count() or 1
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:
+        pass  # TensorFlow already initialised (e.g. in a test process); keep its settings
+    _configured = True
+
+
+def machine_description() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        import keras
+
+        backend = keras.backend.backend()
+        keras_version = keras.__version__
+    except ImportError:
+        backend, keras_version = "unknown", "unknown"
+    return {"cpu": cpu, "cores": os.cpu_count(), "system": platform.system(), "python": platform.python_version(),
+            "keras": keras_version, "backend": backend}

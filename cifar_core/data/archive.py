@@ -1,0 +1,149 @@
+"""Reading and extracting untrusted dataset archives (.zip, .tar, .tar.gz).
+
+Every member is checked before a byte of it is used: no absolute paths or
+`..`, no links or special files, and caps on member count, member size,
+total size and (zip) compression ratio. Reading streams members into memory;
+extracting writes only inside the destination.
+"""
+from __future__ import annotations
+
+import os
+import stat
+import tarfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Iterator
+
+from ..errors import DataSourceError, UnsafeArchiveError
+
+
+@dataclass(frozen=True)
+class ArchiveLimits:
+    max_members: int = 250_000
+    max_member_bytes: int = 256 * 1024 * 1024
+    max_total_bytes: int = 4 * 1024 * 1024 * 1024
+    max_compression_ratio: float = 200.0  # zip bombs compress far beyond this
+
+
+DEFAULT_LIMITS = ArchiveLimits()
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
+
+
+def is_archive(path: Path | str) -> bool:
+    name = str(path).lower()
+    return name.endswith(ARCHIVE_SUFFIXES)
+
+
+def safe_member_name(name: str) -> str:
+    """The member's relative POSIX path, or UnsafeArchiveError."""
+    if "\x00" in name:
+        raise UnsafeArchiveError(f"archive member name contains a NUL byte: {name!r}")
+    normalized = name.replace("\\", "/")
+    if normalized.startswith("/") or (len(normalized) > 1 and normalized[1] == ":"):
+        raise UnsafeArchiveError(f"archive member has an absolute path: {name!r}")
+    parts = [part for part in PurePosixPath(normalized).parts if part not in ("", ".")]
+    if ".." in parts:
+        raise UnsafeArchiveError(f"archive member escapes the destination: {name!r}")
+    return "/".join(parts)
+
+
+class _Budget:
+    """Counts members and bytes against the limits as they stream past."""
+
+    def __init__(self, limits: ArchiveLimits):
+        self.limits = limits
+        self.members = 0
+        self.total = 0
+
+    def charge(self, name: str, size: int) -> None:
+        self.members += 1
+        self.total += max(size, 0)
+        if self.members > self.limits.max_members:
+            raise UnsafeArchiveError(f"archive has more than {self.limits.max_members} members")
+        if size > self.limits.max_member_bytes:
+            raise UnsafeArchiveError(f"archive member {name!r} is {size} bytes; the limit is {self.limits.max_member_bytes}")
+        if self.total > self.limits.max_total_bytes:
+            raise UnsafeArchiveError(f"archive unpacks to more than {self.limits.max_total_bytes} bytes")
+
+
+def iter_archive_files(path: Path | str, limits: ArchiveLimits = DEFAULT_LIMITS) -> Iterator[tuple[str, bytes]]:
+    """Yield (relative name, content) for each regular file in the archive."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataSourceError(f"archive not found: {path}")
+    if path.name.lower().endswith(".zip"):
+        yield from _iter_zip(path, limits)
+    else:
+        yield from _iter_tar(path, limits)
+
+
+def _iter_tar(path: Path, limits: ArchiveLimits) -> Iterator[tuple[str, bytes]]:
+    budget = _Budget(limits)
+    try:
+        # Stream mode ("r|*"): one forward pass, no seeking in the compressed stream.
+        with tarfile.open(path, mode="r|*") as tar:
+            for member in tar:
+                name = safe_member_name(member.name)
+                if member.isdir():
+                    continue
+                if member.issym() or member.islnk():
+                    raise UnsafeArchiveError(f"archive member {member.name!r} is a link; links are not allowed")
+                if not member.isreg():
+                    raise UnsafeArchiveError(f"archive member {member.name!r} is a device or special file")
+                budget.charge(name, member.size)
+                handle = tar.extractfile(member)
+                content = handle.read() if handle is not None else b""
+                yield name, content
+    except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
+        raise DataSourceError(f"{path.name}: corrupt or unreadable archive ({exc})") from None
+
+
+def _iter_zip(path: Path, limits: ArchiveLimits) -> Iterator[tuple[str, bytes]]:
+    budget = _Budget(limits)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            infos = archive.infolist()
+            for info in infos:  # check every member before reading any
+                name = safe_member_name(info.filename)
+                mode = (info.external_attr >> 16) & 0xFFFF
+                if stat.S_ISLNK(mode):
+                    raise UnsafeArchiveError(f"archive member {info.filename!r} is a link; links are not allowed")
+                if info.is_dir():
+                    continue
+                if mode and not stat.S_ISREG(mode):
+                    raise UnsafeArchiveError(f"archive member {info.filename!r} is a device or special file")
+                budget.charge(name, info.file_size)
+                if info.compress_size and info.file_size / info.compress_size > limits.max_compression_ratio:
+                    raise UnsafeArchiveError(
+                        f"archive member {info.filename!r} compresses {info.file_size / info.compress_size:.0f}:1 "
+                        f"(limit {limits.max_compression_ratio:.0f}:1); refusing a possible zip bomb")
+            for info in infos:
+                if info.is_dir():
+                    continue
+                with archive.open(info) as handle:
+                    # The header may lie about the size: never read past the cap.
+                    content = handle.read(limits.max_member_bytes + 1)
+                if len(content) > limits.max_member_bytes:
+                    raise UnsafeArchiveError(f"archive member {info.filename!r} is larger than its header says")
+                yield safe_member_name(info.filename), content
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, NotImplementedError) as exc:
+        raise DataSourceError(f"{path.name}: corrupt or unreadable archive ({exc})") from None
+
+
+def safe_extract(path: Path | str, destination: Path | str, limits: ArchiveLimits = DEFAULT_LIMITS) -> list[Path]:
+    """Extract regular files under destination; nothing is written outside it."""
+    destination = Path(destination).resolve()
+    destination.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, content in iter_archive_files(path, limits):
+        target = (destination / name).resolve()
+        # Belt and braces: safe_member_name already refused escaping names, and
+        # a pre-existing symlink inside destination must not redirect us either.
+        if os.path.commonpath([destination, target]) != str(destination):
+            raise UnsafeArchiveError(f"archive member {name!r} would be written outside {destination}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target, "xb") as handle:
+            handle.write(content)
+        written.append(target)
+    return written

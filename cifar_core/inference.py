@@ -1,0 +1,78 @@
+"""Using a finished run: load its model safely, classify images, re-measure it."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import runs
+from .config import TrainConfig
+from .errors import RunFolderError
+from .imaging import decode_image, resize_image
+
+
+@dataclass
+class LoadedRun:
+    run_dir: Path
+    model: object
+    input_size: int
+    data_image_size: int  # the resolution the model was trained from (before any upscaling)
+    class_names: tuple[str, ...]
+    config: TrainConfig
+
+
+def load_run_model(run_dir: Path | str) -> LoadedRun:
+    from .models.loading import load_model_file
+
+    run_dir = Path(run_dir)
+    if not (run_dir / runs.MODEL_FILE).is_file():
+        raise RunFolderError(f"{run_dir.name}: no trained model ({runs.MODEL_FILE}) in this run folder")
+    data = runs.read_json(run_dir / runs.DATA_FILE)
+    class_names = tuple(data.get("class_names") or ())
+    if len(class_names) < 2:
+        raise RunFolderError(f"{run_dir.name}: {runs.DATA_FILE} lists no class names")
+    config = TrainConfig.from_json((run_dir / runs.CONFIG_FILE).read_text(encoding="utf-8"))
+    model, size = load_model_file(run_dir / runs.MODEL_FILE, expected_classes=len(class_names))
+    return LoadedRun(run_dir, model, size, int(data.get("image_size") or size), class_names, config)
+
+
+def model_view(run: LoadedRun, image: np.ndarray) -> np.ndarray:
+    """The photo as the model sees it: reduced to the training resolution."""
+    return resize_image(image, run.data_image_size)
+
+
+def classify_arrays(run: LoadedRun, images: list[np.ndarray], tta: bool = False) -> np.ndarray:
+    from .evaluation import predict_proba
+
+    batch = np.stack([model_view(run, image) for image in images])
+    return predict_proba(run.model, batch, batch_size=64, tta=tta, image_size=run.input_size)
+
+
+def classify_bytes(run: LoadedRun, data: bytes, name: str = "image", k: int = 3) -> list[tuple[str, float]]:
+    from .evaluation import top_k
+
+    probs = classify_arrays(run, [decode_image(data, name)])
+    return top_k(probs, run.class_names, k)[0]
+
+
+def evaluate_run(run_dir: Path | str, source: str | None = None) -> dict:
+    """Re-measure a saved model on the test split; rewrites metrics and predictions."""
+    from .data import load_dataset
+    from .evaluation import compute_metrics, predict_proba
+
+    run = load_run_model(run_dir)
+    dataset = load_dataset(source or run.config.data, image_size=run.data_image_size)
+    if tuple(dataset.class_names) != run.class_names:
+        raise RunFolderError(f"the data's classes {list(dataset.class_names)} differ from the model's "
+                             f"{list(run.class_names)}")
+    probs = predict_proba(run.model, dataset.x_test, image_size=run.input_size)
+    probs_tta = predict_proba(run.model, dataset.x_test, image_size=run.input_size, tta=True) \
+        if run.config.tta else None
+    fresh = compute_metrics(dataset.y_test, probs, dataset.class_names, probs_tta)
+    metrics_path = run.run_dir / runs.METRICS_FILE
+    metrics = runs.read_json(metrics_path) if metrics_path.exists() else {}
+    metrics.update(fresh, data=dataset.description)
+    runs.write_predictions(run.run_dir, dataset.y_test, probs, probs_tta)
+    runs.atomic_write_json(metrics_path, metrics)
+    return metrics

@@ -1,0 +1,4 @@
+"""Training engine: fit loop, run-folder callbacks, schedules, checkpoints."""
+from .loop import resume, train
+
+__all__ = ["resume", "train"]

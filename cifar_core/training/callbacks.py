@@ -1,0 +1,86 @@
+"""Callbacks that make a run folder live: history, status, heartbeat, checkpoints."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import keras
+
+from .. import runs
+from . import checkpoint
+
+HEARTBEAT_SECONDS = 5.0
+
+
+def current_learning_rate(optimizer) -> float:
+    return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+
+
+class RunRecorder(keras.callbacks.Callback):
+    """Per epoch: checkpoint (model + optimizer + history), history.csv, status.json.
+    Per few seconds within an epoch: status.json with progress, ETA and heartbeat.
+
+    The checkpoint carries its own copy of the history, so a resumed run's
+    history has exactly one row per completed epoch, whatever moment it died.
+    """
+
+    def __init__(self, run_dir: Path, n_epochs: int, steps_per_epoch: int, history: list[dict],
+                 stage: str = "train", epoch_offset: int = 0, total_epochs: int | None = None):
+        super().__init__()
+        self.run_dir = Path(run_dir)
+        self.n_epochs = n_epochs
+        self.steps_per_epoch = max(steps_per_epoch, 1)
+        self.history = history
+        self.stage = stage
+        # Fine-tuning continues the epoch count of the first stage.
+        self.epoch_offset = epoch_offset
+        self.total_epochs = total_epochs or n_epochs
+        self._epoch_started = 0.0
+        self._last_beat = 0.0
+        self._seconds_per_epoch: float | None = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_started = time.perf_counter()
+        self._beat(epoch, 0)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if time.perf_counter() - self._last_beat >= HEARTBEAT_SECONDS:
+            self._beat(self._current_epoch, batch + 1, logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        seconds = time.perf_counter() - self._epoch_started
+        self._seconds_per_epoch = seconds
+        row = {"epoch": self.epoch_offset + epoch + 1, "seconds": seconds,
+               "learning_rate": current_learning_rate(self.model.optimizer), "stage": self.stage}
+        for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+            if key in logs:
+                row[key] = float(logs[key])
+        self.history.append(row)
+        checkpoint.save(self.run_dir, self.model, self.history)
+        runs.write_history(self.run_dir, self.history)
+        self._beat(epoch + 1, 0, logs, finished_epoch=True)
+
+    @property
+    def _current_epoch(self) -> int:
+        return len(self.history) - self.epoch_offset
+
+    def _beat(self, epoch_in_stage: int, batch: int, logs=None, finished_epoch: bool = False):
+        self._last_beat = time.perf_counter()
+        done_epochs = self.epoch_offset + (epoch_in_stage if finished_epoch else epoch_in_stage)
+        fraction_of_epoch = 0.0 if finished_epoch else batch / self.steps_per_epoch
+        progress = min((done_epochs + fraction_of_epoch) / self.total_epochs, 1.0)
+        eta = None
+        elapsed_in_epoch = time.perf_counter() - self._epoch_started
+        per_epoch = self._seconds_per_epoch
+        if per_epoch is None and fraction_of_epoch > 0.02:
+            per_epoch = elapsed_in_epoch / fraction_of_epoch
+        if per_epoch is not None:
+            eta = per_epoch * (self.total_epochs - done_epochs - fraction_of_epoch)
+        fields = {"epoch": done_epochs, "n_epochs": self.total_epochs, "stage": self.stage,
+                  "progress": round(progress, 4), "eta_seconds": eta, "batch": batch,
+                  "steps_per_epoch": self.steps_per_epoch}
+        if logs:
+            fields["last"] = {k: float(v) for k, v in logs.items() if isinstance(v, (int, float))}
+        runs.write_status(self.run_dir, "running", **fields)
+

@@ -1,0 +1,69 @@
+"""Shared fixtures: tiny synthetic data, isolated caches and run folders."""
+from __future__ import annotations
+
+import io
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+CLASSES = ("cat", "dog", "ship")
+
+
+def synthetic_images(n: int, n_classes: int, size: int = 32, seed: int = 0):
+    """Images whose mean colour encodes the class: learnable in a few steps."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % n_classes
+    base = (labels * (200 // max(n_classes - 1, 1)))[:, None, None, None]
+    images = np.clip(base + rng.integers(0, 50, (n, size, size, 3)), 0, 255).astype(np.uint8)
+    return images, labels.astype(np.int64)
+
+
+@pytest.fixture
+def tiny_dataset():
+    from cifar_core.data import Dataset
+
+    x_train, y_train = synthetic_images(120, 10, seed=1)
+    x_test, y_test = synthetic_images(40, 10, seed=2)
+    names = tuple(f"class{i}" for i in range(10))
+    return Dataset(x_train, y_train, x_test, y_test, names, "synthetic", "synthetic (tests)")
+
+
+@pytest.fixture(autouse=True)
+def isolated_dirs(tmp_path, monkeypatch):
+    monkeypatch.setenv("CIFAR_CORE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("CIFAR_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.delenv("CIFAR10_SOURCE", raising=False)
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    """train/<class>/*.png and test/<class>/*.png, 4 and 2 per class, 8x8..40x40 sizes."""
+    root = tmp_path / "my-photos"
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 4), ("test", 2)):
+        for c, name in enumerate(CLASSES):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                size = 8 + 8 * i
+                pixels = np.full((size, size + 3, 3), 60 * c, np.uint8) + rng.integers(0, 20, (size, size + 3, 3),
+                                                                                     dtype=np.uint8)
+                (folder / f"{i}.png").write_bytes(png_bytes(pixels))
+    (root / "README.txt").write_text("not part of the layout")
+    return root

@@ -1,0 +1,153 @@
+"""Every data source format loads to the same validated arrays; the cache works."""
+import pickle
+import shutil
+import tarfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cifar_core.data import CIFAR10_CLASSES, load_dataset
+from cifar_core.data.pipeline import build_augmenter, make_dataset, split_train_val
+from cifar_core.config import TrainConfig
+from cifar_core.errors import DataSourceError
+
+from conftest import CLASSES
+
+
+def _zip_folder(folder: Path, target: Path) -> Path:
+    with zipfile.ZipFile(target, "w") as archive:
+        for path in sorted(folder.rglob("*")):
+            archive.write(path, f"{folder.name}/{path.relative_to(folder)}")
+    return target
+
+
+def _tar_folder(folder: Path, target: Path, mode: str) -> Path:
+    with tarfile.open(target, mode) as archive:
+        archive.add(folder, arcname=folder.name)
+    return target
+
+
+def _check_image_folder_dataset(dataset):
+    assert dataset.class_names == CLASSES
+    assert dataset.x_train.shape == (12, 32, 32, 3) and dataset.x_train.dtype == np.uint8
+    assert dataset.x_test.shape == (6, 32, 32, 3)
+    assert np.bincount(dataset.y_train).tolist() == [4, 4, 4]
+    # Class 2 was drawn brighter than class 0: labels follow their folders.
+    assert dataset.x_train[dataset.y_train == 2].mean() > dataset.x_train[dataset.y_train == 0].mean() + 50
+
+
+def test_image_folder(image_folder):
+    _check_image_folder_dataset(load_dataset(image_folder))
+
+
+@pytest.mark.parametrize("suffix,mode", [(".zip", None), (".tar", "w"), (".tar.gz", "w:gz")])
+def test_image_folder_archives(image_folder, tmp_path, suffix, mode):
+    target = tmp_path / f"photos{suffix}"
+    archive = _zip_folder(image_folder, target) if mode is None else _tar_folder(image_folder, target, mode)
+    dataset = load_dataset(archive)
+    _check_image_folder_dataset(dataset)
+    assert "photos" in dataset.description
+
+
+def test_image_size_is_a_load_parameter(image_folder):
+    assert load_dataset(image_folder, image_size=16).x_train.shape == (12, 16, 16, 3)
+
+
+def test_second_load_comes_from_the_cache_and_a_change_invalidates_it(image_folder):
+    first = load_dataset(image_folder)
+    second = load_dataset(image_folder)
+    assert not first.from_cache and second.from_cache
+    np.testing.assert_array_equal(first.x_train, second.x_train)
+    shutil.rmtree(image_folder / "train" / "cat")
+    with pytest.raises(DataSourceError, match=r"test classes \['cat'\]"):
+        load_dataset(image_folder)
+
+
+def test_undecodable_image_names_the_file(image_folder):
+    (image_folder / "train" / "dog" / "broken.jpg").write_bytes(b"definitely not a jpeg")
+    with pytest.raises(DataSourceError, match="broken.jpg"):
+        load_dataset(image_folder)
+
+
+def test_missing_and_empty_sources_are_clear_errors(tmp_path):
+    with pytest.raises(DataSourceError, match="not found"):
+        load_dataset(tmp_path / "nope.tar.gz")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataSourceError, match="no images in the image-folder layout"):
+        load_dataset(tmp_path / "empty")
+    (tmp_path / "data.csv").write_text("a,b")
+    with pytest.raises(DataSourceError, match="not a supported archive"):
+        load_dataset(tmp_path / "data.csv")
+    (tmp_path / "corrupt.zip").write_bytes(b"PK\x03\x04 garbage")
+    with pytest.raises(DataSourceError, match="corrupt"):
+        load_dataset(tmp_path / "corrupt.zip")
+
+
+def write_official_batches(folder: Path, per_batch: int = 5, protocol: int = 2) -> Path:
+    """A miniature cifar-10-batches-py/ in the official pickle format."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(3)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {b"batch_label": name.encode(), b"labels": [int(v) for v in rng.integers(0, 10, per_batch)],
+                 b"data": rng.integers(0, 255, (per_batch, 3072), dtype=np.uint8),
+                 b"filenames": [b"x.png"] * per_batch}
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=protocol))
+    (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": [c.encode() for c in CIFAR10_CLASSES]},
+                                                       protocol=protocol))
+    return folder
+
+
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_official_batches_folder_and_tarball(tmp_path, protocol):
+    folder = write_official_batches(tmp_path / "cifar-10-batches-py", protocol=protocol)
+    from_folder = load_dataset(folder)
+    assert from_folder.x_train.shape == (25, 32, 32, 3) and from_folder.x_test.shape == (5, 32, 32, 3)
+    assert from_folder.class_names == CIFAR10_CLASSES
+    # Channel-first rows become channels-last pixels: row 0's first red value is pixel (0, 0, R).
+    raw = pickle.loads((folder / "data_batch_1").read_bytes())[b"data"]
+    assert from_folder.x_train[0, 0, 0, 0] == raw[0, 0] and from_folder.x_train[0, 0, 0, 1] == raw[0, 1024]
+    tarball = _tar_folder(folder, tmp_path / "cifar-10-python.tar.gz", "w:gz")
+    from_tar = load_dataset(tarball)
+    np.testing.assert_array_equal(from_tar.x_train, from_folder.x_train)
+    np.testing.assert_array_equal(from_tar.y_test, from_folder.y_test)
+
+
+def test_keras_source_offline_is_a_clear_error(monkeypatch):
+    import keras
+
+    def offline():
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(keras.datasets.cifar10, "load_data", offline)
+    with pytest.raises(DataSourceError, match="offline.*--data"):
+        load_dataset("keras")
+
+
+def test_split_is_seeded_stratified_and_disjoint():
+    labels = np.repeat(np.arange(10), 50)
+    train, val = split_train_val(labels, 0.2, random_state=7)
+    again_train, again_val = split_train_val(labels, 0.2, random_state=7)
+    np.testing.assert_array_equal(val, again_val)
+    assert not set(train) & set(val) and len(train) + len(val) == 500
+    assert np.bincount(labels[val]).tolist() == [10] * 10
+    other_train, other_val = split_train_val(labels, 0.2, random_state=8)
+    assert set(other_val) != set(val)
+    limited_train, limited_val = split_train_val(labels, 0.1, random_state=0, limit=100)
+    assert len(limited_train) + len(limited_val) == 100
+    assert np.bincount(labels[np.concatenate([limited_train, limited_val])]).tolist() == [10] * 10
+
+
+def test_pipeline_resizes_per_batch_and_augments_only_when_asked():
+    images = np.random.default_rng(0).integers(0, 255, (10, 32, 32, 3)).astype(np.uint8)
+    labels = np.arange(10) % 3
+    plain = make_dataset(images, labels, 3, batch_size=4, image_size=64)
+    x, y = next(iter(plain))
+    assert x.shape == (4, 64, 64, 3) and y.shape == (4, 3)
+    same = make_dataset(images, labels, 3, batch_size=10)
+    np.testing.assert_array_equal(next(iter(same))[0].numpy(), images.astype(np.float32))
+    augmenter = build_augmenter(TrainConfig(augmentations=("flip", "translate")), 32)
+    augmented = make_dataset(images, labels, 3, batch_size=10, augmenter=augmenter)
+    assert not np.array_equal(next(iter(augmented))[0].numpy(), images.astype(np.float32))
+    assert build_augmenter(TrainConfig(augmentations=()), 32) is None

@@ -1,0 +1,55 @@
+import numpy as np
+import pytest
+
+from cifar_core.errors import ConfigError
+from cifar_core.models import build_model, get_spec, model_names
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_g3_matches_the_study_exactly(size):
+    model = build_model("g3", size)
+    assert model.count_params() == 416_490
+    layer_types = [type(layer).__name__ for layer in model.layers]
+    assert layer_types == [
+        "InputLayer", "Rescaling",
+        "Conv2D", "BatchNormalization", "Dropout",
+        "Conv2D", "BatchNormalization", "MaxPooling2D",
+        "Conv2D", "BatchNormalization", "Dropout",
+        "Conv2D", "BatchNormalization", "MaxPooling2D", "Dropout",
+        "Conv2D",
+        "Conv2D", "Dropout",
+        "GlobalAveragePooling2D", "Dense", "Dropout", "Dense"]
+    assert model.input_shape == (None, size, size, 3)
+    assert model.get_layer("head_dropout").rate == 0.5
+
+
+@pytest.mark.parametrize("name", ["g3", "fastnet", "demo"])
+def test_homebrew_models_output_probabilities_and_name_their_gradcam_layer(name):
+    model = build_model(name, num_classes=7)
+    probs = np.asarray(model(np.random.default_rng(0).integers(0, 255, (2, 32, 32, 3)).astype("float32")))
+    assert probs.shape == (2, 7)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+    assert model.get_layer(get_spec(name).last_conv_layer) is not None
+
+
+def test_whitening_layer_is_frozen_and_decorrelates_patches():
+    from cifar_core.models.homebrew import init_whitening
+
+    model = build_model("fastnet")
+    images = np.random.default_rng(0).integers(0, 255, (64, 32, 32, 3)).astype(np.uint8)
+    init_whitening(model, images)
+    layer = model.get_layer("whiten")
+    assert not layer.trainable
+    kernel = layer.get_weights()[0]
+    assert kernel.shape == (2, 2, 3, 24)
+    np.testing.assert_allclose(kernel[..., :12], -kernel[..., 12:])
+
+
+def test_unknown_model_and_bad_arguments_are_clear_errors():
+    with pytest.raises(ConfigError, match="unknown model 'resnet9000'"):
+        build_model("resnet9000")
+    with pytest.raises(ConfigError, match=r"input_shape.*\(8, 8, 3\)"):
+        build_model("g3", 8)
+    with pytest.raises(ConfigError, match="num_classes"):
+        build_model("demo", num_classes=1)
+    assert {"g3", "fastnet", "demo"} <= set(model_names())
