@@ -111,7 +111,8 @@ def _iter_zip(path: Path, limits: ArchiveLimits) -> Iterator[tuple[str, bytes]]:
                     raise UnsafeArchiveError(f"archive member {info.filename!r} is a link; links are not allowed")
                 if info.is_dir():
                     continue
-                if mode and not stat.S_ISREG(mode):
+                # Many zip writers leave the type bits empty: that means a regular file.
+                if stat.S_IFMT(mode) not in (0, stat.S_IFREG):
                     raise UnsafeArchiveError(f"archive member {info.filename!r} is a device or special file")
                 budget.charge(name, info.file_size)
                 if info.compress_size and info.file_size / info.compress_size > limits.max_compression_ratio:

@@ -135,30 +135,46 @@ def _train(config: TrainConfig, run_dir: Path, dataset: Dataset, verbose, extra_
     else:
         model = build_model(config.model, size, n_classes, **config.model_options)
         _initialise(model, config, split)
-        _compile(model, config, config.learning_rate, steps_per_epoch * config.n_epochs)
+        if not spec.transfer:  # transfer models compile per stage
+            _compile(model, config, config.learning_rate, steps_per_epoch * config.n_epochs)
 
     train_data = make_dataset(split.x_train, split.y_train, n_classes, config.batch_size, size,
                               build_augmenter(config, dataset.image_size), shuffle=True,
                               seed=config.random_state + completed)
     val_data = (make_dataset(split.x_val, split.y_val, n_classes, config.batch_size, size)
                 if len(split.y_val) else None)
-    total_epochs = _total_epochs(config)
     common = dict(train_data=train_data, val_data=val_data, verbose=verbose, history=history,
-                  extra_callbacks=extra_callbacks,
-                  steps_per_epoch=steps_per_epoch, total_epochs=total_epochs, run_dir=run_dir, split=split)
-    if completed < config.n_epochs:
+                  extra_callbacks=extra_callbacks, steps_per_epoch=steps_per_epoch,
+                  total_epochs=_total_epochs(config), run_dir=run_dir, split=split)
+    if spec.transfer:
+        _train_transfer(model, config, dataset, size, **common)
+    elif completed < config.n_epochs:
         _fit_stage(model, config, "train", 0, config.n_epochs, completed, **common)
-    if spec.transfer and config.fine_tune_epochs:
-        from ..models import transfer
+    finish_run(model, config, run_dir, dataset, history, n_train=len(split.y_train))
 
+
+def _train_transfer(model, config: TrainConfig, dataset: Dataset, size: int, **common) -> None:
+    """Stage 1: head on cached frozen features. Stage 2: fine-tune the top of the backbone."""
+    from ..models import transfer
+    from .features import cached_features, train_head
+
+    history, run_dir, split = common["history"], common["run_dir"], common["split"]
+    if not any(row.get("stage") == "head" for row in history):
+        seconds = train_head(model, config, run_dir, split, len(dataset.class_names), size, history)
+        test_features = cached_features(model, run_dir, "test", dataset.x_test, size)
+        weights, bias = model.get_layer("predictions").get_weights()
+        head_accuracy = float(np.mean((test_features @ weights + bias).argmax(axis=1) == dataset.y_test))
+        runs.atomic_write_json(run_dir / runs.CHECKPOINT_DIR / "head.json",
+                               {"test_accuracy_head": head_accuracy, "stage_seconds": seconds})
+        checkpoint.save(run_dir, model, history)
+        runs.write_history(run_dir, history)
+    if config.fine_tune_epochs:
         if not any(row.get("stage") == "fine_tune" for row in history):
             transfer.unfreeze_top(model, config.fine_tune_layers)
-            _compile(model, config, config.fine_tune_learning_rate, steps_per_epoch * config.fine_tune_epochs,
-                     schedule="cosine")
-        done = len(history)
-        _fit_stage(model, config, "fine_tune", config.n_epochs, config.fine_tune_epochs,
-                   done - config.n_epochs, **common)
-    finish_run(model, config, run_dir, dataset, history, n_train=len(split.y_train))
+            _compile(model, config, config.fine_tune_learning_rate,
+                     common["steps_per_epoch"] * config.fine_tune_epochs, schedule="cosine")
+        done = len(history) - config.n_epochs
+        _fit_stage(model, config, "fine_tune", config.n_epochs, config.fine_tune_epochs, done, **common)
 
 
 def _initialise(model, config: TrainConfig, split: Split) -> None:
@@ -235,6 +251,9 @@ def finish_run(model, config: TrainConfig, run_dir: Path, dataset: Dataset, hist
     metrics = compute_metrics(dataset.y_test, probs, dataset.class_names, probs_tta)
     train_seconds = float(sum(row.get("seconds") or 0 for row in history))
     metrics.update(measurement_context(model, config, dataset, history, n_train, train_seconds, eval_seconds))
+    head_file = run_dir / runs.CHECKPOINT_DIR / "head.json"
+    if head_file.is_file():  # transfer runs: the frozen-feature head's own accuracy and stage times
+        metrics.update(runs.read_json(head_file))
     runs.write_predictions(run_dir, dataset.y_test, probs, probs_tta)
     runs.atomic_write_json(run_dir / runs.METRICS_FILE, metrics)
     runs.write_status(run_dir, "completed", epoch=len(history), n_epochs=len(history), progress=1.0,

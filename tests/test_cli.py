@@ -1,0 +1,99 @@
+"""The command line: real runs end to end, and one-line errors for bad input."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from cifar_core import runs
+from cifar_core.__main__ import main
+
+from conftest import ROOT, png_bytes
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def trained_run(image_folder, tmp_path, capsys):
+    run_dir = tmp_path / "cli-run"
+    code, out, err = run_cli(capsys, "train", "--model", "demo", "--data", str(image_folder), "--epochs", "1",
+                             "--batch-size", "4", "--run-dir", str(run_dir), "--val-fraction", "0.25")
+    assert code == 0, err
+    assert "test accuracy" in out
+    return run_dir
+
+
+def test_train_evaluate_predict(trained_run, tmp_path, capsys):
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    assert metrics["class_names"] == ["cat", "dog", "ship"]
+    code, out, _ = run_cli(capsys, "evaluate", str(trained_run))
+    assert code == 0 and "test accuracy" in out
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(png_bytes(np.full((50, 70, 3), 120, np.uint8)))
+    code, out, _ = run_cli(capsys, "predict", "--run", str(trained_run), str(photo))
+    assert code == 0
+    line = out.strip()
+    assert line.startswith(str(photo)) and line.count("%") == 3
+    assert sum(name in line for name in ("cat", "dog", "ship")) == 3
+
+
+def test_predict_reports_bad_images_and_continues(trained_run, tmp_path, capsys):
+    good = tmp_path / "good.png"
+    good.write_bytes(png_bytes(np.zeros((8, 8, 3), np.uint8)))
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    code, out, err = run_cli(capsys, "predict", "--run", str(trained_run), str(bad), str(good))
+    assert code == 2
+    assert "bad.jpg: not an image" in err and "good.png:" in out
+
+
+def test_resume_from_the_cli(image_folder, tmp_path, capsys):
+    run_dir = tmp_path / "r"
+    assert run_cli(capsys, "train", "--model", "demo", "--data", str(image_folder), "--epochs", "2",
+                   "--batch-size", "4", "--run-dir", str(run_dir))[0] == 0
+    code, _, err = run_cli(capsys, "train", "--resume", "--run-dir", str(run_dir))
+    assert code == 2 and "already completed" in err
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["train", "--model", "nope", "--data", "x"], "unknown model 'nope'"),
+    (["train", "--model", "demo", "--data", "/no/such/archive.tar.gz"], "data source not found"),
+    (["train", "--model", "demo", "--data", "keras", "--epochs", "0"], "n_epochs must be at least 1"),
+    (["train", "--model", "demo", "--augment", "flip,warp"], "augmentations"),
+    (["train", "--resume"], "--resume needs --run-dir"),
+    (["train"], "train needs --model"),
+    (["evaluate", "/no/such/run"], "run folder|not found|no trained model"),
+    (["predict", "--run", "/no/such/run", "x.png"], "no trained model"),
+])
+def test_bad_input_is_one_line_and_nonzero(capsys, argv, message):
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: ")
+    assert message.split("|")[0] in err or any(m in err for m in message.split("|"))
+
+
+def test_corrupt_archive_leaves_no_run_folder(tmp_path, capsys):
+    corrupt = tmp_path / "broken.tar.gz"
+    corrupt.write_bytes(b"\x1f\x8b\x08\x00 not really gzip")
+    code, _, err = run_cli(capsys, "train", "--model", "demo", "--data", str(corrupt))
+    assert code == 2 and "corrupt" in err
+    assert not runs.runs_root().exists() or not any(runs.runs_root().iterdir())
+
+
+def test_a_real_process_prints_no_traceback(tmp_path):
+    not_an_image = tmp_path / "cat.jpg"
+    not_an_image.write_text("hello")
+    result = subprocess.run([sys.executable, "-m", "cifar_core", "predict", "--run", str(tmp_path), str(not_an_image)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and result.stderr.startswith("error: ")
+
+
+def test_models_lists_the_registry(capsys):
+    code, out, _ = run_cli(capsys, "models")
+    assert code == 0 and "g3" in out and "fastnet" in out and "demo" in out

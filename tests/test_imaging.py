@@ -1,0 +1,119 @@
+"""The one validating image decoder: hostile bytes fail clearly, odd images decode right."""
+import io
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from cifar_core import imaging
+from cifar_core.errors import ImageDecodeError
+from cifar_core.imaging import decode_image, decode_image_file
+
+
+def encode(image: Image.Image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+RED = Image.new("RGB", (20, 10), (255, 0, 0))
+NOISE = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+
+
+@pytest.mark.parametrize("data,message", [
+    (b"", "empty"),
+    (b"this is text pretending to be a jpeg", "not an image"),
+    (encode(NOISE, "JPEG")[:400], "corrupt or truncated"),
+    (encode(NOISE, "PNG")[:2000], "corrupt or truncated"),
+    (encode(RED, "TIFF"), "TIFF images are not accepted"),
+    (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n", "EPS images are not accepted|not an image"),
+])
+def test_bad_inputs_raise_the_project_error(data, message):
+    with pytest.raises(ImageDecodeError, match=message):
+        decode_image(data, "upload.jpg")
+
+
+def test_decompression_bomb_is_refused_before_decoding(monkeypatch):
+    monkeypatch.setattr(imaging, "MAX_PIXELS", 10_000)
+    big = encode(Image.new("L", (200, 200)), "PNG")
+    with pytest.raises(ImageDecodeError, match="megapixels"):
+        decode_image(big)
+    monkeypatch.setattr(imaging, "MAX_PIXELS", 10**12)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow's guard stays on too
+    with pytest.raises(ImageDecodeError, match="too large"):
+        decode_image(big)
+
+
+def test_exif_orientation_is_applied():
+    image = Image.new("RGB", (40, 20), (0, 0, 255))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise for display
+    decoded = decode_image(encode(image, "JPEG", exif=exif))
+    assert decoded.shape == (40, 20, 3)
+
+
+def test_modes_are_converted_to_rgb_correctly():
+    gray = decode_image(encode(Image.new("L", (5, 5), 77), "PNG"))
+    assert gray.shape == (5, 5, 3) and (gray == 77).all()
+
+    rgba = Image.new("RGBA", (4, 4), (255, 0, 0, 0))  # fully transparent red
+    assert (decode_image(encode(rgba, "PNG")) == 255).all()  # composited on white
+
+    palette = Image.new("P", (4, 4), 0)
+    palette.putpalette([0, 0, 0] * 256)
+    palette.info["transparency"] = 0
+    assert (decode_image(encode(palette, "PNG", transparency=0)) == 255).all()
+
+    cmyk = Image.new("CMYK", (4, 4), (0, 255, 255, 0))  # red in CMYK
+    decoded = decode_image(encode(cmyk, "JPEG"))
+    assert decoded[..., 0].mean() > 200 and decoded[..., 1].mean() < 60
+
+
+def test_16_bit_images_are_scaled_not_clipped():
+    values = np.array([[0, 1000, 32768, 65535]], dtype=np.uint16)
+    image = Image.fromarray(values)
+    decoded = decode_image(encode(image, "PNG"))
+    assert decoded[0, :, 0].tolist() == [0, 4, 128, 255]
+
+
+def test_animated_gif_gives_its_first_frame():
+    frames = [Image.new("RGB", (6, 6), color) for color in ((255, 0, 0), (0, 255, 0))]
+    data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:])
+    decoded = decode_image(data)
+    assert decoded[0, 0, 0] > 200 and decoded[0, 0, 1] < 50
+
+
+def test_huge_jpeg_is_reduced_while_decoding():
+    data = encode(Image.new("RGB", (4000, 3000), (10, 20, 30)), "JPEG", quality=50)
+    decoded = decode_image(data)
+    assert max(decoded.shape[:2]) <= 2 * imaging.DECODE_TARGET
+
+
+def test_file_errors_are_project_errors(tmp_path):
+    with pytest.raises(ImageDecodeError, match="no such file"):
+        decode_image_file(tmp_path / "missing.png")
+    with pytest.raises(ImageDecodeError, match="folder"):
+        decode_image_file(tmp_path)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=2048))
+def test_random_bytes_only_ever_raise_the_project_error(data):
+    try:
+        result = decode_image(data)
+    except ImageDecodeError:
+        return
+    assert result.dtype == np.uint8 and result.ndim == 3 and result.shape[2] == 3
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(0, 400), st.binary(min_size=1, max_size=64))
+def test_corrupted_real_images_only_raise_the_project_error(offset, noise):
+    data = bytearray(encode(Image.new("RGB", (16, 16), (1, 2, 3)), "PNG"))
+    data[offset:offset + len(noise)] = noise
+    try:
+        decode_image(bytes(data))
+    except ImageDecodeError:
+        pass

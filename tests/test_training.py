@@ -1,0 +1,122 @@
+"""The run-folder contract, resume without gaps, and failures recorded in status."""
+import csv
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from cifar_core import runs
+from cifar_core.config import TrainConfig, recipe_config
+from cifar_core.errors import RunFolderError
+from cifar_core.training import resume, train
+
+SMALL = dict(n_epochs=3, batch_size=32, val_fraction=0.25, early_stopping_patience=None)
+
+
+class StopAfterEpoch(keras.callbacks.Callback):
+    """Simulates Ctrl-C (or the dashboard's cancel) at the end of an epoch."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == self.epoch:
+            raise KeyboardInterrupt
+
+
+def test_run_folder_contract(tiny_dataset, tmp_path):
+    config = recipe_config("demo", **SMALL, limit=None)
+    run_dir = train(config, tmp_path / "run", tiny_dataset, verbose=0)
+    for name in (runs.CONFIG_FILE, runs.DATA_FILE, runs.STATUS_FILE, runs.HISTORY_FILE, runs.METRICS_FILE,
+                 runs.PREDICTIONS_FILE, runs.MODEL_FILE):
+        assert (run_dir / name).is_file(), name
+    assert TrainConfig.from_json((run_dir / "config.json").read_text()) == config
+    with open(run_dir / "history.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert set(runs.HISTORY_COLUMNS) <= set(rows[0])
+    assert all(float(r["seconds"]) > 0 and float(r["learning_rate"]) >= 0 and r["val_accuracy"] for r in rows)
+    assert float(rows[0]["learning_rate"]) > float(rows[-1]["learning_rate"])  # one-cycle decays
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["state"] == "completed" and status["progress"] == 1.0 and "heartbeat" in status
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for key in ("model", "data", "test_accuracy", "test_loss", "train_seconds", "per_class", "confusion_matrix",
+                "test_accuracy_tta", "machine", "n_params"):
+        assert key in metrics, key
+    matrix = np.array(metrics["confusion_matrix"])
+    assert matrix.shape == (10, 10) and matrix.sum() == len(tiny_dataset.y_test)
+    assert np.trace(matrix) / matrix.sum() == pytest.approx(metrics["test_accuracy"])
+    assert set(metrics["per_class"]) == set(tiny_dataset.class_names)
+    predictions = runs.read_predictions(run_dir)
+    assert predictions["probs"].shape == (40, 10)
+    np.testing.assert_array_equal(predictions["y_true"], tiny_dataset.y_test)
+    assert (run_dir / "tb").is_dir() and any((run_dir / "tb").rglob("*tfevents*"))
+
+
+def test_interrupted_run_resumes_without_gaps_or_duplicates(tiny_dataset, tmp_path):
+    config = recipe_config("demo", **SMALL, limit=None)
+    run_dir = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(config, run_dir, tiny_dataset, verbose=0, callbacks=[StopAfterEpoch(2)])
+    status = runs.read_status(run_dir)
+    assert status["state"] == "interrupted" and "resume" in status["message"]
+    assert not (run_dir / runs.MODEL_FILE).exists()
+    # A history row written after the last checkpoint (killed in between) must not survive.
+    rows = runs.read_history(run_dir)
+    runs.write_history(run_dir, rows + [dict(rows[-1], epoch=99)])
+
+    resume(run_dir, tiny_dataset, verbose=0)
+    assert [row["epoch"] for row in runs.read_history(run_dir)] == [1, 2, 3]
+    assert runs.read_status(run_dir)["state"] == "completed"
+    with pytest.raises(RunFolderError, match="already completed"):
+        resume(run_dir, tiny_dataset, verbose=0)
+
+
+def test_resumed_schedule_continues_where_it_stopped(tiny_dataset, tmp_path):
+    config = recipe_config("demo", **SMALL, limit=None).replace(schedule="onecycle")
+    straight = train(config, tmp_path / "straight", tiny_dataset, verbose=0)
+    broken = tmp_path / "broken"
+    with pytest.raises(KeyboardInterrupt):
+        train(config, broken, tiny_dataset, verbose=0, callbacks=[StopAfterEpoch(1)])
+    resume(broken, tiny_dataset, verbose=0)
+    rates = [[row["learning_rate"] for row in runs.read_history(d)] for d in (straight, broken)]
+    np.testing.assert_allclose(rates[0], rates[1], rtol=1e-5)
+
+
+def test_existing_run_folder_is_not_overwritten(tiny_dataset, tmp_path):
+    config = recipe_config("demo", **SMALL, limit=None).replace(n_epochs=1)
+    run_dir = train(config, tmp_path / "run", tiny_dataset, verbose=0)
+    with pytest.raises(RunFolderError, match="already holds a run"):
+        train(config, run_dir, tiny_dataset, verbose=0)
+
+
+def test_failure_is_recorded_in_status(tiny_dataset, tmp_path):
+    class Explode(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            raise OSError(28, "No space left on device")
+
+    config = recipe_config("demo", **SMALL, limit=None)
+    from cifar_core.errors import CifarError
+
+    with pytest.raises(CifarError, match="No space left"):
+        train(config, tmp_path / "run", tiny_dataset, verbose=0, callbacks=[Explode()])
+    status = runs.read_status(tmp_path / "run")
+    assert status["state"] == "failed" and "No space left on device" in status["message"]
+    assert TrainConfig.from_json((tmp_path / "run" / "config.json").read_text()) == config
+
+
+def test_limit_and_class_weights(tiny_dataset, tmp_path):
+    config = recipe_config("demo", **SMALL, limit=40).replace(n_epochs=1, class_weights=True)
+    run_dir = train(config, tmp_path / "run", tiny_dataset, verbose=0)
+    assert runs.read_json(run_dir / "metrics.json")["n_train"] == 30  # 40 minus 25% validation
+
+
+def test_a_learnable_problem_is_learned(tiny_dataset, tmp_path):
+    """Mean colour encodes the class; a few epochs must beat chance clearly."""
+    config = recipe_config("demo", n_epochs=6, batch_size=16, val_fraction=0.0, limit=None,
+                           learning_rate=1e-2, augmentations=())
+    run_dir = train(config, tmp_path / "run", tiny_dataset, verbose=0)
+    assert runs.read_json(run_dir / "metrics.json")["test_accuracy"] >= 0.5

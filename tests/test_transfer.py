@@ -1,0 +1,84 @@
+"""Transfer learning: converted Lite0 weights are right; every backbone builds; two stages run."""
+import numpy as np
+import pytest
+
+from cifar_core import runs
+from cifar_core.config import recipe_config
+from cifar_core.errors import ModelFileError
+from cifar_core.imaging import resize_image
+from cifar_core.models import build_model, get_spec
+from cifar_core.models.loading import check_model_file
+from cifar_core.training import train
+
+# ImageNet class indices (of the 1000) that name the object in each photo.
+CAT_CLASSES = {281, 282, 283, 285, 287}  # tabby, tiger cat, Persian, Egyptian cat, lynx
+CUP_CLASSES = {504, 967, 968}  # coffee mug, espresso, cup
+
+
+@pytest.fixture(scope="module")
+def lite0_imagenet(tmp_path_factory):
+    import os
+
+    os.environ["CIFAR_CORE_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    from cifar_core.models.transfer import build_lite0
+
+    return build_lite0((224, 224, 3), include_imagenet_top=True)
+
+
+@pytest.mark.parametrize("photo,expected", [("chelsea", CAT_CLASSES), ("coffee", CUP_CLASSES)])
+def test_converted_lite0_recognises_real_photos(lite0_imagenet, photo, expected):
+    from skimage import data
+
+    image = resize_image(getattr(data, photo)(), 224)[None].astype("float32")
+    probs = np.asarray(lite0_imagenet(image))[0]
+    top5 = set(np.argsort(-probs)[:5].tolist())
+    assert np.argmax(probs) in expected
+    assert len(top5 & expected) >= 2
+    assert probs[list(expected)].sum() > 0.5
+
+
+@pytest.mark.parametrize("name", ["efficientnetb1", "resnet101v2", "densenet121", "mobilenetv2", "lite0"])
+def test_every_backbone_builds_frozen_with_a_new_head(name):
+    model = build_model(name, 32, num_classes=10, weights=None)
+    probs = np.asarray(model(np.zeros((1, 32, 32, 3), "float32")))
+    assert probs.shape == (1, 10)
+    trainable = {layer.name for layer in model.layers if layer.trainable and layer.weights}
+    assert trainable == {"predictions"}
+    assert model.get_layer(get_spec(name).last_conv_layer) is not None
+
+
+def test_unfreeze_top_keeps_batchnorm_frozen():
+    import keras
+
+    from cifar_core.models.transfer import unfreeze_top
+
+    model = build_model("lite0", 32, weights=None)
+    unfreeze_top(model, 5)
+    trainable = [layer for layer in model.layers if layer.trainable and layer.weights
+                 and layer.name != "predictions"]
+    assert len(trainable) == 5
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
+                   for layer in model.layers)
+
+
+def test_missing_imagenet_weights_offline_is_a_clear_error(monkeypatch):
+    import keras
+
+    def offline(*args, **kwargs):
+        raise OSError("no network")
+
+    monkeypatch.setattr(keras.applications, "MobileNetV2", offline)
+    with pytest.raises(ModelFileError, match="not in the Keras cache"):
+        build_model("mobilenetv2", 32)
+
+
+def test_two_stage_transfer_run(tiny_dataset, tmp_path):
+    config = recipe_config("lite0", n_epochs=2, fine_tune_epochs=1, fine_tune_layers=3, image_size=48,
+                           batch_size=32, model_options={"weights": None})
+    run_dir = train(config, tmp_path / "run", tiny_dataset, verbose=0)
+    stages = [row["stage"] for row in runs.read_history(run_dir)]
+    assert stages == ["head", "head", "fine_tune"]
+    metrics = runs.read_json(run_dir / "metrics.json")
+    assert {"test_accuracy_head", "stage_seconds", "test_accuracy"} <= set(metrics)
+    assert metrics["transfer"] is True and metrics["input_size"] == 48
+    check_model_file(run_dir / "model.keras")  # only built-in layers: loads with safe_mode
