@@ -57,7 +57,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--output", type=Path, default=Path("benchmarks.json"))
     bench.add_argument("--models", default="g3,fastnet,demo")
     bench.add_argument("--steps", type=int, default=20, help="timed training steps per model")
+    worker = commands.add_parser("worker", help=argparse.SUPPRESS)  # started by the dashboard's job registry
+    worker.add_argument("job_id", type=int)
+    worker.add_argument("--resume", action="store_true")
     return parser
+
+
+def cmd_worker(args) -> int:
+    from .jobs import run_worker
+
+    return run_worker(args.job_id, resume=args.resume)
 
 
 def cmd_train(args) -> int:
@@ -159,7 +168,7 @@ def cmd_bench(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "models": cmd_models,
-            "bench": cmd_bench}
+            "bench": cmd_bench, "worker": cmd_worker}
 
 
 def _terminate_as_interrupt(signum, frame):

@@ -1,0 +1,232 @@
+"""Background training jobs: a SQLite registry plus one worker process per job.
+
+Streamlit cannot train in its own process (its script reruns, its threads
+cannot call Streamlit), so the dashboard launches `python -m cifar_core
+worker JOB_ID` and polls. The registry survives dashboard restarts. A job is
+"running" only while its worker provably lives: same pid AND same process
+start time (pids get reused) AND a fresh heartbeat in status.json.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import runs
+from .config import TrainConfig
+from .errors import CifarError
+
+DEFAULT_DB = runs.DEFAULT_RUNS_ROOT.parent / "jobs.sqlite"
+STALE_SECONDS = 300.0  # no heartbeat for this long: the worker is hung or gone
+ACTIVE_STATES = ("queued", "running")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_dir TEXT NOT NULL,
+    config TEXT NOT NULL,
+    state TEXT NOT NULL,
+    pid INTEGER,
+    pid_started REAL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    message TEXT
+)
+"""
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    run_dir: Path
+    config: TrainConfig
+    state: str
+    pid: int | None
+    pid_started: float | None
+    created_at: float
+    updated_at: float
+    message: str | None
+
+
+def db_path() -> Path:
+    return Path(os.environ.get("CIFAR_JOBS_DB") or DEFAULT_DB)
+
+
+@contextmanager
+def connect(path: Path | None = None):
+    path = Path(path or db_path())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    connection = sqlite3.connect(path, timeout=30.0, isolation_level=None)
+    try:
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA busy_timeout=30000")
+        connection.execute(SCHEMA)
+        yield connection
+    finally:
+        connection.close()
+
+
+def _row_to_job(row) -> Job:
+    return Job(row[0], Path(row[1]), TrainConfig.from_json(row[2]), row[3], row[4], row[5], row[6], row[7], row[8])
+
+
+COLUMNS = "id, run_dir, config, state, pid, pid_started, created_at, updated_at, message"
+
+
+def create_job(config: TrainConfig, run_dir: Path | None = None, path: Path | None = None) -> Job:
+    run_dir = Path(run_dir) if run_dir else runs.runs_root() / runs.new_run_id(config.model)
+    now = time.time()
+    with connect(path) as db:
+        cursor = db.execute("INSERT INTO jobs (run_dir, config, state, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
+                            (str(run_dir), config.to_json(), "queued", now, now))
+        job_id = cursor.lastrowid
+    return get_job(job_id, path)
+
+
+def get_job(job_id: int, path: Path | None = None) -> Job:
+    with connect(path) as db:
+        row = db.execute(f"SELECT {COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    if row is None:
+        raise CifarError(f"no job with id {job_id}")
+    return _row_to_job(row)
+
+
+def update_job(job_id: int, path: Path | None = None, **fields) -> None:
+    fields["updated_at"] = time.time()
+    assignments = ", ".join(f"{key} = ?" for key in fields)
+    with connect(path) as db:
+        db.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*fields.values(), job_id))
+
+
+def list_jobs(path: Path | None = None, refresh: bool = True) -> list[Job]:
+    """All jobs, newest first; dead workers are marked interrupted on the way."""
+    with connect(path) as db:
+        rows = db.execute(f"SELECT {COLUMNS} FROM jobs ORDER BY id DESC").fetchall()
+    jobs = [_row_to_job(row) for row in rows]
+    if refresh:
+        for job in jobs:
+            if job.state in ACTIVE_STATES and not worker_alive(job):
+                mark_dead(job, path)
+        with connect(path) as db:
+            rows = db.execute(f"SELECT {COLUMNS} FROM jobs ORDER BY id DESC").fetchall()
+        jobs = [_row_to_job(row) for row in rows]
+    return jobs
+
+
+# --- liveness -----------------------------------------------------------------------------
+
+def process_start_time(pid: int) -> float | None:
+    """Start time of pid in clock ticks since boot (Linux), or None if it does not exist."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as handle:
+            # The command name may contain spaces; fields after the last ')' are fixed.
+            fields = handle.read().rsplit(")", 1)[1].split()
+        if fields[0] == "Z":  # a zombie has finished
+            return None
+        return float(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def worker_alive(job: Job, now: float | None = None) -> bool:
+    if job.state == "queued" and job.pid is None:
+        return (now or time.time()) - job.created_at < STALE_SECONDS  # launching
+    if job.pid is None or process_start_time(job.pid) != job.pid_started:
+        return False
+    try:
+        status = runs.read_status(job.run_dir) or {}
+    except runs.RunFolderError:
+        status = {}
+    heartbeat = status.get("heartbeat") or job.updated_at
+    return (now or time.time()) - heartbeat < STALE_SECONDS
+
+
+def mark_dead(job: Job, path: Path | None = None) -> None:
+    message = "the worker stopped without finishing (killed or crashed); resume it to continue"
+    update_job(job.id, path, state="interrupted", message=message)
+    try:
+        status = runs.read_status(job.run_dir) or {}
+        if status.get("state") in ("running", "queued"):
+            runs.write_status(job.run_dir, "interrupted", message=message,
+                              **{k: status.get(k) for k in ("epoch", "n_epochs", "progress")})
+    except (OSError, runs.RunFolderError):
+        pass
+
+
+# --- launching and stopping --------------------------------------------------------------------
+
+def launch(config: TrainConfig, run_dir: Path | None = None, path: Path | None = None) -> Job:
+    """Create a job and start its worker process; returns at once."""
+    job = create_job(config, run_dir, path)
+    _spawn(job, resume=False, path=path)
+    return get_job(job.id, path)
+
+
+def resume_job(job_id: int, path: Path | None = None) -> Job:
+    job = get_job(job_id, path)
+    if job.state in ACTIVE_STATES and worker_alive(job):
+        raise CifarError(f"job {job_id} is still running")
+    update_job(job_id, path, state="queued", pid=None, pid_started=None, message=None)
+    _spawn(get_job(job_id, path), resume=True, path=path)
+    return get_job(job_id, path)
+
+
+def _spawn(job: Job, resume: bool, path: Path | None) -> None:
+    job.run_dir.mkdir(parents=True, exist_ok=True)
+    log = open(job.run_dir / runs.LOG_FILE, "ab")
+    env = dict(os.environ, CIFAR_JOBS_DB=str(Path(path or db_path()).resolve()))
+    command = [sys.executable, "-m", "cifar_core", "worker", str(job.id)] + (["--resume"] if resume else [])
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                               cwd=Path(__file__).resolve().parent.parent, env=env, start_new_session=True)
+    log.close()
+    update_job(job.id, path, pid=process.pid, pid_started=_wait_for_start_time(process.pid))
+
+
+def _wait_for_start_time(pid: int) -> float | None:
+    for _ in range(50):
+        started = process_start_time(pid)
+        if started is not None:
+            return started
+        time.sleep(0.01)
+    return None
+
+
+def cancel(job_id: int, path: Path | None = None) -> Job:
+    """Stop a job's worker (SIGTERM: it records 'interrupted' and stays resumable)."""
+    job = get_job(job_id, path)
+    if job.pid and process_start_time(job.pid) == job.pid_started:
+        try:
+            os.kill(job.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    update_job(job_id, path, state="cancelled", message="cancelled by the user; resumable")
+    return get_job(job_id, path)
+
+
+def run_worker(job_id: int, resume: bool = False) -> int:
+    """The worker process body: train, and keep the registry in step."""
+    from .training import resume as resume_run
+    from .training import train
+
+    job = get_job(job_id)
+    update_job(job_id, state="running", pid=os.getpid(), pid_started=process_start_time(os.getpid()))
+    try:
+        if resume and (job.run_dir / runs.CONFIG_FILE).exists():
+            resume_run(job.run_dir, verbose=2)
+        else:
+            train(job.config, job.run_dir, verbose=2)
+    except KeyboardInterrupt:
+        if get_job(job_id).state != "cancelled":
+            update_job(job_id, state="interrupted", message="stopped; resumable")
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the registry must learn of any failure
+        update_job(job_id, state="failed", message=f"{type(exc).__name__}: {exc}"[:500])
+        raise
+    update_job(job_id, state="completed", message=None)
+    return 0

@@ -1,0 +1,101 @@
+"""Background jobs: real worker processes, SIGKILL, cancel, resume, concurrent writers."""
+import multiprocessing
+import os
+import signal
+import time
+
+import pytest
+
+from cifar_core import jobs, runs
+from cifar_core.config import recipe_config
+
+
+@pytest.fixture
+def db(tmp_path, monkeypatch):
+    path = tmp_path / "jobs.sqlite"
+    monkeypatch.setenv("CIFAR_JOBS_DB", str(path))
+    return path
+
+
+def _config(image_folder, n_epochs):
+    return recipe_config("demo", data=str(image_folder), n_epochs=n_epochs, batch_size=4, limit=None,
+                         val_fraction=0.25, tta=False)
+
+
+def _wait(predicate, timeout=180.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    raise AssertionError("timed out waiting")
+
+
+def test_sigkilled_worker_is_marked_interrupted_and_resumes_without_gaps(image_folder, tmp_path, db):
+    job = jobs.launch(_config(image_folder, 40), tmp_path / "run")
+    assert job.pid and job.pid_started
+    _wait(lambda: len(runs.read_history(job.run_dir)) >= 2)
+    os.kill(job.pid, signal.SIGKILL)
+    _wait(lambda: jobs.process_start_time(job.pid) is None, 30)
+    [listed] = jobs.list_jobs()
+    assert listed.state == "interrupted" and "resume" in listed.message
+    assert runs.read_status(job.run_dir)["state"] == "interrupted"
+
+    jobs.resume_job(job.id)
+    _wait(lambda: jobs.get_job(job.id).state in ("completed", "failed"))
+    assert jobs.get_job(job.id).state == "completed"
+    assert [row["epoch"] for row in runs.read_history(job.run_dir)] == list(range(1, 41))
+
+
+def test_cancel_stops_the_worker_and_two_jobs_do_not_interfere(image_folder, tmp_path, db):
+    first = jobs.launch(_config(image_folder, 200), tmp_path / "first")
+    second = jobs.launch(_config(image_folder, 2), tmp_path / "second")
+    _wait(lambda: len(runs.read_history(first.run_dir)) >= 1)
+    jobs.cancel(first.id)
+    _wait(lambda: jobs.process_start_time(first.pid) is None, 60)
+    assert jobs.get_job(first.id).state == "cancelled"
+    assert runs.read_status(first.run_dir)["state"] == "interrupted"
+    _wait(lambda: jobs.get_job(second.id).state in ("completed", "failed"))
+    assert jobs.get_job(second.id).state == "completed"
+    assert runs.read_json(second.run_dir / runs.METRICS_FILE)["epochs_run"] == 2
+
+
+def test_a_reused_pid_is_not_mistaken_for_the_worker(image_folder, db):
+    job = jobs.create_job(_config(image_folder, 1))
+    # This test process is alive, but it is not the process that started the job.
+    jobs.update_job(job.id, state="running", pid=os.getpid(), pid_started=12345.0)
+    assert not jobs.worker_alive(jobs.get_job(job.id))
+    assert jobs.list_jobs()[0].state == "interrupted"
+
+
+def test_stale_heartbeat_means_not_running(image_folder, tmp_path, db):
+    job = jobs.create_job(_config(image_folder, 1), tmp_path / "run")
+    jobs.update_job(job.id, state="running", pid=os.getpid(), pid_started=jobs.process_start_time(os.getpid()))
+    runs.write_status(job.run_dir, "running")
+    assert jobs.worker_alive(jobs.get_job(job.id))
+    assert not jobs.worker_alive(jobs.get_job(job.id), now=time.time() + jobs.STALE_SECONDS + 1)
+
+
+def _hammer(path, worker, n):
+    os.environ["CIFAR_JOBS_DB"] = str(path)
+    from cifar_core import jobs as registry
+    from cifar_core.config import TrainConfig
+
+    for i in range(n):
+        job = registry.create_job(TrainConfig(model="demo"), f"/tmp/run-{worker}-{i}")
+        registry.update_job(job.id, state="running", message=f"{worker}:{i}")
+
+
+def test_concurrent_writers_lose_nothing(db):
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_hammer, args=(db, w, 40)) for w in range(4)]
+    for process in workers:
+        process.start()
+    for process in workers:
+        process.join(120)
+        assert process.exitcode == 0
+    listed = jobs.list_jobs(refresh=False)
+    assert len(listed) == 160
+    assert {job.message for job in listed} == {f"{w}:{i}" for w in range(4) for i in range(40)}
+    with jobs.connect() as connection:
+        assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
