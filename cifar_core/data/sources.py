@@ -32,6 +32,9 @@ SPLITS = ("train", "test")
 SKIPPED_NAMES = {".ds_store", "thumbs.db", "desktop.ini"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp"}
 OFFICIAL_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+# 10 test images per class, committed so the dashboard works with no dataset at hand
+# (written by tools/make_sample.py).
+SAMPLE_FILE = Path(__file__).resolve().parents[2] / "artifacts" / "samples" / "cifar10-test-sample.npz"
 
 
 @dataclass

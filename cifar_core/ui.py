@@ -1,0 +1,214 @@
+"""Streamlit helpers shared by the pages (the only module that imports streamlit).
+
+Pages stay thin: they lay out widgets and call these cached loaders, which
+call the UI-free core. TensorFlow is imported only by loaders that need a model.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from . import runs
+from .data.sources import SAMPLE_FILE
+from .errors import CifarError
+
+ROOT = Path(__file__).resolve().parent.parent
+LOW_CONFIDENCE = 0.5
+
+
+def page(title: str, icon: str) -> None:
+    st.set_page_config(page_title=f"{title} · CIFAR-10 Studio", page_icon=icon, layout="wide")
+    st.title(f"{icon} {title}")
+
+
+def fail(exc: Exception) -> None:
+    """A user-facing error: one clear line, never a traceback."""
+    st.error(str(exc) if isinstance(exc, CifarError) else f"{type(exc).__name__}: {exc}")
+
+
+# --- runs ---------------------------------------------------------------------------------------
+
+@st.cache_data(ttl=3, show_spinner=False)
+def _run_records(root: str) -> tuple[list[dict], list[str]]:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        found, problems = runs.list_runs(root)
+    records = []
+    for run in found:
+        metrics, config, status = run.metrics or {}, run.config or {}, run.status or {}
+        if not isinstance(metrics, dict) or not isinstance(config, dict) or not isinstance(status, dict):
+            problems.append(f"skipped {run.run_id}: a JSON file is not an object")
+            continue
+        records.append({
+            "run": run.run_id, "path": str(run.path), "model": config.get("model", "?"),
+            "transfer": bool(metrics.get("transfer", False)),
+            "test accuracy": metrics.get("test_accuracy"), "with flip TTA": metrics.get("test_accuracy_tta"),
+            "train minutes": (metrics.get("train_seconds") or 0) / 60 or None,
+            "params": metrics.get("n_params"), "epochs": metrics.get("epochs_run"),
+            "state": status.get("state", "unknown"), "progress": status.get("progress"),
+            "date": (metrics.get("measured_at") or "")[:10] or None, "data": metrics.get("data"),
+            "has_model": run.has_model,
+        })
+    return records, problems
+
+
+def run_records() -> tuple[list[dict], list[str]]:
+    return _run_records(str(runs.runs_root()))
+
+
+def leaderboard() -> tuple[pd.DataFrame, list[str]]:
+    records, problems = run_records()
+    frame = pd.DataFrame(records, columns=["run", "model", "transfer", "test accuracy", "with flip TTA",
+                                           "train minutes", "params", "epochs", "state", "date", "data",
+                                           "path", "has_model", "progress"])
+    if not frame.empty:
+        frame = frame.sort_values("test accuracy", ascending=False, na_position="last").reset_index(drop=True)
+    return frame, problems
+
+
+def finished_runs() -> list[dict]:
+    return [r for r in run_records()[0] if r["state"] == "completed" and r["test accuracy"] is not None]
+
+
+def run_label(record: dict) -> str:
+    accuracy = record.get("test accuracy")
+    score = f"{accuracy:.1%}" if accuracy is not None else record.get("state", "")
+    return f"{record['run']}  ({record['model']}, {score})"
+
+
+def pick_runs(label: str, key: str, multiple: bool = False, default_count: int = 2, with_model: bool = False):
+    records = [r for r in finished_runs() if r["has_model"] or not with_model]
+    if not records:
+        st.info("No finished runs yet: train one on the Train page, or check artifacts/runs/.")
+        return [] if multiple else None
+    records.sort(key=lambda r: -(r["test accuracy"] or 0))
+    labels = {run_label(r): r for r in records}
+    if multiple:
+        chosen = st.multiselect(label, list(labels), default=list(labels)[:default_count], key=key)
+        return [labels[c] for c in chosen]
+    chosen = st.selectbox(label, list(labels), key=key)
+    return labels[chosen] if chosen else None
+
+
+@st.cache_data(ttl=3, show_spinner=False)
+def read_json_cached(path: str, mtime: float) -> dict:
+    return runs.read_json(path)
+
+
+def run_json(run_dir: str, name: str) -> dict | None:
+    path = Path(run_dir) / name
+    if not path.is_file():
+        return None
+    return read_json_cached(str(path), path.stat().st_mtime)
+
+
+def history_frame(run_dir: str) -> pd.DataFrame:
+    return pd.DataFrame(runs.read_history(run_dir), columns=list(runs.HISTORY_COLUMNS))
+
+
+@st.cache_data(show_spinner=False)
+def predictions(run_dir: str, mtime: float) -> dict:
+    return runs.read_predictions(run_dir)
+
+
+def run_predictions(run_dir: str) -> dict:
+    path = Path(run_dir) / runs.PREDICTIONS_FILE
+    return predictions(run_dir, path.stat().st_mtime if path.exists() else 0.0)
+
+
+# --- models -------------------------------------------------------------------------------------
+
+@st.cache_resource(show_spinner="Loading model…", max_entries=8)
+def _loaded_run(run_dir: str, mtime: float):
+    from .inference import load_run_model
+
+    return load_run_model(run_dir)
+
+
+def loaded_run(run_dir: str):
+    model_file = Path(run_dir) / runs.MODEL_FILE
+    return _loaded_run(run_dir, model_file.stat().st_mtime if model_file.exists() else 0.0)
+
+
+# --- data ---------------------------------------------------------------------------------------
+
+def candidate_sources() -> list[str]:
+    """Where the studio looks for the dataset, in order: env var, then shipped runs' configs."""
+    found = []
+    if os.environ.get("CIFAR10_SOURCE"):
+        found.append(os.environ["CIFAR10_SOURCE"])
+    for record in run_records()[0]:
+        config = run_json(record["path"], runs.CONFIG_FILE) or {}
+        source = config.get("data")
+        if source and source != "keras" and source not in found and (ROOT / source).exists():
+            found.append(str((ROOT / source).resolve()))
+    keras_cache = Path.home() / ".keras" / "datasets" / "cifar-10-batches-py"
+    if keras_cache.is_dir():
+        found.append(str(keras_cache))
+    return found
+
+
+@st.cache_resource(show_spinner="Loading dataset (cached after the first time)…", max_entries=2)
+def dataset(source: str):
+    from .data import load_dataset
+
+    return load_dataset(source)
+
+
+@st.cache_resource(show_spinner=False)
+def sample_dataset():
+    """A small committed sample of the test split, so pages work with no dataset at hand."""
+    from .data import Dataset
+
+    if not SAMPLE_FILE.is_file():
+        return None
+    with np.load(SAMPLE_FILE, allow_pickle=False) as npz:
+        images, labels, names = npz["images"], npz["labels"], tuple(str(n) for n in npz["class_names"])
+    return Dataset(images, labels, images, labels, names, "sample", "CIFAR-10 sample (100 test images, shipped)")
+
+
+def default_dataset():
+    """The full dataset if it can be found, else the shipped sample, else None; never raises."""
+    for source in candidate_sources():
+        try:
+            return dataset(source)
+        except CifarError:
+            continue
+    return sample_dataset()
+
+
+def mosaic(images: np.ndarray, columns: int, scale: int = 3, gap: int = 2) -> np.ndarray:
+    """Tile uint8 images into one picture (one st.image call renders far faster than many)."""
+    from PIL import Image
+
+    n, h, w, _ = images.shape
+    rows = int(np.ceil(n / columns))
+    canvas = np.full((rows * (h + gap), columns * (w + gap), 3), 255, np.uint8)
+    for i, image in enumerate(images):
+        r, c = divmod(i, columns)
+        canvas[r * (h + gap): r * (h + gap) + h, c * (w + gap): c * (w + gap) + w] = image
+    pil = Image.fromarray(canvas)
+    return np.asarray(pil.resize((pil.width * scale, pil.height * scale), Image.Resampling.NEAREST))
+
+
+def upscale(image: np.ndarray, size: int = 160) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.NEAREST))
+
+
+def registered_models() -> set[str]:
+    from .models import model_names
+
+    return set(model_names())
+
+
+def elapsed(since: float) -> str:
+    return f"{(time.perf_counter() - since) * 1000:.0f} ms"

@@ -1,0 +1,90 @@
+"""Compare runs: overlaid curves, metrics and configs side by side, and which images each gets right."""
+import numpy as np
+import pandas as pd
+import plotly.express as px
+import streamlit as st
+
+from cifar_core import ui
+
+ui.page("Compare runs", "📈")
+
+chosen = ui.pick_runs("Runs", key="compare_runs", multiple=True, default_count=3)
+if not chosen:
+    st.stop()
+
+curves = []
+for record in chosen:
+    history = ui.history_frame(record["path"])
+    if history.empty:
+        continue
+    history["minutes"] = history["seconds"].fillna(0).cumsum() / 60
+    history["run"] = record["run"]
+    curves.append(history)
+if curves:
+    frame = pd.concat(curves, ignore_index=True)
+    metric = st.radio("Curve", ["val_accuracy", "accuracy", "val_loss", "loss"], horizontal=True, key="compare_metric")
+    axis = st.radio("Against", ["epoch", "minutes"], horizontal=True, key="compare_axis")
+    if frame[metric].notna().any():
+        figure = px.line(frame.dropna(subset=[metric]), x=axis, y=metric, color="run", markers=True, height=380)
+        st.plotly_chart(figure, width="stretch")
+    else:
+        st.caption(f"No {metric} recorded for these runs (runs trained without a validation split).")
+
+st.subheader("Metrics")
+rows = {}
+for record in chosen:
+    metrics = ui.run_json(record["path"], "metrics.json") or {}
+    rows[record["run"]] = {
+        "model": record["model"], "transfer": record["transfer"],
+        "test accuracy": metrics.get("test_accuracy"), "with flip TTA": metrics.get("test_accuracy_tta"),
+        "head only (frozen features)": metrics.get("test_accuracy_head"),
+        "test loss": metrics.get("test_loss"), "train minutes": (metrics.get("train_seconds") or 0) / 60,
+        "train images/s": metrics.get("train_images_per_second"), "params": metrics.get("n_params"),
+        "input size": metrics.get("input_size"), "data": metrics.get("data"),
+        "cpu": (metrics.get("machine") or {}).get("cpu"),
+    }
+st.dataframe(pd.DataFrame(rows).astype(str), width="stretch")
+
+st.subheader("Configs (differences first)")
+configs = pd.DataFrame({r["run"]: ui.run_json(r["path"], "config.json") or {} for r in chosen}).astype(str)
+differs = configs.nunique(axis=1) > 1
+st.dataframe(pd.concat([configs[differs], configs[~differs]]), width="stretch")
+
+st.subheader("Who gets which test images right")
+if len(chosen) < 2:
+    st.info("Pick two runs to compare their predictions.")
+    st.stop()
+left, right = st.columns(2)
+first = left.selectbox("Run A", [r["run"] for r in chosen], index=0, key="compare_a")
+second = right.selectbox("Run B", [r["run"] for r in chosen], index=1, key="compare_b")
+by_name = {r["run"]: r for r in chosen}
+try:
+    a, b = (ui.run_predictions(by_name[name]["path"]) for name in (first, second))
+except Exception as exc:  # noqa: BLE001 - a missing or corrupt predictions file is shown, not raised
+    ui.fail(exc)
+    st.stop()
+if len(a["y_true"]) != len(b["y_true"]) or not np.array_equal(a["y_true"], b["y_true"]):
+    st.warning("These runs were measured on different test sets; their predictions cannot be paired.")
+    st.stop()
+truth = a["y_true"].astype(int)
+right_a = a["probs"].argmax(1) == truth
+right_b = b["probs"].argmax(1) == truth
+class_names = (ui.run_json(by_name[first]["path"], "metrics.json") or {}).get("class_names") or \
+    [str(i) for i in range(a["probs"].shape[1])]
+counts = pd.DataFrame({"class": class_names,
+                       f"only {first}": np.bincount(truth[right_a & ~right_b], minlength=len(class_names)),
+                       f"only {second}": np.bincount(truth[right_b & ~right_a], minlength=len(class_names))})
+c1, c2, c3 = st.columns(3)
+c1.metric(f"Only A right", int((right_a & ~right_b).sum()))
+c2.metric(f"Only B right", int((right_b & ~right_a).sum()))
+c3.metric("Both wrong", int((~right_a & ~right_b).sum()))
+st.plotly_chart(px.bar(counts, x="class", y=counts.columns[1:], barmode="group", height=320), width="stretch")
+
+data = ui.default_dataset()
+if data is not None and data.source != "sample" and len(data.y_test) == len(truth):
+    only_b = np.flatnonzero(right_b & ~right_a)[:24]
+    if len(only_b):
+        st.markdown(f"**Test images B ({second}) gets right and A gets wrong** (first {len(only_b)})")
+        st.image(ui.mosaic(data.x_test[only_b], columns=12, scale=3))
+else:
+    st.caption("Point CIFAR10_SOURCE at the dataset to see the images themselves.")
