@@ -67,3 +67,36 @@ def image_folder(tmp_path) -> Path:
                 (folder / f"{i}.png").write_bytes(png_bytes(pixels))
     (root / "README.txt").write_text("not part of the layout")
     return root
+
+
+@pytest.fixture(scope="session")
+def shipped_runs(tmp_path_factory):
+    """Two finished runs (demo, g3) on a tiny image folder, like a fresh clone's artifacts/runs."""
+    from cifar_core.config import recipe_config
+    from cifar_core.data import load_dataset
+    from cifar_core.training import train
+
+    root = tmp_path_factory.mktemp("studio")
+    folder = root / "photos"
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 6), ("test", 3)):
+        for c, name in enumerate(("cat", "dog", "ship")):
+            (folder / split / name).mkdir(parents=True)
+            for i in range(count):
+                pixels = np.clip(60 * c + rng.integers(0, 40, (32, 32, 3)), 0, 255).astype(np.uint8)
+                (folder / split / name / f"{i}.png").write_bytes(png_bytes(pixels))
+    previous = {k: os.environ.get(k) for k in ("CIFAR_CORE_CACHE", "CIFAR_RUNS_DIR")}
+    os.environ["CIFAR_CORE_CACHE"] = str(root / "cache")
+    dataset = load_dataset(folder)
+    runs_dir = root / "runs"
+    for model in ("demo", "g3"):
+        config = recipe_config(model, data=str(folder), n_epochs=2, batch_size=6, limit=None, val_fraction=0.2)
+        train(config, runs_dir / f"{model}-tiny", dataset, verbose=0)
+    (runs_dir / "broken").mkdir()
+    (runs_dir / "broken" / "config.json").write_text("{half")
+    for key, value in previous.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    return {"runs": runs_dir, "data": folder, "cache": root / "cache"}
