@@ -67,9 +67,9 @@ def train_head(model, config: TrainConfig, run_dir: Path, split, n_classes: int,
     head = keras.layers.Dense(n_classes, activation="softmax", name="predictions")(hidden)
     head_model = keras.Model(inputs, head)
     steps = int(np.ceil(len(y_train) / config.batch_size)) * config.n_epochs
-    from .loop import _compile  # one home for optimizer/loss construction
+    from .loop import compile_model  # one home for optimizer/loss construction
 
-    _compile(head_model, config, config.learning_rate, steps)
+    compile_model(head_model, config, config.learning_rate, steps)
     recorder = _head_recorder(history, feature_seconds)
     head_model.fit(x_train, keras.ops.one_hot(y_train, n_classes), batch_size=config.batch_size,
                    epochs=config.n_epochs, validation_data=validation, callbacks=[recorder], verbose=0,

@@ -136,7 +136,7 @@ def _train(config: TrainConfig, run_dir: Path, dataset: Dataset, verbose, extra_
         model = build_model(config.model, size, n_classes, **config.model_options)
         _initialise(model, config, split)
         if not spec.transfer:  # transfer models compile per stage
-            _compile(model, config, config.learning_rate, steps_per_epoch * config.n_epochs)
+            compile_model(model, config, config.learning_rate, steps_per_epoch * config.n_epochs)
 
     train_data = make_dataset(split.x_train, split.y_train, n_classes, config.batch_size, size,
                               build_augmenter(config, dataset.image_size), shuffle=True,
@@ -171,7 +171,7 @@ def _train_transfer(model, config: TrainConfig, dataset: Dataset, size: int, **c
     if config.fine_tune_epochs:
         if not any(row.get("stage") == "fine_tune" for row in history):
             transfer.unfreeze_top(model, config.fine_tune_layers)
-            _compile(model, config, config.fine_tune_learning_rate,
+            compile_model(model, config, config.fine_tune_learning_rate,
                      common["steps_per_epoch"] * config.fine_tune_epochs, schedule="cosine")
         done = len(history) - config.n_epochs
         _fit_stage(model, config, "fine_tune", config.n_epochs, config.fine_tune_epochs, done, **common)
@@ -184,7 +184,7 @@ def _initialise(model, config: TrainConfig, split: Split) -> None:
         init_whitening(model, split.x_train)
 
 
-def _compile(model, config: TrainConfig, peak_lr: float, total_steps: int, schedule: str | None = None) -> None:
+def compile_model(model, config: TrainConfig, peak_lr: float, total_steps: int, schedule: str | None = None) -> None:
     import keras
 
     learning_rate = make_learning_rate(schedule or config.schedule, peak_lr, total_steps, config.warmup_fraction)

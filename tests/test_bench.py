@@ -1,0 +1,29 @@
+import json
+
+from cifar_core.bench import forward_flops, run_benchmarks
+from cifar_core.models import build_model
+
+
+def test_flops_are_counted_from_the_architecture():
+    import keras
+
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, padding="same")(inputs)
+    x = keras.layers.DepthwiseConv2D(3, padding="same")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(5)(x)
+    model = keras.Model(inputs, outputs)
+    assert forward_flops(model) == 2 * (8 * 8 * 4 * 27) + 2 * (8 * 8 * 4 * 9) + 2 * 4 * 5
+    assert forward_flops(build_model("fastnet")) > forward_flops(build_model("demo"))
+
+
+def test_bench_writes_all_sections(image_folder, tmp_path):
+    output = tmp_path / "bench.json"
+    run_benchmarks(str(image_folder), output, ["demo"], steps=2)
+    results = json.loads(output.read_text())
+    assert results["data_load"]["n_images"] == 18
+    assert results["data_load"]["cached_seconds"] < results["data_load"]["cold_seconds"] + 1
+    [training] = results["training"]
+    assert training["train_images_per_second"] > 0 and training["train_gflops_per_second"] > 0
+    [inference] = results["inference"]
+    assert 0 < inference["single_image_ms_p50"] <= inference["single_image_ms_p95"]
