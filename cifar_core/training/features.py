@@ -44,17 +44,14 @@ def cached_features(model, run_dir: Path, name: str, images: np.ndarray, image_s
 
 def train_head(model, config: TrainConfig, run_dir: Path, split, n_classes: int, image_size: int,
                history: list[dict]) -> dict:
-    """Fit the model's 'predictions' layer on cached features; returns timings."""
+    """Fit the model's 'predictions' layer on cached features; returns stage timings."""
     import keras
 
     started = time.perf_counter()
-    flip = "flip" in config.augmentations
+    # Unaugmented: one forward pass per image. Mirrored copies would double the
+    # most expensive part of the stage for a head that fine-tuning retrains anyway.
     x_train = cached_features(model, run_dir, "train", split.x_train, image_size)
     y_train = split.y_train
-    if flip:
-        x_train = np.concatenate([x_train, cached_features(model, run_dir, "train", split.x_train, image_size,
-                                                           flip=True)])
-        y_train = np.concatenate([y_train, y_train])
     validation = None
     if len(split.y_val):
         x_val = cached_features(model, run_dir, "val", split.x_val, image_size)
