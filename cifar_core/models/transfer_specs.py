@@ -33,21 +33,18 @@ PREPROCESSING = {
     "densenet121": Preprocessing(scale=1 / 255, mean=IMAGENET_MEAN, std=IMAGENET_STD),
 }
 
-for _spec in (
-    ModelSpec("lite0", ".transfer:build_lite0", 128,
-              "EfficientNet-Lite0, ImageNet weights shipped offline (converted from PyTorch)",
-              transfer=True, last_conv_layer="top_relu"),
-    ModelSpec("efficientnetb1", ".transfer:build_efficientnetb1", 128,
-              "Keras EfficientNetB1 (ImageNet weights when downloadable or cached)", transfer=True,
-              last_conv_layer="top_activation"),
-    ModelSpec("resnet101v2", ".transfer:build_resnet101v2", 128,
-              "Keras ResNet101V2 (ImageNet weights when downloadable or cached)", transfer=True,
-              last_conv_layer="post_relu"),
-    ModelSpec("densenet121", ".transfer:build_densenet121", 128,
-              "Keras DenseNet121 (ImageNet weights when downloadable or cached)", transfer=True,
-              last_conv_layer="relu"),
-    ModelSpec("mobilenetv2", ".transfer:build_mobilenetv2", 128,
-              "Keras MobileNetV2 (ImageNet weights when downloadable or cached)", transfer=True,
-              last_conv_layer="out_relu"),
-):
-    register(_spec)
+# keras.applications backbones: (registry name, Keras constructor, last conv activation for Grad-CAM).
+KERAS_BACKBONES = (
+    ("efficientnetb1", "EfficientNetB1", "top_activation"),
+    ("resnet101v2", "ResNet101V2", "post_relu"),
+    ("densenet121", "DenseNet121", "relu"),
+    ("mobilenetv2", "MobileNetV2", "out_relu"),
+)
+
+register(ModelSpec("lite0", ".transfer:build_lite0", 128,
+                   "EfficientNet-Lite0, ImageNet weights shipped offline (converted from PyTorch)",
+                   transfer=True, last_conv_layer="top_relu"))
+for _name, _constructor, _last_conv in KERAS_BACKBONES:
+    register(ModelSpec(_name, f".transfer:build_{_name}", 128,
+                       f"Keras {_constructor} (ImageNet weights when downloadable or cached)",
+                       transfer=True, last_conv_layer=_last_conv))
