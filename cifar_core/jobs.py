@@ -200,12 +200,13 @@ def _wait_for_start_time(pid: int) -> float | None:
 def cancel(job_id: int, path: Path | None = None) -> Job:
     """Stop a job's worker (SIGTERM: it records 'interrupted' and stays resumable)."""
     job = get_job(job_id, path)
+    # Record the cancel before signalling, so the worker sees it when it stops.
+    update_job(job_id, path, state="cancelled", message="cancelled by the user; resumable")
     if job.pid and process_start_time(job.pid) == job.pid_started:
         try:
             os.kill(job.pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
-    update_job(job_id, path, state="cancelled", message="cancelled by the user; resumable")
     return get_job(job_id, path)
 
 
@@ -215,6 +216,8 @@ def run_worker(job_id: int, resume: bool = False) -> int:
     from .training import train
 
     job = get_job(job_id)
+    if job.state == "cancelled":  # cancelled before this process got going
+        return 130
     update_job(job_id, state="running", pid=os.getpid(), pid_started=process_start_time(os.getpid()))
     try:
         if resume and (job.run_dir / runs.CONFIG_FILE).exists():
