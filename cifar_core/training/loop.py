@@ -172,7 +172,7 @@ def _train_transfer(model, config: TrainConfig, dataset: Dataset, size: int, **c
         if not any(row.get("stage") == "fine_tune" for row in history):
             transfer.unfreeze_top(model, config.fine_tune_layers)
             compile_model(model, config, config.fine_tune_learning_rate,
-                     common["steps_per_epoch"] * config.fine_tune_epochs, schedule="cosine")
+                          common["steps_per_epoch"] * config.fine_tune_epochs, schedule="cosine")
         done = len(history) - config.n_epochs
         _fit_stage(model, config, "fine_tune", config.n_epochs, config.fine_tune_epochs, done, **common)
 
@@ -184,7 +184,8 @@ def _initialise(model, config: TrainConfig, split: Split) -> None:
         init_whitening(model, split.x_train)
 
 
-def compile_model(model, config: TrainConfig, peak_lr: float, total_steps: int, schedule: str | None = None) -> None:
+def compile_model(model, config: TrainConfig, peak_lr: float, total_steps: int,
+                  schedule: str | None = None) -> None:
     import keras
 
     learning_rate = make_learning_rate(schedule or config.schedule, peak_lr, total_steps, config.warmup_fraction)
