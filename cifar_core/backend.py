@@ -24,6 +24,18 @@ def configure(threads: int | None = None) -> None:
     _configured = True
 
 
+def peak_memory_mb() -> float | None:
+    """This process's peak resident memory (Linux/macOS), for metrics.json."""
+    try:
+        import resource
+        import sys
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
+    except (ImportError, OSError):
+        return None
+
+
 def machine_description() -> dict:
     cpu = platform.processor() or platform.machine()
     try:

@@ -276,6 +276,7 @@ def measurement_context(model, config: TrainConfig, dataset: Dataset, history, n
         "train_seconds": round(train_seconds, 2),
         "train_images_per_second": round(images_seen / train_seconds, 1) if train_seconds else None,
         "eval_seconds": round(eval_seconds, 2),
+        "peak_memory_mb": backend.peak_memory_mb(),
         "machine": backend.machine_description(),
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
