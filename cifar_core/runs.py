@@ -52,11 +52,15 @@ def new_run_id(model: str, now: float | None = None) -> str:
 
 # --- atomic writes ---------------------------------------------------------------
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 def atomic_write_bytes(path: Path | str, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a run folder is meant to be shared
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
