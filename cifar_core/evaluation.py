@@ -7,14 +7,14 @@ EPSILON = 1e-7
 
 
 def predict_proba(model, images: np.ndarray, batch_size: int = 256, tta: bool = False,
-                  image_size: int | None = None) -> np.ndarray:
+                  image_size: int | None = None, callbacks: list | None = None) -> np.ndarray:
     """Class probabilities for uint8 images; `tta` averages with the mirror image."""
     from .data.pipeline import make_dataset
 
     def run(batch_images):
         dataset = make_dataset(batch_images, np.zeros(len(batch_images), np.int32), n_classes=1,
                                batch_size=batch_size, image_size=image_size, one_hot=False)
-        return model.predict(dataset.map(lambda x, y: x), verbose=0)
+        return model.predict(dataset.map(lambda x, y: x), verbose=0, callbacks=callbacks)
 
     probs = run(images)
     if tta:

@@ -120,3 +120,18 @@ def test_a_learnable_problem_is_learned(tiny_dataset, tmp_path):
                            learning_rate=1e-2, augmentations=())
     run_dir = train(config, tmp_path / "run", tiny_dataset, verbose=0)
     assert runs.read_json(run_dir / "metrics.json")["test_accuracy"] >= 0.5
+
+
+def test_long_predictions_keep_the_heartbeat_fresh(tmp_path, monkeypatch):
+    from cifar_core.evaluation import predict_proba
+    from cifar_core.models import build_model
+    from cifar_core.training import callbacks
+
+    monkeypatch.setattr(callbacks, "HEARTBEAT_SECONDS", 0.0)
+    runs.write_status(tmp_path, "running", epoch=3, n_epochs=3)
+    before = runs.read_status(tmp_path)["heartbeat"]
+    images = np.zeros((8, 32, 32, 3), np.uint8)
+    predict_proba(build_model("demo"), images, batch_size=2,
+                  callbacks=[callbacks.PredictHeartbeat(tmp_path, "evaluate")])
+    status = runs.read_status(tmp_path)
+    assert status["stage"] == "evaluate" and status["epoch"] == 3 and status["heartbeat"] > before

@@ -84,3 +84,20 @@ class RunRecorder(keras.callbacks.Callback):
             fields["last"] = {k: float(v) for k, v in logs.items() if isinstance(v, (int, float))}
         runs.write_status(self.run_dir, "running", **fields)
 
+
+
+class PredictHeartbeat(keras.callbacks.Callback):
+    """status.json heartbeats while a long predict() runs (features, evaluation)."""
+
+    def __init__(self, run_dir: Path, stage: str):
+        super().__init__()
+        self.run_dir = Path(run_dir)
+        self.stage = stage
+        self._last = 0.0
+
+    def on_predict_batch_end(self, batch, logs=None):
+        if time.perf_counter() - self._last >= HEARTBEAT_SECONDS:
+            self._last = time.perf_counter()
+            kept = {k: v for k, v in (runs.read_status(self.run_dir) or {}).items()
+                    if k not in ("state", "heartbeat", "pid")}
+            runs.write_status(self.run_dir, "running", **{**kept, "stage": self.stage, "batch": batch + 1})

@@ -13,17 +13,21 @@ import numpy as np
 
 from .. import runs
 from ..config import TrainConfig
+from .callbacks import PredictHeartbeat
 
 
 def extract_features(model, images: np.ndarray, image_size: int, flip: bool = False,
-                     batch_size: int = 128) -> np.ndarray:
+                     batch_size: int = 128, run_dir: Path | None = None) -> np.ndarray:
     from ..data.pipeline import make_dataset
     from ..models.transfer import feature_model
 
     trunk = feature_model(model)
     source = images[:, :, ::-1, :] if flip else images
     dataset = make_dataset(source, np.zeros(len(images), np.int32), 1, batch_size, image_size, one_hot=False)
-    return np.asarray(trunk.predict(dataset.map(lambda x, y: x), verbose=0), dtype=np.float32)
+    # Minutes of predicting: keep the heartbeat fresh so the job registry
+    # does not take a busy worker for a dead one.
+    callbacks = [PredictHeartbeat(run_dir, "features")] if run_dir else []
+    return np.asarray(trunk.predict(dataset.map(lambda x, y: x), verbose=0, callbacks=callbacks), dtype=np.float32)
 
 
 def cached_features(model, run_dir: Path, name: str, images: np.ndarray, image_size: int,
@@ -34,7 +38,7 @@ def cached_features(model, run_dir: Path, name: str, images: np.ndarray, image_s
         features = np.load(path, allow_pickle=False)
         if len(features) == len(images):
             return features
-    features = extract_features(model, images, image_size, flip)
+    features = extract_features(model, images, image_size, flip, run_dir=run_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.npy")
     np.save(tmp, features)

@@ -15,7 +15,7 @@ from ..data.pipeline import build_augmenter, make_dataset, split_train_val
 from ..errors import CifarError, RunFolderError
 from ..models import build_model, get_spec
 from . import checkpoint
-from .callbacks import RunRecorder
+from .callbacks import PredictHeartbeat, RunRecorder
 from .schedules import make_learning_rate
 
 
@@ -246,8 +246,10 @@ def finish_run(model, config: TrainConfig, run_dir: Path, dataset: Dataset, hist
     save_model_atomically(inference, run_dir / runs.MODEL_FILE)
     size = input_size(config)
     started = time.perf_counter()
-    probs = predict_proba(model, dataset.x_test, image_size=size)
-    probs_tta = predict_proba(model, dataset.x_test, image_size=size, tta=True) if config.tta else None
+    heartbeat = [PredictHeartbeat(run_dir, "evaluate")]
+    probs = predict_proba(model, dataset.x_test, image_size=size, callbacks=heartbeat)
+    probs_tta = predict_proba(model, dataset.x_test, image_size=size, tta=True, callbacks=heartbeat) \
+        if config.tta else None
     eval_seconds = time.perf_counter() - started
     metrics = compute_metrics(dataset.y_test, probs, dataset.class_names, probs_tta)
     train_seconds = float(sum(row.get("seconds") or 0 for row in history))
