@@ -4,13 +4,22 @@ from __future__ import annotations
 import numpy as np
 
 EPSILON = 1e-7
+# Pixels per inference batch: 256 images at 64 px. Large inputs get smaller
+# batches so a 224 px model's activations stay well under a gigabyte.
+PREDICT_PIXEL_BUDGET = 256 * 64 * 64
 
 
-def predict_proba(model, images: np.ndarray, batch_size: int = 256, tta: bool = False,
+def inference_batch_size(image_size: int | None) -> int:
+    size = image_size or 32
+    return int(max(8, min(256, PREDICT_PIXEL_BUDGET // (size * size))))
+
+
+def predict_proba(model, images: np.ndarray, batch_size: int | None = None, tta: bool = False,
                   image_size: int | None = None, callbacks: list | None = None) -> np.ndarray:
     """Class probabilities for uint8 images; `tta` averages with the mirror image."""
     from .data.pipeline import make_dataset
 
+    batch_size = batch_size or inference_batch_size(image_size)
     def run(batch_images):
         dataset = make_dataset(batch_images, np.zeros(len(batch_images), np.int32), n_classes=1,
                                batch_size=batch_size, image_size=image_size, one_hot=False)

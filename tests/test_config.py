@@ -35,3 +35,19 @@ def test_recipe_applies_table_then_overrides():
 def test_config_is_frozen():
     with pytest.raises(Exception):
         TrainConfig().n_epochs = 5
+
+
+def test_large_transfer_inputs_get_a_smaller_batch_unless_asked():
+    from cifar_core.config import TRANSFER_RECIPE
+
+    assert recipe_config("lite0").batch_size == TRANSFER_RECIPE["batch_size"]
+    assert recipe_config("lite0", image_size=224).batch_size == TRANSFER_RECIPE["batch_size"] // 2
+    assert recipe_config("lite0", image_size=224, batch_size=48).batch_size == 48
+
+
+def test_inference_batches_shrink_with_the_input():
+    from cifar_core.evaluation import inference_batch_size
+
+    assert inference_batch_size(32) == 256
+    assert inference_batch_size(128) == 64
+    assert 8 <= inference_batch_size(224) < 32

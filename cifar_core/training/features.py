@@ -17,10 +17,12 @@ from .callbacks import PredictHeartbeat
 
 
 def extract_features(model, images: np.ndarray, image_size: int, flip: bool = False,
-                     batch_size: int = 128, run_dir: Path | None = None) -> np.ndarray:
+                     run_dir: Path | None = None) -> np.ndarray:
     from ..data.pipeline import make_dataset
+    from ..evaluation import inference_batch_size
     from ..models.transfer import feature_model
 
+    batch_size = inference_batch_size(image_size)
     trunk = feature_model(model)
     source = images[:, :, ::-1, :] if flip else images
     dataset = make_dataset(source, np.zeros(len(images), np.int32), 1, batch_size, image_size, one_hot=False)
