@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--output", type=Path, default=Path("benchmarks.json"))
     bench.add_argument("--models", default="g3,fastnet,demo")
     bench.add_argument("--steps", type=int, default=20, help="timed training steps per model")
+    bench.add_argument("--batch-sizes", default="", help="also time these batch sizes, e.g. 128,512")
     worker = commands.add_parser("worker", help=argparse.SUPPRESS)  # started by the dashboard's job registry
     worker.add_argument("job_id", type=int)
     worker.add_argument("--resume", action="store_true")
@@ -162,7 +163,8 @@ def cmd_models(args) -> int:
 def cmd_bench(args) -> int:
     from .bench import run_benchmarks
 
-    run_benchmarks(args.data, args.output, [m for m in args.models.split(",") if m], args.steps)
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
+    run_benchmarks(args.data, args.output, [m for m in args.models.split(",") if m], args.steps, batch_sizes)
     print(f"results written to {args.output}")
     return 0
 

@@ -55,14 +55,14 @@ def time_data_load(source: str) -> dict:
             "cold_seconds": round(cold.load_seconds, 2), "cached_seconds": round(cached.load_seconds, 3)}
 
 
-def time_training(model_name: str, steps: int, warmup: int = 3) -> dict:
+def time_training(model_name: str, steps: int, warmup: int = 3, batch_size: int | None = None) -> dict:
     """Images/s of full training steps (augmentation pipeline included) on random images."""
     from .config import recipe_config
     from .data.pipeline import build_augmenter, make_dataset
     from .models import build_model
     from .training.loop import compile_model
 
-    config = recipe_config(model_name)
+    config = recipe_config(model_name, batch_size=batch_size)
     model = build_model(model_name)
     compile_model(model, config, config.learning_rate, 1000)
     n = config.batch_size * (steps + warmup)
@@ -129,7 +129,8 @@ def shipped_run_for(model_name: str) -> Path | None:
     return None
 
 
-def run_benchmarks(source: str | None, output: Path, models: list[str], steps: int) -> dict:
+def run_benchmarks(source: str | None, output: Path, models: list[str], steps: int,
+                   batch_sizes: list[int] | None = None) -> dict:
     backend.configure()
     from .data import default_source
 
@@ -142,6 +143,9 @@ def run_benchmarks(source: str | None, output: Path, models: list[str], steps: i
     for name in models:
         results["training"].append(time_training(name, steps))
         print("training:", results["training"][-1])
+        for batch_size in batch_sizes or []:  # the batch-size sweep
+            results["training"].append(time_training(name, steps, batch_size=batch_size))
+            print("training:", results["training"][-1])
         results["inference"].append(time_inference(shipped_run_for(name), name))
         print("inference:", results["inference"][-1])
     runs.atomic_write_text(output, json.dumps(results, indent=2) + "\n")
