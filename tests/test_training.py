@@ -135,3 +135,16 @@ def test_long_predictions_keep_the_heartbeat_fresh(tmp_path, monkeypatch):
                   callbacks=[callbacks.PredictHeartbeat(tmp_path, "evaluate")])
     status = runs.read_status(tmp_path)
     assert status["stage"] == "evaluate" and status["epoch"] == 3 and status["heartbeat"] > before
+
+
+@pytest.mark.parametrize("settings", [
+    dict(optimizer="sgd", schedule="onecycle", ema_momentum=0.9, label_smoothing=0.2),
+    dict(optimizer="adamw", schedule="plateau", early_stopping_patience=1, class_weights=True),
+    dict(optimizer="adam", schedule="cosine", augmentations=("crop", "rotate", "zoom", "contrast")),
+])
+def test_every_optimizer_schedule_and_augmentation_trains(tiny_dataset, tmp_path, settings):
+    config = recipe_config("demo", **SMALL, limit=None).replace(n_epochs=2, **settings)
+    run_dir = train(config, tmp_path / "run", tiny_dataset, verbose=0)
+    history = runs.read_history(run_dir)
+    assert 1 <= len(history) <= 2 and all(np.isfinite(row["loss"]) for row in history)
+    assert runs.read_status(run_dir)["state"] == "completed"
