@@ -23,7 +23,7 @@ LOW_CONFIDENCE = 0.5
 
 def page(title: str, icon: str) -> None:
     st.set_page_config(page_title=f"{title} · CIFAR-10 Studio", page_icon=icon, layout="wide")
-    st.title(f"{icon} {title}")
+    st.title(title)  # the icon goes to the browser tab only: headless fonts lack emoji
 
 
 def fail(exc: Exception) -> None:

@@ -59,11 +59,16 @@ def server(shipped_runs, tmp_path):
         process.wait(20)
 
 
+SCRIPT_FINISHED = """() => {
+    const app = document.querySelector('[data-testid="stApp"]');
+    return app && app.getAttribute('data-test-script-state') === 'notRunning'
+        && !document.querySelector('[data-testid="stSkeleton"]');
+}"""
+
+
 def _wait_for_page(page, title: str, timeout_ms: int = 120_000) -> None:
     page.get_by_role("heading", name=title).first.wait_for(timeout=timeout_ms)
-    # Streamlit shows a running indicator while the script executes.
-    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')",
-                           timeout=timeout_ms)
+    page.wait_for_function(SCRIPT_FINISHED, timeout=timeout_ms)
     assert page.locator("[data-testid='stException']").count() == 0, f"{title}: exception on the page"
 
 
@@ -93,11 +98,11 @@ def test_every_page_and_an_upload_in_chromium(server, tmp_path):
         page.locator("input[type='file']").first.set_input_files(str(photo))
         prediction = page.get_by_text("Prediction:").first
         prediction.wait_for(timeout=180_000)
+        page.wait_for_function(SCRIPT_FINISHED, timeout=180_000)
         print(f"upload to first prediction: {time.perf_counter() - uploaded:.1f} s")
         text = prediction.inner_text()
         assert "%" in text and any(name in text for name in ("cat", "dog", "ship", "airplane", "automobile",
                                                               "bird", "deer", "frog", "horse", "truck"))
         if shots:
-            page.wait_for_timeout(1500)
             page.screenshot(path=os.path.join(shots, "Classify-upload.png"), full_page=True)
         browser.close()
