@@ -53,3 +53,19 @@ def test_unknown_model_and_bad_arguments_are_clear_errors():
     with pytest.raises(ConfigError, match="num_classes"):
         build_model("demo", num_classes=1)
     assert {"g3", "fastnet", "demo"} <= set(model_names())
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_models_build_and_train_on_other_keras_backends(backend):
+    """Model code is Keras-only: it must run where that backend is installed."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip(backend)
+    from conftest import ROOT
+
+    result = subprocess.run([sys.executable, str(ROOT / "tests" / "backend_smoke.py")], capture_output=True,
+                            text=True, timeout=600, env=dict(os.environ, KERAS_BACKEND=backend))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count(f"{backend} ") == 4
