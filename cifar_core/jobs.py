@@ -23,7 +23,7 @@ from .config import TrainConfig
 from .errors import CifarError
 
 DEFAULT_DB = runs.DEFAULT_RUNS_ROOT.parent / "jobs.sqlite"
-STALE_SECONDS = 300.0  # no heartbeat for this long: the worker is hung or gone
+STALE_SECONDS = runs.STALE_SECONDS
 ACTIVE_STATES = ("queued", "running")
 
 SCHEMA = """

@@ -38,6 +38,8 @@ LOG_FILE = "train.log"
 HISTORY_COLUMNS = ("epoch", "stage", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds")
 
 RUN_STATES = ("queued", "running", "completed", "failed", "interrupted", "cancelled")
+# No heartbeat for this long: whatever was writing the run is hung or gone.
+STALE_SECONDS = 300.0
 
 
 def runs_root() -> Path:
@@ -184,6 +186,17 @@ def read_status(run_dir: Path | str) -> dict[str, Any] | None:
     if not path.exists():
         return None
     return read_json(path)
+
+
+def effective_state(status: dict, now: float | None = None) -> str:
+    """The status's state, except that a 'running' run whose heartbeat went
+    stale is reported as interrupted (its process died without saying so)."""
+    state = status.get("state", "unknown")
+    heartbeat = status.get("heartbeat")
+    if state in ("running", "queued") and isinstance(heartbeat, (int, float)) \
+            and (now or time.time()) - heartbeat > STALE_SECONDS:
+        return "interrupted"
+    return state
 
 
 # --- listing ---------------------------------------------------------------------

@@ -52,7 +52,7 @@ def _run_records(root: str) -> tuple[list[dict], list[str]]:
             "test accuracy": metrics.get("test_accuracy"), "with flip TTA": metrics.get("test_accuracy_tta"),
             "train minutes": (metrics.get("train_seconds") or 0) / 60 or None,
             "params": metrics.get("n_params"), "epochs": metrics.get("epochs_run"),
-            "state": status.get("state", "unknown"), "progress": status.get("progress"),
+            "state": runs.effective_state(status), "progress": status.get("progress"),
             "date": (metrics.get("measured_at") or "")[:10] or None, "data": metrics.get("data"),
             "has_model": run.has_model,
         })

@@ -70,3 +70,10 @@ def test_history_round_trip(tmp_path):
     runs.write_history(tmp_path, rows)
     back = runs.read_history(tmp_path)
     assert back[0]["epoch"] == 1 and back[0]["loss"] == 1.5 and back[0]["val_loss"] is None
+
+
+def test_a_run_whose_heartbeat_stopped_is_not_running_forever(tmp_path):
+    status = runs.write_status(tmp_path, "running", epoch=2)
+    assert runs.effective_state(status) == "running"
+    assert runs.effective_state(status, now=status["heartbeat"] + runs.STALE_SECONDS + 1) == "interrupted"
+    assert runs.effective_state({"state": "completed", "heartbeat": 0}) == "completed"
