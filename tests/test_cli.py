@@ -97,3 +97,12 @@ def test_a_real_process_prints_no_traceback(tmp_path):
 def test_models_lists_the_registry(capsys):
     code, out, _ = run_cli(capsys, "models")
     assert code == 0 and "g3" in out and "fastnet" in out and "demo" in out
+
+
+def test_a_run_is_reproduced_from_its_saved_config(trained_run, tmp_path, capsys):
+    again = tmp_path / "again"
+    code, _, err = run_cli(capsys, "train", "--config", str(trained_run / "config.json"), "--run-dir", str(again))
+    assert code == 0, err
+    assert json.loads((again / "config.json").read_text()) == json.loads((trained_run / "config.json").read_text())
+    first, second = (json.loads((d / "metrics.json").read_text()) for d in (trained_run, again))
+    assert first["epochs_run"] == second["epochs_run"] and first["n_train"] == second["n_train"]
