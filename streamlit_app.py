@@ -39,8 +39,12 @@ else:
 
 st.subheader("Where next")
 columns = st.columns(3)
-links = [("pages/1_Dataset.py", "Dataset", "📚"), ("pages/2_Augmentation.py", "Augmentation preview", "🎲"),
-         ("pages/3_Train.py", "Train a model", "🏋️"), ("pages/4_Compare.py", "Compare runs", "📈"),
-         ("pages/5_Evaluate.py", "Evaluate a run", "🧮"), ("pages/6_Classify.py", "Classify your photos", "📷")]
+# Material icons ship with Streamlit's font; emoji depend on the laptop's fonts.
+links = [("pages/1_Dataset.py", "Dataset", ":material/dataset:"),
+         ("pages/2_Augmentation.py", "Augmentation preview", ":material/casino:"),
+         ("pages/3_Train.py", "Train a model", ":material/model_training:"),
+         ("pages/4_Compare.py", "Compare runs", ":material/compare_arrows:"),
+         ("pages/5_Evaluate.py", "Evaluate a run", ":material/grid_on:"),
+         ("pages/6_Classify.py", "Classify your photos", ":material/photo_camera:")]
 for i, (target, label, icon) in enumerate(links):
     columns[i % 3].page_link(target, label=label, icon=icon)

@@ -30,7 +30,7 @@ count = st.slider("Images", 1, 8, 6, key="aug_count")
 if "aug_seed" not in st.session_state:
     st.session_state.aug_seed = 0
 left, right = st.columns([1, 4])
-if left.button("🎲 Re-roll", key="aug_reroll"):
+if left.button("Re-roll", icon=":material/casino:", key="aug_reroll"):
     st.session_state.aug_seed += 1
 right.number_input("Seed", 0, 1_000_000, key="aug_seed")
 rng = np.random.default_rng(7)
