@@ -78,3 +78,14 @@ def compute_metrics(y_true: np.ndarray, probs: np.ndarray, class_names,
         metrics["test_accuracy_tta"] = float(np.mean(probs_tta.argmax(axis=1) == y_true))
         metrics["test_loss_tta"] = cross_entropy(y_true, probs_tta)
     return metrics
+
+
+def measure_on_test(model, images: np.ndarray, labels: np.ndarray, class_names, image_size: int | None,
+                    tta: bool, callbacks: list | None = None) -> tuple[dict, np.ndarray, np.ndarray | None]:
+    """Test metrics plus the probabilities behind them; the plain pass is reused for TTA."""
+    probs = predict_proba(model, images, image_size=image_size, callbacks=callbacks)
+    probs_tta = None
+    if tta:
+        mirrored = predict_proba(model, images[:, :, ::-1, :], image_size=image_size, callbacks=callbacks)
+        probs_tta = (probs + mirrored) / 2
+    return compute_metrics(labels, probs, class_names, probs_tta), probs, probs_tta

@@ -59,17 +59,15 @@ def classify_bytes(run: LoadedRun, data: bytes, name: str = "image", k: int = 3)
 def evaluate_run(run_dir: Path | str, source: str | None = None) -> dict:
     """Re-measure a saved model on the test split; rewrites metrics and predictions."""
     from .data import load_dataset
-    from .evaluation import compute_metrics, predict_proba
+    from .evaluation import measure_on_test
 
     run = load_run_model(run_dir)
     dataset = load_dataset(source or run.config.data, image_size=run.data_image_size)
     if tuple(dataset.class_names) != run.class_names:
         raise RunFolderError(f"the data's classes {list(dataset.class_names)} differ from the model's "
                              f"{list(run.class_names)}")
-    probs = predict_proba(run.model, dataset.x_test, image_size=run.input_size)
-    probs_tta = predict_proba(run.model, dataset.x_test, image_size=run.input_size, tta=True) \
-        if run.config.tta else None
-    fresh = compute_metrics(dataset.y_test, probs, dataset.class_names, probs_tta)
+    fresh, probs, probs_tta = measure_on_test(run.model, dataset.x_test, dataset.y_test, dataset.class_names,
+                                              run.input_size, run.config.tta)
     metrics_path = run.run_dir / runs.METRICS_FILE
     metrics = runs.read_json(metrics_path) if metrics_path.exists() else {}
     metrics.update(fresh, data=dataset.description)

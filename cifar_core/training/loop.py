@@ -233,7 +233,7 @@ def _class_weights(labels: np.ndarray) -> dict[int, float]:
 def finish_run(model, config: TrainConfig, run_dir: Path, dataset: Dataset, history: list[dict],
                n_train: int) -> dict:
     """Save the inference model, measure it on the test split, write metrics."""
-    from ..evaluation import compute_metrics, predict_proba
+    from ..evaluation import measure_on_test
     from .checkpoint import save_model_atomically
 
     import keras
@@ -247,11 +247,9 @@ def finish_run(model, config: TrainConfig, run_dir: Path, dataset: Dataset, hist
     size = input_size(config)
     started = time.perf_counter()
     heartbeat = [PredictHeartbeat(run_dir, "evaluate")]
-    probs = predict_proba(model, dataset.x_test, image_size=size, callbacks=heartbeat)
-    probs_tta = predict_proba(model, dataset.x_test, image_size=size, tta=True, callbacks=heartbeat) \
-        if config.tta else None
+    metrics, probs, probs_tta = measure_on_test(model, dataset.x_test, dataset.y_test, dataset.class_names, size,
+                                                config.tta, callbacks=heartbeat)
     eval_seconds = time.perf_counter() - started
-    metrics = compute_metrics(dataset.y_test, probs, dataset.class_names, probs_tta)
     train_seconds = float(sum(row.get("seconds") or 0 for row in history))
     metrics.update(measurement_context(model, config, dataset, history, n_train, train_seconds, eval_seconds))
     head_file = run_dir / runs.CHECKPOINT_DIR / "head.json"
