@@ -1,6 +1,7 @@
 """Process-wide TensorFlow/Keras settings, applied once before any op runs."""
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 
@@ -22,6 +23,20 @@ def configure(threads: int | None = None) -> None:
     except RuntimeError:
         pass  # TensorFlow already initialised (e.g. in a test process); keep its settings
     _configured = True
+
+
+@contextlib.contextmanager
+def dtype_policy(precision: str):
+    """Build layers under `precision` ("float32" or "mixed_bfloat16"), then put
+    the process-wide policy back: tests and the dashboard share one process."""
+    import keras
+
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(precision)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
 
 
 def peak_memory_mb() -> float | None:

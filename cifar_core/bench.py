@@ -63,7 +63,7 @@ def time_training(model_name: str, steps: int, warmup: int = 3, batch_size: int 
     from .training.loop import compile_model
 
     config = recipe_config(model_name, batch_size=batch_size)
-    model = build_model(model_name)
+    model = build_model(model_name, precision=config.precision)
     compile_model(model, config, config.learning_rate, 1000)
     n = config.batch_size * (steps + warmup)
     rng = np.random.default_rng(0)

@@ -20,7 +20,9 @@ def grad_cam(model, batch: np.ndarray, layer_name: str, class_index: int | None 
         activations, probs = probe(inputs, training=False)
         index = int(tf.argmax(probs[0])) if class_index is None else class_index
         score = probs[:, index]
-    gradients = tape.gradient(score, activations)
+    # float32 from here: a mixed-precision model hands back bf16 tensors.
+    gradients = tf.cast(tape.gradient(score, activations), tf.float32)
+    activations = tf.cast(activations, tf.float32)
     weights = tf.reduce_mean(gradients, axis=(1, 2))  # one weight per channel
     cam = tf.nn.relu(tf.reduce_sum(activations * weights[:, None, None, :], axis=-1))[0].numpy()
     peak = cam.max()

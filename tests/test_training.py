@@ -8,7 +8,7 @@ import pytest
 
 from cifar_core import runs
 from cifar_core.config import TrainConfig, recipe_config
-from cifar_core.errors import RunFolderError
+from cifar_core.errors import ConfigError, RunFolderError
 from cifar_core.training import resume, train
 
 SMALL = dict(n_epochs=3, batch_size=32, val_fraction=0.25, early_stopping_patience=None)
@@ -148,3 +148,32 @@ def test_every_optimizer_schedule_and_augmentation_trains(tiny_dataset, tmp_path
     history = runs.read_history(run_dir)
     assert 1 <= len(history) <= 2 and all(np.isfinite(row["loss"]) for row in history)
     assert runs.read_status(run_dir)["state"] == "completed"
+
+
+def test_mixed_bfloat16_run_trains_resumes_and_loads_back(tiny_dataset, tmp_path):
+    """bf16 compute with float32 outputs: the run resumes, its model file passes the
+    safe loader, predictions are float32 probabilities, and Grad-CAM still works."""
+    from cifar_core.explain import grad_cam
+    from cifar_core.evaluation import predict_proba
+    from cifar_core.inference import load_run_model
+
+    config = recipe_config("fastnet", **SMALL, precision="mixed_bfloat16", limit=None)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path / "run", tiny_dataset, verbose=0, callbacks=[StopAfterEpoch(1)])
+    assert keras.config.dtype_policy().name == "float32"  # the process-wide policy is put back
+    run_dir = resume(tmp_path / "run", tiny_dataset, verbose=0)
+    assert runs.read_json(run_dir / "metrics.json")["test_accuracy"] >= 0.0
+    assert [int(r["epoch"]) for r in csv.DictReader(open(run_dir / "history.csv"))] == [1, 2, 3]
+
+    run = load_run_model(run_dir)
+    assert run.model.get_layer("block1_conv1").compute_dtype == "bfloat16"
+    assert run.model.get_layer("predictions").compute_dtype == "float32"
+    probs = predict_proba(run.model, tiny_dataset.x_test[:8], image_size=32)
+    assert probs.dtype == np.float32 and np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    heatmap = grad_cam(run.model, tiny_dataset.x_test[:1].astype("float32"), "block3_act2")
+    assert heatmap.dtype == np.float32 and 0.0 <= heatmap.min() and heatmap.max() <= 1.0
+
+
+def test_unknown_precision_is_refused():
+    with pytest.raises(ConfigError, match="precision"):
+        recipe_config("demo", precision="float16")

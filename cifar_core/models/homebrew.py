@@ -14,6 +14,9 @@ from ..errors import ConfigError
 # CIFAR-10 channel statistics on the 0..1 scale (train split, official images).
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
+# Output layers stay float32 under mixed precision: softmax and the loss
+# need more than bf16's 8 bits of mantissa.
+OUTPUT_DTYPE = "float32"
 
 
 def _check_input_shape(input_shape, name: str, min_size: int = 16) -> tuple[int, int, int]:
@@ -67,7 +70,7 @@ def build_g3(input_shape=(32, 32, 3), num_classes: int = 10, dense_units: int = 
     x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
     x = keras.layers.Dense(dense_units, activation="relu", name="dense")(x)
     x = keras.layers.Dropout(head_dropout, name="head_dropout")(x)
-    outputs = keras.layers.Dense(num_classes, activation="softmax", name="predictions")(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name="predictions", dtype=OUTPUT_DTYPE)(x)
     return keras.Model(inputs, outputs, name="g3")
 
 
@@ -105,8 +108,8 @@ def build_fastnet(input_shape=(32, 32, 3), num_classes: int = 10, widths=FASTNET
     x = keras.layers.GlobalMaxPooling2D(name="gmp")(x)
     x = keras.layers.Dense(num_classes, use_bias=False, name="logits")(x)
     # airbench scales logits down: the head starts less confident, trains steadier.
-    x = keras.layers.Rescaling(logit_scale, name="logit_scale")(x)
-    outputs = keras.layers.Activation("softmax", name="predictions")(x)
+    x = keras.layers.Rescaling(logit_scale, name="logit_scale", dtype=OUTPUT_DTYPE)(x)
+    outputs = keras.layers.Activation("softmax", name="predictions", dtype=OUTPUT_DTYPE)(x)
     return keras.Model(inputs, outputs, name="fastnet")
 
 
@@ -147,5 +150,5 @@ def build_demo(input_shape=(32, 32, 3), num_classes: int = 10, widths=DEMO_WIDTH
         if i < len(widths):
             x = keras.layers.MaxPooling2D(2, name=f"pool{i}")(x)
     x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
-    outputs = keras.layers.Dense(num_classes, activation="softmax", name="predictions")(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name="predictions", dtype=OUTPUT_DTYPE)(x)
     return keras.Model(inputs, outputs, name="demo")

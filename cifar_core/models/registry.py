@@ -59,11 +59,16 @@ def is_transfer_model(name: str) -> bool:
     return bool(spec and spec.transfer)
 
 
-def build_model(name: str, input_size: int | None = None, num_classes: int = 10, **options):
+def build_model(name: str, input_size: int | None = None, num_classes: int = 10, precision: str = "float32",
+                **options):
+    """A fresh model; its layers compute in `precision` (saved with the model)."""
+    from .. import backend
+
     spec = get_spec(name)
     size = input_size or spec.input_size
     try:
-        return spec.builder()(input_shape=(size, size, 3), num_classes=num_classes, **options)
+        with backend.dtype_policy(precision):
+            return spec.builder()(input_shape=(size, size, 3), num_classes=num_classes, **options)
     except TypeError as exc:
         raise ConfigError(f"{name}: bad model option ({exc})") from None
 

@@ -15,7 +15,7 @@ import keras
 import numpy as np
 
 from ..errors import ConfigError, ModelFileError
-from .homebrew import _check_classes, _check_input_shape
+from .homebrew import OUTPUT_DTYPE, _check_classes, _check_input_shape
 from .transfer_specs import PREPROCESSING
 
 HEAD_LAYERS = ("avg_pool", "head_dropout", "predictions")
@@ -36,7 +36,7 @@ def _preprocess(x, backbone: str):
 def _head(features, num_classes: int, dropout: float):
     x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(features)
     x = keras.layers.Dropout(dropout, name="head_dropout")(x)
-    return keras.layers.Dense(num_classes, activation="softmax", name="predictions")(x)
+    return keras.layers.Dense(num_classes, activation="softmax", name="predictions", dtype=OUTPUT_DTYPE)(x)
 
 
 def freeze_backbone(model: keras.Model) -> None:

@@ -133,7 +133,7 @@ def _train(config: TrainConfig, run_dir: Path, dataset: Dataset, verbose, extra_
     if state:
         model = checkpoint.load_model(run_dir, state)
     else:
-        model = build_model(config.model, size, n_classes, **config.model_options)
+        model = build_model(config.model, size, n_classes, config.precision, **config.model_options)
         _initialise(model, config, split)
         if not spec.transfer:  # transfer models compile per stage
             compile_model(model, config, config.learning_rate, steps_per_epoch * config.n_epochs)
