@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--models", default="g3,fastnet,demo")
     bench.add_argument("--steps", type=int, default=20, help="timed training steps per model")
     bench.add_argument("--batch-sizes", default="", help="also time these batch sizes, e.g. 128,512")
+    bench.add_argument("--precisions", default="", help="also time these precisions, e.g. float32,mixed_bfloat16")
     worker = commands.add_parser("worker", help=argparse.SUPPRESS)  # started by the dashboard's job registry
     worker.add_argument("job_id", type=int)
     worker.add_argument("--resume", action="store_true")
@@ -167,7 +168,9 @@ def cmd_bench(args) -> int:
     from .bench import run_benchmarks
 
     batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
-    run_benchmarks(args.data, args.output, [m for m in args.models.split(",") if m], args.steps, batch_sizes)
+    precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
+    run_benchmarks(args.data, args.output, [m for m in args.models.split(",") if m], args.steps, batch_sizes,
+                   precisions)
     print(f"results written to {args.output}")
     return 0
 

@@ -55,14 +55,15 @@ def time_data_load(source: str) -> dict:
             "cold_seconds": round(cold.load_seconds, 2), "cached_seconds": round(cached.load_seconds, 3)}
 
 
-def time_training(model_name: str, steps: int, warmup: int = 3, batch_size: int | None = None) -> dict:
+def time_training(model_name: str, steps: int, warmup: int = 3, batch_size: int | None = None,
+                  precision: str | None = None) -> dict:
     """Images/s of full training steps (augmentation pipeline included) on random images."""
     from .config import recipe_config
     from .data.pipeline import build_augmenter, make_dataset
     from .models import build_model
     from .training.loop import compile_model
 
-    config = recipe_config(model_name, batch_size=batch_size)
+    config = recipe_config(model_name, batch_size=batch_size, precision=precision)
     model = build_model(model_name, precision=config.precision)
     compile_model(model, config, config.learning_rate, 1000)
     n = config.batch_size * (steps + warmup)
@@ -79,7 +80,8 @@ def time_training(model_name: str, steps: int, warmup: int = 3, batch_size: int 
     seconds = time.perf_counter() - started
     images_per_second = steps * config.batch_size / seconds
     flops = forward_flops(model)
-    return {"model": model_name, "batch_size": config.batch_size, "params": int(model.count_params()),
+    return {"model": model_name, "batch_size": config.batch_size, "precision": config.precision,
+            "params": int(model.count_params()),
             "forward_mflops_per_image": round(flops / 1e6, 1), "train_images_per_second": round(images_per_second, 1),
             # Training costs about 3x the forward pass (forward, input gradients, weight gradients).
             "train_gflops_per_second": round(3 * flops * images_per_second / 1e9, 1),
@@ -130,7 +132,7 @@ def shipped_run_for(model_name: str) -> Path | None:
 
 
 def run_benchmarks(source: str | None, output: Path, models: list[str], steps: int,
-                   batch_sizes: list[int] | None = None) -> dict:
+                   batch_sizes: list[int] | None = None, precisions: list[str] | None = None) -> dict:
     backend.configure()
     from .data import default_source
 
@@ -143,8 +145,9 @@ def run_benchmarks(source: str | None, output: Path, models: list[str], steps: i
     for name in models:
         results["training"].append(time_training(name, steps))
         print("training:", results["training"][-1])
-        for batch_size in batch_sizes or []:  # the batch-size sweep
-            results["training"].append(time_training(name, steps, batch_size=batch_size))
+        variants = [dict(batch_size=b) for b in batch_sizes or []] + [dict(precision=p) for p in precisions or []]
+        for variant in variants:  # the batch-size and precision sweeps
+            results["training"].append(time_training(name, steps, **variant))
             print("training:", results["training"][-1])
         results["inference"].append(time_inference(shipped_run_for(name), name))
         print("inference:", results["inference"][-1])

@@ -19,11 +19,13 @@ def test_flops_are_counted_from_the_architecture():
 
 def test_bench_writes_all_sections(image_folder, tmp_path):
     output = tmp_path / "bench.json"
-    run_benchmarks(str(image_folder), output, ["demo"], steps=2)
+    run_benchmarks(str(image_folder), output, ["demo"], steps=2, precisions=["mixed_bfloat16"])
     results = json.loads(output.read_text())
     assert results["data_load"]["n_images"] == 18
     assert results["data_load"]["cached_seconds"] < results["data_load"]["cold_seconds"] + 1
-    [training] = results["training"]
-    assert training["train_images_per_second"] > 0 and training["train_gflops_per_second"] > 0
+    recipe, bf16 = results["training"]
+    assert [recipe["precision"], bf16["precision"]] == ["float32", "mixed_bfloat16"]
+    for training in (recipe, bf16):
+        assert training["train_images_per_second"] > 0 and training["train_gflops_per_second"] > 0
     [inference] = results["inference"]
     assert 0 < inference["single_image_ms_p50"] <= inference["single_image_ms_p95"]
