@@ -83,6 +83,15 @@ def run_label(record: dict) -> str:
     return f"{record['run']}  ({record['model']}, {score})"
 
 
+def best_run_per_model(records: list[dict]) -> list[dict]:
+    """The most accurate run of each model, best first: a default selection that
+    shows different networks side by side rather than two runs of one."""
+    best: dict[str, dict] = {}
+    for record in sorted(records, key=lambda r: -(r["test accuracy"] or 0)):
+        best.setdefault(record["model"], record)
+    return list(best.values())
+
+
 def pick_runs(label: str, key: str, multiple: bool = False, default_count: int = 2, with_model: bool = False):
     records = [r for r in finished_runs() if r["has_model"] or not with_model]
     if not records:
@@ -91,7 +100,8 @@ def pick_runs(label: str, key: str, multiple: bool = False, default_count: int =
     records.sort(key=lambda r: -(r["test accuracy"] or 0))
     labels = {run_label(r): r for r in records}
     if multiple:
-        chosen = st.multiselect(label, list(labels), default=list(labels)[:default_count], key=key)
+        defaults = [run_label(r) for r in best_run_per_model(records)[:default_count]]
+        chosen = st.multiselect(label, list(labels), default=defaults, key=key)
         return [labels[c] for c in chosen]
     chosen = st.selectbox(label, list(labels), key=key)
     return labels[chosen] if chosen else None

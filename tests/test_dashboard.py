@@ -91,3 +91,13 @@ def test_home_page_does_not_import_tensorflow(studio):
              "print('tensorflow' in sys.modules, 'keras' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.stdout.strip().splitlines()[-1] == "False False", result.stderr[-2000:]
+
+
+def test_default_selection_shows_different_models_best_first():
+    from cifar_core.ui import best_run_per_model
+
+    records = [{"run": "a", "model": "lite0", "test accuracy": 0.91},
+               {"run": "b", "model": "fastnet", "test accuracy": 0.89},
+               {"run": "c", "model": "lite0", "test accuracy": 0.92},
+               {"run": "d", "model": "demo", "test accuracy": None}]
+    assert [r["run"] for r in best_run_per_model(records)] == ["c", "b", "d"]
