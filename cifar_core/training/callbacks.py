@@ -1,15 +1,18 @@
 """Callbacks that make a run folder live: history, status, heartbeat, checkpoints."""
 from __future__ import annotations
 
+import io
 import time
 from pathlib import Path
 
 import keras
+import numpy as np
 
 from .. import runs
 from . import checkpoint
 
 HEARTBEAT_SECONDS = 5.0
+BEST_WEIGHTS_NAME = "best-weights.npz"
 
 
 def current_learning_rate(optimizer) -> float:
@@ -101,3 +104,76 @@ class PredictHeartbeat(keras.callbacks.Callback):
             kept = {k: v for k, v in (runs.read_status(self.run_dir) or {}).items()
                     if k not in ("state", "heartbeat", "pid")}
             runs.write_status(self.run_dir, "running", **{**kept, "stage": self.stage, "batch": batch + 1})
+
+
+def _replayable(rows: list[dict], monitor: str) -> list[tuple[int, dict]]:
+    """(epoch index, logs) of earlier epochs that recorded the monitored value."""
+    return [(int(row["epoch"]) - 1, dict(row)) for row in rows if row.get(monitor) is not None]
+
+
+class ResumablePlateau(keras.callbacks.ReduceLROnPlateau):
+    """ReduceLROnPlateau whose patience counter survives a resume.
+
+    The killed run's epochs are replayed through Keras' own bookkeeping before
+    training starts; replayed reductions leave the learning rate alone, since the
+    checkpointed optimizer already carries every reduction that happened.
+    """
+
+    def __init__(self, past_rows: list[dict], **kwargs):
+        super().__init__(**kwargs)
+        self._past = list(past_rows)
+        self._replaying = False
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self._replaying = True
+        try:
+            for epoch, row in _replayable(self._past, self.monitor):
+                self.on_epoch_end(epoch, row)
+        finally:
+            self._replaying = False
+
+    def _reduce_optimizer_lr(self, optimizer, epoch, name=""):
+        if self._replaying:
+            return True  # happened in the killed run; the optimizer state has it
+        return super()._reduce_optimizer_lr(optimizer, epoch, name)
+
+
+class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+    """EarlyStopping (best-weight restore) whose state survives a resume.
+
+    The patience counter and best value are replayed from the run's history; the
+    best weights are kept in checkpoint/best-weights.npz, written when the monitored
+    value improves and tagged with their epoch, so a run stopped across sessions
+    still ends on the weights of its best epoch.
+    """
+
+    def __init__(self, run_dir: Path, past_rows: list[dict], **kwargs):
+        super().__init__(restore_best_weights=True, **kwargs)
+        self.path = checkpoint.checkpoint_dir(run_dir) / BEST_WEIGHTS_NAME
+        self._past = list(past_rows)
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        replay = _replayable(self._past, self.monitor)
+        for epoch, row in replay:
+            super().on_epoch_end(epoch, row)
+        if replay:
+            self.best_weights = self._saved_weights(self.best_epoch)
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, logs)
+        if self.best_epoch == epoch and self.best_weights is not None:
+            buffer = io.BytesIO()
+            np.savez(buffer, *self.best_weights, epoch=np.int64(epoch))
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            runs.atomic_write_bytes(self.path, buffer.getvalue())
+
+    def _saved_weights(self, epoch: int) -> list | None:
+        """The best epoch's weights, or None (then Keras starts over from the next epoch)."""
+        if not self.path.is_file():
+            return None
+        with np.load(self.path, allow_pickle=False) as saved:
+            if int(saved["epoch"]) != epoch:
+                return None  # killed between improving and saving: that file is older
+            return [saved[f"arr_{i}"] for i in range(len(saved.files) - 1)]

@@ -15,7 +15,7 @@ from ..data.pipeline import build_augmenter, make_dataset, split_train_val
 from ..errors import CifarError, RunFolderError
 from ..models import build_model, get_spec
 from . import checkpoint
-from .callbacks import PredictHeartbeat, RunRecorder
+from .callbacks import PredictHeartbeat, ResumableEarlyStopping, ResumablePlateau, RunRecorder
 from .schedules import make_learning_rate
 
 
@@ -212,12 +212,14 @@ def _fit_stage(model, config: TrainConfig, stage: str, offset: int, n_epochs: in
     callbacks = [recorder, keras.callbacks.TensorBoard(log_dir=str(run_dir / runs.TENSORBOARD_DIR),
                                                        write_graph=False, profile_batch=0)]
     monitor = "val_loss" if val_data is not None else "loss"
+    # This stage's epochs run before a resume, numbered as this fit() counts them.
+    past = [{**row, "epoch": int(row["epoch"]) - offset} for row in history if row.get("stage", stage) == stage]
     if config.schedule == "plateau" and stage == "train":
-        callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=config.plateau_factor,
-                                                           patience=config.plateau_patience, min_lr=1e-6))
+        callbacks.append(ResumablePlateau(past, monitor=monitor, factor=config.plateau_factor,
+                                          patience=config.plateau_patience, min_lr=1e-6))
     if config.early_stopping_patience and val_data is not None:
-        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.early_stopping_patience,
-                                                       restore_best_weights=True))
+        callbacks.append(ResumableEarlyStopping(run_dir, past, monitor="val_loss",
+                                                patience=config.early_stopping_patience))
     callbacks.extend(extra_callbacks)
     class_weight = _class_weights(split.y_train) if config.class_weights else None
     model.fit(train_data, validation_data=val_data, epochs=n_epochs, initial_epoch=completed,
