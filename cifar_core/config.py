@@ -121,7 +121,7 @@ RECIPES: dict[str, dict[str, Any]] = {
                n_epochs=60, batch_size=128, early_stopping_patience=8,
                augmentations=("flip", "translate", "rotate", "zoom")),
     # airbench-style: a fixed short schedule, so no validation-driven stopping.
-    # bf16 compute trains it 1.47x faster here (405 vs 275 img/s), which buys
+    # bf16 compute trains it 1.36-1.47x faster here (BENCHMARKS.md), which buys
     # 25 epochs inside the 60-minute budget instead of 16.
     # Keras applies weight decay decoupled (w -= lr * wd * w), outside the
     # momentum buffer; 5e-3 here matches the usual coupled 5e-4 at momentum 0.9.
