@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--label-smoothing", type=float)
     train.add_argument("--val-fraction", type=float)
     train.add_argument("--fine-tune-epochs", type=int)
+    train.add_argument("--fine-tune-layers", type=int,
+                       help="transfer: how many weighted backbone layers, counted from the top, fine-tuning trains")
     train.add_argument("--class-weights", action="store_true", default=None)
     train.add_argument("--seed", type=int, dest="random_state")
     train.add_argument("--precision", choices=PRECISIONS,
@@ -74,8 +76,37 @@ def cmd_worker(args) -> int:
     return run_worker(args.job_id, resume=args.resume)
 
 
-def cmd_train(args) -> int:
+_TRAIN_OVERRIDES = ("data", "n_epochs", "limit", "batch_size", "learning_rate", "optimizer", "schedule",
+                    "image_size", "label_smoothing", "val_fraction", "fine_tune_epochs", "fine_tune_layers",
+                    "class_weights", "random_state", "precision")
+
+
+def config_from_args(args):
+    """The TrainConfig that `train` flags describe: a recipe (or --config file) plus the flags given."""
     from .config import TrainConfig, recipe_config
+
+    overrides = {key: getattr(args, key) for key in _TRAIN_OVERRIDES}
+    if args.augment is not None:
+        overrides["augmentations"] = () if args.augment == "none" else tuple(
+            a.strip() for a in args.augment.split(",") if a.strip())
+    if args.config:
+        base = TrainConfig.from_json(_read(args.config)).to_dict()
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        if args.model:
+            base["model"] = args.model
+        config = TrainConfig.from_dict(base)
+    else:
+        if not args.model:
+            raise CifarError("train needs --model NAME (or --config FILE); see `python -m cifar_core models`")
+        config = recipe_config(args.model, **overrides)
+    if config.data is None:
+        from .data import default_source
+
+        config = config.replace(data=default_source())
+    return config
+
+
+def cmd_train(args) -> int:
     from .training import resume, train
 
     if args.resume:
@@ -83,27 +114,7 @@ def cmd_train(args) -> int:
             raise CifarError("--resume needs --run-dir (the run folder to continue)")
         run_dir = resume(args.run_dir)
     else:
-        overrides = {key: getattr(args, key) for key in (
-            "data", "n_epochs", "limit", "batch_size", "learning_rate", "optimizer", "schedule", "image_size",
-            "label_smoothing", "val_fraction", "fine_tune_epochs", "class_weights", "random_state", "precision")}
-        if args.augment is not None:
-            overrides["augmentations"] = () if args.augment == "none" else tuple(
-                a.strip() for a in args.augment.split(",") if a.strip())
-        if args.config:
-            base = TrainConfig.from_json(_read(args.config)).to_dict()
-            base.update({k: v for k, v in overrides.items() if v is not None})
-            if args.model:
-                base["model"] = args.model
-            config = TrainConfig.from_dict(base)
-        else:
-            if not args.model:
-                raise CifarError("train needs --model NAME (or --config FILE); see `python -m cifar_core models`")
-            config = recipe_config(args.model, **overrides)
-        if config.data is None:
-            from .data import default_source
-
-            config = config.replace(data=default_source())
-        run_dir = train(config, args.run_dir)
+        run_dir = train(config_from_args(args), args.run_dir)
     from . import runs
 
     metrics = runs.read_json(run_dir / runs.METRICS_FILE)

@@ -106,3 +106,19 @@ def test_a_run_is_reproduced_from_its_saved_config(trained_run, tmp_path, capsys
     assert json.loads((again / "config.json").read_text()) == json.loads((trained_run / "config.json").read_text())
     first, second = (json.loads((d / "metrics.json").read_text()) for d in (trained_run, again))
     assert first["epochs_run"] == second["epochs_run"] and first["n_train"] == second["n_train"]
+
+
+def test_train_flags_reach_the_config(tmp_path):
+    from cifar_core.__main__ import build_parser, config_from_args
+
+    def config_for(*argv):
+        return config_from_args(build_parser().parse_args(["train", "--data", "keras", *argv]))
+
+    config = config_for("--model", "lite0", "--image-size", "224", "--fine-tune-layers", "40")
+    assert (config.fine_tune_layers, config.image_size) == (40, 224)
+    assert config.batch_size == 32  # the transfer recipe halves its batch above 160 px
+    assert config_for("--model", "lite0").fine_tune_layers == 1000  # the recipe's default when the flag is absent
+    saved = tmp_path / "config.json"
+    saved.write_text(config.to_json())
+    again = config_for("--config", str(saved), "--fine-tune-layers", "12", "--augment", "none")
+    assert (again.fine_tune_layers, again.image_size, again.augmentations) == (12, 224, ())
