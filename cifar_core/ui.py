@@ -184,6 +184,12 @@ def sample_dataset():
     return Dataset(images, labels, images, labels, names, "sample", "CIFAR-10 sample (100 test images, shipped)")
 
 
+def example_indices(n_available: int, count: int = 3, seed: int | None = None) -> list[int]:
+    """`count` different image indices (fewer if fewer exist): one image twice would repeat its charts."""
+    rng = np.random.default_rng(seed)
+    return [int(i) for i in rng.choice(n_available, min(count, n_available), replace=False)]
+
+
 def default_dataset():
     """The full dataset if it can be found, else the shipped sample, else None; never raises."""
     for source in candidate_sources():

@@ -24,7 +24,7 @@ if st.toggle("Use the camera", key="classify_camera"):
 if not files:
     sample = ui.sample_dataset()
     if sample is not None and st.button("Try three test images from the shipped sample", key="classify_sample"):
-        st.session_state.classify_examples = [int(i) for i in np.random.default_rng().choice(len(sample.y_test), 3)]
+        st.session_state.classify_examples = ui.example_indices(len(sample.y_test))
     examples = st.session_state.get("classify_examples", [])
     if sample is not None and examples:
         from PIL import Image
@@ -49,7 +49,7 @@ for record in chosen:
     except CifarError as exc:
         st.error(f"{record['run']}: {exc}")
 
-for name, data in files:
+for position, (name, data) in enumerate(files):
     st.divider()
     started = time.perf_counter()
     try:
@@ -70,7 +70,7 @@ for name, data in files:
             figure = px.bar(chart, x="probability", y="class", orientation="h", range_x=[0, 1], height=160,
                             text=chart["probability"].map("{:.1%}".format))
             figure.update_layout(margin=dict(t=0, b=0, l=0, r=0), yaxis=dict(autorange="reversed", title=None))
-            st.plotly_chart(figure, width="stretch", key=f"classify_{name}_{record['run']}")
+            st.plotly_chart(figure, width="stretch", key=f"classify_{position}_{record['run']}")
             st.markdown(f"Prediction: **{top[0][0]}** ({top[0][1]:.1%})")
             if top[0][1] < ui.LOW_CONFIDENCE:
                 st.warning(f"Not confident: the top class has only {top[0][1]:.0%}. "
