@@ -11,7 +11,7 @@ import signal
 import sys
 from pathlib import Path
 
-from .config import PRECISIONS
+from .config import AUGMENTATIONS, PRECISIONS
 from .errors import CifarError
 
 EXIT_USER_ERROR = 2
@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--optimizer", choices=("adamw", "adam", "sgd"))
     train.add_argument("--schedule", choices=("constant", "plateau", "onecycle", "cosine"))
     train.add_argument("--image-size", type=int, help="model input size; images are resized on the fly")
-    train.add_argument("--augment", help="comma-separated: flip,crop,translate,rotate,zoom,contrast or 'none'")
+    train.add_argument("--augment", help=f"comma-separated, from {','.join(AUGMENTATIONS)}; or 'none'")
+    train.add_argument("--cutout-size", type=int, help="side of the cutout square in pixels (default 12)")
     train.add_argument("--label-smoothing", type=float)
     train.add_argument("--val-fraction", type=float)
     train.add_argument("--fine-tune-epochs", type=int)
@@ -78,7 +79,7 @@ def cmd_worker(args) -> int:
 
 _TRAIN_OVERRIDES = ("data", "n_epochs", "limit", "batch_size", "learning_rate", "optimizer", "schedule",
                     "image_size", "label_smoothing", "val_fraction", "fine_tune_epochs", "fine_tune_layers",
-                    "class_weights", "random_state", "precision")
+                    "class_weights", "random_state", "precision", "cutout_size")
 
 
 def config_from_args(args):

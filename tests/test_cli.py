@@ -122,3 +122,5 @@ def test_train_flags_reach_the_config(tmp_path):
     saved.write_text(config.to_json())
     again = config_for("--config", str(saved), "--fine-tune-layers", "12", "--augment", "none")
     assert (again.fine_tune_layers, again.image_size, again.augmentations) == (12, 224, ())
+    cutout = config_for("--model", "fastnet", "--augment", "flip,cutout", "--cutout-size", "8")
+    assert (cutout.augmentations, cutout.cutout_size) == (("flip", "cutout"), 8)

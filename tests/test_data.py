@@ -151,3 +151,26 @@ def test_pipeline_resizes_per_batch_and_augments_only_when_asked():
     augmented = make_dataset(images, labels, 3, batch_size=10, augmenter=augmenter)
     assert not np.array_equal(next(iter(augmented))[0].numpy(), images.astype(np.float32))
     assert build_augmenter(TrainConfig(augmentations=()), 32) is None
+
+
+def test_cutout_erases_one_square_per_image_with_the_dataset_mean():
+    from cifar_core.data.pipeline import augment_preview
+    from cifar_core.models.homebrew import CIFAR_MEAN
+
+    images = np.full((32, 32, 32, 3), 7, np.uint8)
+    out = augment_preview(images, TrainConfig(augmentations=("cutout",), cutout_size=10), seed=1)
+    erased = (out != 7).any(-1)
+    assert (erased.sum((1, 2)) == 100).all()  # a whole 10x10 square, inside the image, every time
+    assert (erased.any(2).sum(1) == 10).all() and (erased.any(1).sum(1) == 10).all()
+    np.testing.assert_array_equal(out[erased][0], np.rint(255 * np.array(CIFAR_MEAN)))
+    tops = [np.nonzero(mask.any(1))[0][0] for mask in erased]
+    assert len(set(tops)) > 5  # placed at random
+
+
+def test_cutout_larger_than_the_image_is_a_clear_config_error():
+    from cifar_core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="cutout_size"):
+        build_augmenter(TrainConfig(augmentations=("cutout",), cutout_size=32), 32)
+    with pytest.raises(ConfigError, match="cutout_size"):
+        TrainConfig(cutout_size=0)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..config import TrainConfig
+from ..errors import ConfigError
 
 
 def split_train_val(labels: np.ndarray, val_fraction: float, random_state: int,
@@ -64,9 +65,31 @@ def build_augmenter(config: TrainConfig, image_size: int, seed: int | None = Non
                                               name="aug_zoom"))
     if "contrast" in names:
         layers.append(keras.layers.RandomContrast(0.2, value_range=(0, 255), seed=seed + 5, name="aug_contrast"))
+    if "cutout" in names:
+        layers.append(_cutout_layer(config.cutout_size, image_size, seed + 6))
     if not layers:
         return None
     return keras.Sequential(layers, name="augmentation")
+
+
+def _cutout_layer(size: int, image_size: int, seed: int):
+    """Cutout: one size x size square per image, inside the image, filled with
+    the dataset mean (zero after the model's normalisation).
+
+    Keras' RandomErasing with its area range pinned to one value is exactly
+    that square; it is tf.data-safe under every backend, unlike a custom layer.
+    """
+    import keras
+
+    from ..models.homebrew import CIFAR_MEAN  # the model's own normalisation constants
+
+    if size >= image_size:
+        raise ConfigError(f"cutout_size must be smaller than the {image_size}px training input; received {size}")
+    area = (size / image_size) ** 2
+    # factor=(1, 1): always erase (a single 1.0 would draw the probability from [0, 1]).
+    return keras.layers.RandomErasing(factor=(1.0, 1.0), scale=(area, area),
+                                      fill_value=[255 * m for m in CIFAR_MEAN], value_range=(0, 255),
+                                      seed=seed, name="aug_cutout")
 
 
 def augment_preview(images: np.ndarray, config: TrainConfig, seed: int) -> np.ndarray:
