@@ -1,0 +1,51 @@
+"""tools/checkpoint_accuracy.py measures an unfinished run on the weights it would ship."""
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cifar_core import runs
+from cifar_core.config import recipe_config
+from cifar_core.training import checkpoint, train
+from cifar_core.training.callbacks import BEST_WEIGHTS_NAME
+
+from test_training import StopAfterEpoch
+
+TOOL = Path(__file__).resolve().parent.parent / "tools" / "checkpoint_accuracy.py"
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location("checkpoint_accuracy", TOOL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_checkpoint_accuracy_uses_the_best_weights_then_the_last_checkpoint(tiny_dataset, tmp_path):
+    config = recipe_config("demo", n_epochs=5, batch_size=32, val_fraction=0.25, limit=None,
+                           early_stopping_patience=5)
+    run_dir = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(config, run_dir, tiny_dataset, verbose=0, callbacks=[StopAfterEpoch(3)])
+    tool = _tool()
+
+    history = runs.read_history(run_dir)
+    best_epoch = 1 + int(np.argmin([row["val_loss"] for row in history]))
+    weights_from, measured = tool.checkpoint_accuracy(run_dir, tiny_dataset)
+    assert weights_from == f"epoch {best_epoch} (early-stopping best)"
+    assert 0.0 <= measured["test_accuracy"] <= 1.0 and "test_accuracy_tta" in measured
+
+    (checkpoint.checkpoint_dir(run_dir) / BEST_WEIGHTS_NAME).unlink()
+    weights_from, measured = tool.checkpoint_accuracy(run_dir, tiny_dataset)
+    assert weights_from == "epoch 3 (last checkpoint)"
+    last = checkpoint.load_model(run_dir, checkpoint.load_state(run_dir))
+    predicted = last.predict(tiny_dataset.x_test.astype("float32"), verbose=0).argmax(1)
+    assert measured["test_accuracy"] == pytest.approx(np.mean(predicted == tiny_dataset.y_test))
+
+
+def test_checkpoint_accuracy_without_a_checkpoint_is_a_clear_error(tmp_path):
+    from cifar_core.errors import RunFolderError
+
+    with pytest.raises(RunFolderError, match="no usable checkpoint"):
+        _tool().checkpoint_accuracy(tmp_path, None)

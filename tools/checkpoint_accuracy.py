@@ -1,0 +1,61 @@
+"""Test accuracy of an unfinished run: its checkpoint, with the early-stopping best weights if saved.
+
+    python tools/checkpoint_accuracy.py artifacts/runs/<id> [--data SOURCE]
+
+A run that was stopped before its end has no model.keras or metrics.json; this
+measures what it would have shipped had it stopped now. Nothing is written.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from cifar_core import runs  # noqa: E402
+from cifar_core.config import TrainConfig  # noqa: E402
+from cifar_core.data import load_dataset  # noqa: E402
+from cifar_core.errors import CifarError, RunFolderError  # noqa: E402
+from cifar_core.evaluation import measure_on_test  # noqa: E402
+from cifar_core.training import checkpoint  # noqa: E402
+from cifar_core.training.callbacks import BEST_WEIGHTS_NAME  # noqa: E402
+
+
+def checkpoint_accuracy(run_dir: Path, dataset) -> tuple[str, dict]:
+    """(which weights were measured, measure_on_test's figures) for an unfinished run."""
+    state = checkpoint.load_state(run_dir)
+    if state is None:
+        raise RunFolderError(f"{run_dir} has no usable checkpoint")
+    model = checkpoint.load_model(run_dir, state)
+    weights_from = f"epoch {state['epochs_completed']} (last checkpoint)"
+    best = checkpoint.checkpoint_dir(run_dir) / BEST_WEIGHTS_NAME
+    if best.is_file():
+        with np.load(best, allow_pickle=False) as saved:
+            model.set_weights([saved[f"arr_{i}"] for i in range(len(saved.files) - 1)])
+            weights_from = f"epoch {int(saved['epoch']) + 1} (early-stopping best)"
+    config = TrainConfig.from_json((run_dir / runs.CONFIG_FILE).read_text())
+    measured, *_ = measure_on_test(model, dataset.x_test, dataset.y_test, dataset.class_names,
+                                   model.input_shape[1], config.tta)
+    return weights_from, measured
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--data", help="data source (default: the run's own)")
+    args = parser.parse_args()
+    try:
+        config = TrainConfig.from_json((args.run_dir / runs.CONFIG_FILE).read_text())
+        dataset = load_dataset(args.data or config.data)
+        weights_from, measured = checkpoint_accuracy(args.run_dir, dataset)
+    except (OSError, CifarError) as exc:
+        sys.exit(f"error: {exc}")
+    print(f"{args.run_dir.name}: weights of {weights_from}, {dataset.description}")
+    line = f"test accuracy {measured['test_accuracy']:.2%}"
+    if "test_accuracy_tta" in measured:
+        line += f", with flip TTA {measured['test_accuracy_tta']:.2%}"
+    print(line)
+
+if __name__ == "__main__":
+    main()
