@@ -9,8 +9,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cifar_core import runs  # noqa: E402
@@ -19,7 +17,7 @@ from cifar_core.data import load_dataset  # noqa: E402
 from cifar_core.errors import CifarError, RunFolderError  # noqa: E402
 from cifar_core.evaluation import measure_on_test  # noqa: E402
 from cifar_core.training import checkpoint  # noqa: E402
-from cifar_core.training.callbacks import BEST_WEIGHTS_NAME  # noqa: E402
+from cifar_core.training.callbacks import BEST_WEIGHTS_NAME, read_best_weights  # noqa: E402
 
 
 def checkpoint_accuracy(run_dir: Path, dataset) -> tuple[str, dict]:
@@ -29,11 +27,11 @@ def checkpoint_accuracy(run_dir: Path, dataset) -> tuple[str, dict]:
         raise RunFolderError(f"{run_dir} has no usable checkpoint")
     model = checkpoint.load_model(run_dir, state)
     weights_from = f"epoch {state['epochs_completed']} (last checkpoint)"
-    best = checkpoint.checkpoint_dir(run_dir) / BEST_WEIGHTS_NAME
-    if best.is_file():
-        with np.load(best, allow_pickle=False) as saved:
-            model.set_weights([saved[f"arr_{i}"] for i in range(len(saved.files) - 1)])
-            weights_from = f"epoch {int(saved['epoch']) + 1} (early-stopping best)"
+    best = read_best_weights(checkpoint.checkpoint_dir(run_dir) / BEST_WEIGHTS_NAME)
+    if best is not None:
+        epoch, weights = best
+        model.set_weights(weights)
+        weights_from = f"epoch {epoch + 1} (early-stopping best)"
     config = TrainConfig.from_json((run_dir / runs.CONFIG_FILE).read_text())
     measured, *_ = measure_on_test(model, dataset.x_test, dataset.y_test, dataset.class_names,
                                    model.input_shape[1], config.tta)

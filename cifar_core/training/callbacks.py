@@ -15,6 +15,14 @@ HEARTBEAT_SECONDS = 5.0
 BEST_WEIGHTS_NAME = "best-weights.npz"
 
 
+def read_best_weights(path: Path) -> tuple[int, list[np.ndarray]] | None:
+    """(0-based epoch, weights) from a best-weights file, or None if there is none."""
+    if not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as saved:
+        return int(saved["epoch"]), [saved[f"arr_{i}"] for i in range(len(saved.files) - 1)]
+
+
 def current_learning_rate(optimizer) -> float:
     return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
 
@@ -171,9 +179,7 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
 
     def _saved_weights(self, epoch: int) -> list | None:
         """The best epoch's weights, or None (then Keras starts over from the next epoch)."""
-        if not self.path.is_file():
-            return None
-        with np.load(self.path, allow_pickle=False) as saved:
-            if int(saved["epoch"]) != epoch:
-                return None  # killed between improving and saving: that file is older
-            return [saved[f"arr_{i}"] for i in range(len(saved.files) - 1)]
+        saved = read_best_weights(self.path)
+        if saved is None or saved[0] != epoch:
+            return None  # killed between improving and saving: that file is older
+        return saved[1]
