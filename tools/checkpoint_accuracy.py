@@ -20,7 +20,7 @@ from cifar_core.training import checkpoint  # noqa: E402
 from cifar_core.training.callbacks import BEST_WEIGHTS_NAME, read_best_weights  # noqa: E402
 
 
-def checkpoint_accuracy(run_dir: Path, dataset) -> tuple[str, dict]:
+def checkpoint_accuracy(run_dir: Path, dataset, tta: bool = True) -> tuple[str, dict]:
     """(which weights were measured, measure_on_test's figures) for an unfinished run."""
     state = checkpoint.load_state(run_dir)
     if state is None:
@@ -32,9 +32,8 @@ def checkpoint_accuracy(run_dir: Path, dataset) -> tuple[str, dict]:
         epoch, weights = best
         model.set_weights(weights)
         weights_from = f"epoch {epoch + 1} (early-stopping best)"
-    config = TrainConfig.from_json((run_dir / runs.CONFIG_FILE).read_text())
     measured, *_ = measure_on_test(model, dataset.x_test, dataset.y_test, dataset.class_names,
-                                   model.input_shape[1], config.tta)
+                                   model.input_shape[1], tta)
     return weights_from, measured
 
 
@@ -46,7 +45,7 @@ def main() -> None:
     try:
         config = TrainConfig.from_json((args.run_dir / runs.CONFIG_FILE).read_text())
         dataset = load_dataset(args.data or config.data)
-        weights_from, measured = checkpoint_accuracy(args.run_dir, dataset)
+        weights_from, measured = checkpoint_accuracy(args.run_dir, dataset, config.tta)
     except (OSError, CifarError) as exc:
         sys.exit(f"error: {exc}")
     print(f"{args.run_dir.name}: weights of {weights_from}, {dataset.description}")
