@@ -49,3 +49,36 @@ def test_checkpoint_accuracy_without_a_checkpoint_is_a_clear_error(tmp_path):
 
     with pytest.raises(RunFolderError, match="no usable checkpoint"):
         _tool().checkpoint_accuracy(tmp_path, None)
+
+
+def _sweep_tool():
+    path = TOOL.parent / "fastnet_sweep.py"
+    spec = importlib.util.spec_from_file_location("fastnet_sweep", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_sweep_augmentation_is_a_flip_and_a_reflected_shift_of_each_image():
+    sweep = _sweep_tool()
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (200, 8, 8, 3), dtype=np.uint8)
+    out = sweep.flip_and_crop(images, rng, pad=2)
+    assert out.shape == images.shape and out.dtype == images.dtype
+
+    def candidates(image):
+        for version in (image, image[:, ::-1]):
+            padded = np.pad(version, ((2, 2), (2, 2), (0, 0)), mode="reflect")
+            for oy in range(5):
+                for ox in range(5):
+                    yield padded[oy:oy + 8, ox:ox + 8]
+
+    assert all(any(np.array_equal(o, c) for c in candidates(i)) for i, o in zip(images, out))
+    unchanged = sum(np.array_equal(o, i) for i, o in zip(images, out))
+    assert unchanged < 40  # about 1 in 50 draw no flip and no shift
+
+
+def test_sweep_rejects_an_unknown_variant_by_name(tmp_path):
+    sweep = _sweep_tool()
+    with pytest.raises(SystemExit, match="unknown variants \\['nope'\\]"):
+        sweep.main([str(tmp_path), "base,nope"])
