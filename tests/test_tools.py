@@ -12,14 +12,18 @@ from cifar_core.training.callbacks import BEST_WEIGHTS_NAME
 
 from test_training import StopAfterEpoch
 
-TOOL = Path(__file__).resolve().parent.parent / "tools" / "checkpoint_accuracy.py"
+TOOLS = Path(__file__).resolve().parent.parent / "tools"
 
 
-def _tool():
-    spec = importlib.util.spec_from_file_location("checkpoint_accuracy", TOOL)
+def _load_tool(name: str):
+    spec = importlib.util.spec_from_file_location(name, TOOLS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _tool():
+    return _load_tool("checkpoint_accuracy")
 
 
 def test_checkpoint_accuracy_uses_the_best_weights_then_the_last_checkpoint(tiny_dataset, tmp_path):
@@ -52,11 +56,7 @@ def test_checkpoint_accuracy_without_a_checkpoint_is_a_clear_error(tmp_path):
 
 
 def _sweep_tool():
-    path = TOOL.parent / "fastnet_sweep.py"
-    spec = importlib.util.spec_from_file_location("fastnet_sweep", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _load_tool("fastnet_sweep")
 
 
 def test_sweep_augmentation_is_a_flip_and_a_reflected_shift_of_each_image():
@@ -82,3 +82,13 @@ def test_sweep_rejects_an_unknown_variant_by_name(tmp_path):
     sweep = _sweep_tool()
     with pytest.raises(SystemExit, match="unknown variants \\['nope'\\]"):
         sweep.main([str(tmp_path), "base,nope"])
+
+
+def test_sweep_trains_a_variant_of_the_recipe_and_measures_it_on_the_test_split(tiny_dataset):
+    sweep = _sweep_tool()
+    overrides = dict(n_epochs=1, batch_size=32, model_options={"widths": [8, 16, 16]}, precision="float32")
+    result = sweep.run("tiny", tiny_dataset, **overrides)
+    assert result["name"] == "tiny" and result["overrides"] == overrides
+    n_test = len(tiny_dataset.y_test)
+    for key in ("test_accuracy", "test_accuracy_flip_tta"):
+        assert 0.0 <= result[key] <= 1.0 and float(result[key] * n_test).is_integer()

@@ -5,8 +5,8 @@
 A 25-epoch fastnet run takes an hour on the 2-core build machine and about a
 minute on an H100 with Keras on JAX, so recipe choices are screened here and
 only the winner is trained on the CPU (the figures that count). It runs
-without TensorFlow (the GPU machine has none): the model, whitening and
-learning-rate schedule are the package's own, while flip + reflect-pad-2 crop
+without TensorFlow (the GPU machine has none): recipe, model, whitening,
+optimizer and schedule are the package's own, while flip + reflect-pad-2 crop
 are redone in NumPy per epoch in place of the tf.data pipeline. Each variant
 prints one JSON line and all are written to $OUT/sweep.json (or /tmp).
 Results are one seed each: differences under ~0.3 points are noise.
@@ -23,27 +23,30 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+from cifar_core.config import recipe_config  # noqa: E402
 from cifar_core.data import load_dataset  # noqa: E402
-from cifar_core.models.homebrew import FASTNET_WIDTHS, build_fastnet, init_whitening  # noqa: E402
-from cifar_core.training.schedules import OneCycle  # noqa: E402
+from cifar_core.models import build_model  # noqa: E402
+from cifar_core.models.homebrew import init_whitening  # noqa: E402
+from cifar_core.training.loop import compile_model  # noqa: E402
 
 # Stop starting new variants after this many seconds (a GPU lease is short).
 BUDGET_S = float(os.environ.get("SWEEP_BUDGET_S", "420"))
-CROP_PAD = 2
+CROP_PAD = 2  # the recipe's "crop": reflect-pad 2, random whole-pixel shift
 
-# name -> overrides of run()'s defaults (the fastnet recipe as of the sweep).
-# Width variants cut epochs so that FLOPs x epochs stay near the baseline's.
+# name -> TrainConfig overrides of the fastnet recipe (as it is now: docs/fastnet-sweep-h100.json
+# records the recipe each measured sweep started from). Width variants cut epochs so that
+# FLOPs x epochs stay near the recipe's.
 VARIANTS = {
     "base": {},
-    "ep35": dict(epochs=35),
-    "bs128": dict(batch=128, lr=0.1),
-    "w64-256-512_ep18": dict(widths=(64, 256, 512), epochs=18),
-    "w96-384-384_ep12": dict(widths=(96, 384, 384), epochs=12),
-    "w128-384-384_ep10": dict(widths=(128, 384, 384), epochs=10),
-    "wd1e-2": dict(wd=1e-2),
-    "wd2.5e-3": dict(wd=2.5e-3),
-    "lr0.4": dict(lr=0.4),
-    "ls0.1": dict(ls=0.1),
+    "ep35": dict(n_epochs=35),
+    "bs128": dict(batch_size=128, learning_rate=0.1),
+    "w64-256-512_ep18": dict(model_options={"widths": [64, 256, 512]}, n_epochs=18),
+    "w96-384-384_ep12": dict(model_options={"widths": [96, 384, 384]}, n_epochs=12),
+    "w128-384-384_ep10": dict(model_options={"widths": [128, 384, 384]}, n_epochs=10),
+    "wd1e-2": dict(weight_decay=1e-2),
+    "wd2.5e-3": dict(weight_decay=2.5e-3),
+    "lr0.4": dict(learning_rate=0.4),
+    "ls0.2": dict(label_smoothing=0.2),
 }
 
 
@@ -62,25 +65,24 @@ def flip_and_crop(images: np.ndarray, rng: np.random.Generator, pad: int = CROP_
     return out
 
 
-def run(name, dataset, widths=FASTNET_WIDTHS, epochs=25, batch=256, lr=0.2, wd=5e-3, ls=0.2, seed=0) -> dict:
+def run(name: str, dataset, **overrides) -> dict:
+    """Train one variant of the fastnet recipe on `dataset`; its test accuracy, plain and flip TTA."""
     started = time.time()
-    keras.utils.set_random_seed(seed)
-    keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
-    model = build_fastnet(widths=widths)
+    config = recipe_config("fastnet", **overrides)
+    keras.utils.set_random_seed(config.random_state)
+    model = build_model("fastnet", num_classes=len(dataset.class_names), precision=config.precision,
+                        **config.model_options)
     init_whitening(model, dataset.x_train)
-    total_steps = epochs * -(-len(dataset.x_train) // batch)
-    optimizer = keras.optimizers.SGD(OneCycle(lr, total_steps, 0.2), momentum=0.9, nesterov=True,
-                                     weight_decay=wd)
-    model.compile(optimizer, keras.losses.CategoricalCrossentropy(label_smoothing=ls), metrics=["accuracy"])
-    rng = np.random.default_rng(seed)
-    targets = keras.utils.to_categorical(dataset.y_train, 10)
-    for _ in range(epochs):
-        history = model.fit(flip_and_crop(dataset.x_train, rng), targets, batch_size=batch, epochs=1,
-                            shuffle=True, verbose=0)
+    steps_per_epoch = -(-len(dataset.x_train) // config.batch_size)
+    compile_model(model, config, config.learning_rate, config.n_epochs * steps_per_epoch)
+    rng = np.random.default_rng(config.random_state)
+    targets = keras.utils.to_categorical(dataset.y_train, len(dataset.class_names))
+    for _ in range(config.n_epochs):
+        history = model.fit(flip_and_crop(dataset.x_train, rng), targets, batch_size=config.batch_size,
+                            epochs=1, shuffle=True, verbose=0)
     probs = model.predict(dataset.x_test, batch_size=1000, verbose=0)
     flipped_probs = model.predict(dataset.x_test[:, :, ::-1], batch_size=1000, verbose=0)
-    return dict(name=name, widths=list(widths), epochs=epochs, batch=batch, lr=lr, weight_decay=wd,
-                label_smoothing=ls, train_accuracy=round(float(history.history["accuracy"][-1]), 4),
+    return dict(name=name, overrides=overrides, train_accuracy=round(float(history.history["accuracy"][-1]), 4),
                 test_accuracy=float((probs.argmax(1) == dataset.y_test).mean()),
                 test_accuracy_flip_tta=float(((probs + flipped_probs).argmax(1) == dataset.y_test).mean()),
                 seconds=round(time.time() - started, 1))
