@@ -25,13 +25,14 @@ import numpy as np  # noqa: E402
 
 from cifar_core.config import recipe_config  # noqa: E402
 from cifar_core.data import load_dataset  # noqa: E402
+from cifar_core.data.pipeline import CROP_PIXELS  # noqa: E402
+from cifar_core.evaluation import compute_metrics  # noqa: E402
 from cifar_core.models import build_model  # noqa: E402
 from cifar_core.models.homebrew import init_whitening  # noqa: E402
 from cifar_core.training.loop import compile_model  # noqa: E402
 
 # Stop starting new variants after this many seconds (a GPU lease is short).
 BUDGET_S = float(os.environ.get("SWEEP_BUDGET_S", "420"))
-CROP_PAD = 2  # the recipe's "crop": reflect-pad 2, random whole-pixel shift
 
 # name -> TrainConfig overrides of the fastnet recipe (as it is now: docs/fastnet-sweep-h100.json
 # records the recipe each measured sweep started from). Width variants cut epochs so that
@@ -50,7 +51,7 @@ VARIANTS = {
 }
 
 
-def flip_and_crop(images: np.ndarray, rng: np.random.Generator, pad: int = CROP_PAD) -> np.ndarray:
+def flip_and_crop(images: np.ndarray, rng: np.random.Generator, pad: int = CROP_PIXELS) -> np.ndarray:
     """Random horizontal flip, then a random whole-pixel shift of up to `pad` with reflected borders."""
     flipped = rng.random(len(images)) < 0.5
     images = np.where(flipped[:, None, None, None], images[:, :, ::-1], images)
@@ -80,11 +81,12 @@ def run(name: str, dataset, **overrides) -> dict:
     for _ in range(config.n_epochs):
         history = model.fit(flip_and_crop(dataset.x_train, rng), targets, batch_size=config.batch_size,
                             epochs=1, shuffle=True, verbose=0)
+    # model.predict, not evaluation.predict_proba: that one feeds tf.data, absent on the GPU machine.
     probs = model.predict(dataset.x_test, batch_size=1000, verbose=0)
-    flipped_probs = model.predict(dataset.x_test[:, :, ::-1], batch_size=1000, verbose=0)
+    mirrored = model.predict(dataset.x_test[:, :, ::-1], batch_size=1000, verbose=0)
+    metrics = compute_metrics(dataset.y_test, probs, dataset.class_names, (probs + mirrored) / 2)
     return dict(name=name, overrides=overrides, train_accuracy=round(float(history.history["accuracy"][-1]), 4),
-                test_accuracy=float((probs.argmax(1) == dataset.y_test).mean()),
-                test_accuracy_flip_tta=float(((probs + flipped_probs).argmax(1) == dataset.y_test).mean()),
+                test_accuracy=metrics["test_accuracy"], test_accuracy_flip_tta=metrics["test_accuracy_tta"],
                 seconds=round(time.time() - started, 1))
 
 

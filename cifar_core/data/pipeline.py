@@ -10,6 +10,9 @@ import numpy as np
 from ..config import TrainConfig
 from ..errors import ConfigError
 
+# The "crop" augmentation: a random whole-pixel shift of up to this many pixels, reflected borders.
+CROP_PIXELS = 2
+
 
 def split_train_val(labels: np.ndarray, val_fraction: float, random_state: int,
                     limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -51,7 +54,7 @@ def build_augmenter(config: TrainConfig, image_size: int, seed: int | None = Non
         layers.append(keras.layers.RandomFlip("horizontal", seed=seed, name="aug_flip"))
     if "crop" in names:
         # airbench's reflect-pad-2 + random crop, as a whole-pixel shift.
-        shift = 2.0 / image_size
+        shift = CROP_PIXELS / image_size
         layers.append(keras.layers.RandomTranslation(shift, shift, fill_mode="reflect", interpolation="nearest",
                                                      seed=seed + 1, name="aug_crop"))
     if "translate" in names:
