@@ -11,7 +11,7 @@ import signal
 import sys
 from pathlib import Path
 
-from .config import AUGMENTATIONS, PRECISIONS
+from .config import AUGMENTATIONS, OPTIMIZERS, PRECISIONS
 from .errors import CifarError
 
 EXIT_USER_ERROR = 2
@@ -32,7 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
     train.add_argument("--batch-size", type=int)
     train.add_argument("--lr", type=float, dest="learning_rate")
-    train.add_argument("--optimizer", choices=("adamw", "adam", "sgd"))
+    train.add_argument("--optimizer", choices=OPTIMIZERS)
+    train.add_argument("--muon-scale", type=float,
+                       help="muon: conv kernels step by lr x this, relative to their norm (default 0.2)")
     train.add_argument("--schedule", choices=("constant", "plateau", "onecycle", "cosine"))
     train.add_argument("--image-size", type=int, help="model input size; images are resized on the fly")
     train.add_argument("--augment", help=f"comma-separated, from {','.join(AUGMENTATIONS)}; or 'none'")
@@ -79,7 +81,7 @@ def cmd_worker(args) -> int:
 
 _TRAIN_OVERRIDES = ("data", "n_epochs", "limit", "batch_size", "learning_rate", "optimizer", "schedule",
                     "image_size", "label_smoothing", "val_fraction", "fine_tune_epochs", "fine_tune_layers",
-                    "class_weights", "random_state", "precision", "cutout_size")
+                    "class_weights", "random_state", "precision", "cutout_size", "muon_scale")
 
 
 def config_from_args(args):

@@ -12,7 +12,7 @@ from typing import Any
 
 from .errors import ConfigError
 
-OPTIMIZERS = ("adamw", "adam", "sgd")
+OPTIMIZERS = ("adamw", "adam", "sgd", "muon")
 SCHEDULES = ("constant", "plateau", "onecycle", "cosine")
 AUGMENTATIONS = ("flip", "translate", "crop", "rotate", "zoom", "contrast", "cutout")
 # mixed_bfloat16: bf16 compute, float32 weights. Pays off where the CPU has
@@ -35,6 +35,8 @@ class TrainConfig:
     weight_decay: float = 1e-4
     momentum: float = 0.9
     nesterov: bool = True
+    # muon: conv kernels step by learning_rate * muon_scale of their norm (training/optimizers.py)
+    muon_scale: float = 0.2
     schedule: str = "plateau"
     warmup_fraction: float = 0.2  # onecycle: share of steps spent rising
     plateau_patience: int = 3
@@ -67,6 +69,7 @@ class TrainConfig:
         _check(self.n_epochs >= 1, "n_epochs", self.n_epochs, "at least 1")
         _check(self.batch_size >= 1, "batch_size", self.batch_size, "at least 1")
         _check(self.learning_rate > 0, "learning_rate", self.learning_rate, "positive")
+        _check(self.muon_scale > 0, "muon_scale", self.muon_scale, "positive")
         _check(0.0 <= self.val_fraction < 0.9, "val_fraction", self.val_fraction, "in [0, 0.9)")
         _check(self.limit is None or self.limit >= 2, "limit", self.limit, "at least 2")
         _check(self.image_size is None or 16 <= self.image_size <= 512,

@@ -124,3 +124,5 @@ def test_train_flags_reach_the_config(tmp_path):
     assert (again.fine_tune_layers, again.image_size, again.augmentations) == (12, 224, ())
     cutout = config_for("--model", "fastnet", "--augment", "flip,cutout", "--cutout-size", "8")
     assert (cutout.augmentations, cutout.cutout_size) == (("flip", "cutout"), 8)
+    muon = config_for("--model", "fastnet", "--optimizer", "muon", "--muon-scale", "0.3")
+    assert (muon.optimizer, muon.muon_scale) == ("muon", 0.3)

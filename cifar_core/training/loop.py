@@ -16,6 +16,7 @@ from ..errors import CifarError, RunFolderError
 from ..models import build_model, get_spec
 from . import checkpoint
 from .callbacks import PredictHeartbeat, ResumableEarlyStopping, ResumablePlateau, RunRecorder
+from .optimizers import FilterMuon
 from .schedules import make_learning_rate
 
 
@@ -193,6 +194,9 @@ def compile_model(model, config: TrainConfig, peak_lr: float, total_steps: int,
     if config.optimizer == "sgd":
         optimizer = keras.optimizers.SGD(learning_rate, momentum=config.momentum, nesterov=config.nesterov,
                                          weight_decay=config.weight_decay or None, **ema)
+    elif config.optimizer == "muon":
+        optimizer = FilterMuon(learning_rate, muon_scale=config.muon_scale, momentum=config.momentum,
+                               sgd_weight_decay=config.weight_decay, **ema)
     elif config.optimizer == "adamw":
         optimizer = keras.optimizers.AdamW(learning_rate, weight_decay=config.weight_decay, **ema)
     else:
