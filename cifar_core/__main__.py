@@ -11,7 +11,7 @@ import signal
 import sys
 from pathlib import Path
 
-from .config import AUGMENTATIONS, OPTIMIZERS, PRECISIONS
+from .config import AUGMENTATIONS, OPTIMIZERS, PRECISIONS, SCHEDULES, TrainConfig
 from .errors import CifarError
 
 EXIT_USER_ERROR = 2
@@ -34,8 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=float, dest="learning_rate")
     train.add_argument("--optimizer", choices=OPTIMIZERS)
     train.add_argument("--muon-scale", type=float,
-                       help="muon: conv kernels step by lr x this, relative to their norm (default 0.2)")
-    train.add_argument("--schedule", choices=("constant", "plateau", "onecycle", "cosine"))
+                       help="muon: conv kernels step by lr x this, relative to their norm "
+                            f"(default {TrainConfig.muon_scale})")
+    train.add_argument("--schedule", choices=SCHEDULES)
     train.add_argument("--image-size", type=int, help="model input size; images are resized on the fly")
     train.add_argument("--augment", help=f"comma-separated, from {','.join(AUGMENTATIONS)}; or 'none'")
     train.add_argument("--cutout-size", type=int, help="side of the cutout square in pixels (default 12)")
@@ -86,7 +87,7 @@ _TRAIN_OVERRIDES = ("data", "n_epochs", "limit", "batch_size", "learning_rate", 
 
 def config_from_args(args):
     """The TrainConfig that `train` flags describe: a recipe (or --config file) plus the flags given."""
-    from .config import TrainConfig, recipe_config
+    from .config import recipe_config
 
     overrides = {key: getattr(args, key) for key in _TRAIN_OVERRIDES}
     if args.augment is not None:

@@ -3,6 +3,7 @@ import keras
 import numpy as np
 import pytest
 
+from cifar_core import runs
 from cifar_core.config import recipe_config
 from cifar_core.training import resume, train
 from cifar_core.training.optimizers import FilterMuon, orthogonalise
@@ -72,8 +73,6 @@ def test_muon_run_learns_and_resumes_from_its_checkpoint(tiny_dataset, tmp_path)
     with pytest.raises(KeyboardInterrupt):
         train(config, run_dir, tiny_dataset, verbose=0, callbacks=[StopAfterFirstEpoch()])
     resume(run_dir, tiny_dataset, verbose=0)  # the checkpoint reloads its FilterMuon state
-    from cifar_core import runs
-
     history = runs.read_history(run_dir)
     assert [row["epoch"] for row in history] == [1, 2, 3]
     assert history[-1]["loss"] < history[0]["loss"]

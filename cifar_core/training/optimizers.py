@@ -5,6 +5,8 @@ a fixed norm (a BatchNorm follows it, so only its direction matters) and
 steps along the orthogonalised momentum, which moves every singular
 direction at the same rate instead of letting a few dominate. BatchNorm
 parameters and the dense head keep the plain SGD step and weight decay.
+The fixed norm assumes a BatchNorm after every conv, as in fastnet and demo;
+on a net without one (g3's unnormalised convs) it also pins the scale.
 
 Keras' own `keras.optimizers.Muon` only treats 2-D variables and pairs them
 with AdamW, so 4-D conv kernels would never get the Muon step there.
