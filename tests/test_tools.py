@@ -22,17 +22,13 @@ def _load_tool(name: str):
     return module
 
 
-def _tool():
-    return _load_tool("checkpoint_accuracy")
-
-
 def test_checkpoint_accuracy_uses_the_best_weights_then_the_last_checkpoint(tiny_dataset, tmp_path):
     config = recipe_config("demo", n_epochs=5, batch_size=32, val_fraction=0.25, limit=None,
                            early_stopping_patience=5)
     run_dir = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
         train(config, run_dir, tiny_dataset, verbose=0, callbacks=[StopAfterEpoch(3)])
-    tool = _tool()
+    tool = _load_tool("checkpoint_accuracy")
 
     history = runs.read_history(run_dir)
     best_epoch = 1 + int(np.argmin([row["val_loss"] for row in history]))
@@ -52,15 +48,11 @@ def test_checkpoint_accuracy_without_a_checkpoint_is_a_clear_error(tmp_path):
     from cifar_core.errors import RunFolderError
 
     with pytest.raises(RunFolderError, match="no usable checkpoint"):
-        _tool().checkpoint_accuracy(tmp_path, None)
-
-
-def _sweep_tool():
-    return _load_tool("fastnet_sweep")
+        _load_tool("checkpoint_accuracy").checkpoint_accuracy(tmp_path, None)
 
 
 def test_sweep_augmentation_is_a_flip_and_a_reflected_shift_of_each_image():
-    sweep = _sweep_tool()
+    sweep = _load_tool("fastnet_sweep")
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (200, 8, 8, 3), dtype=np.uint8)
     out = sweep.flip_and_crop(images, rng, pad=2)
@@ -79,13 +71,13 @@ def test_sweep_augmentation_is_a_flip_and_a_reflected_shift_of_each_image():
 
 
 def test_sweep_rejects_an_unknown_variant_by_name(tmp_path):
-    sweep = _sweep_tool()
+    sweep = _load_tool("fastnet_sweep")
     with pytest.raises(SystemExit, match="unknown variants \\['nope'\\]"):
         sweep.main([str(tmp_path), "base,nope"])
 
 
 def test_sweep_trains_a_variant_of_the_recipe_and_measures_it_on_the_test_split(tiny_dataset):
-    sweep = _sweep_tool()
+    sweep = _load_tool("fastnet_sweep")
     overrides = dict(n_epochs=1, batch_size=32, model_options={"widths": [8, 16, 16]}, precision="float32")
     result = sweep.run("tiny", tiny_dataset, **overrides)
     assert result["name"] == "tiny" and result["overrides"] == overrides
