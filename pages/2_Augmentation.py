@@ -4,6 +4,7 @@ import streamlit as st
 
 from cifar_core import ui
 from cifar_core.config import AUGMENTATIONS, TrainConfig, recipe_config
+from cifar_core.errors import ConfigError
 from cifar_core.models import model_names
 
 ui.page("Augmentation preview", "🎲")
@@ -18,7 +19,11 @@ elif mode == "a model's recipe":
     config = recipe_config(st.selectbox("Model", model_names(), key="aug_model"))
 else:
     picked = st.multiselect("Augmentations", AUGMENTATIONS, default=["flip", "translate"], key="aug_custom")
-    config = TrainConfig(augmentations=tuple(picked))
+    try:
+        config = TrainConfig(augmentations=tuple(picked))
+    except ConfigError as exc:  # e.g. flip together with altflip
+        ui.fail(exc)
+        st.stop()
 st.caption("Pipeline: " + (", ".join(config.augmentations) or "none") + " — applied per batch in tf.data, "
            "exactly as training does.")
 

@@ -11,7 +11,8 @@ def test_json_round_trip_preserves_every_field():
 
 
 @pytest.mark.parametrize("field,value", [("optimizer", "rmsprop"), ("schedule", "exp"), ("n_epochs", 0),
-                                         ("augmentations", ("flip", "mixup")), ("val_fraction", 0.95),
+                                         ("augmentations", ("flip", "mixup")), ("augmentations", ("flip", "altflip")),
+                                         ("val_fraction", 0.95),
                                          ("image_size", 8), ("learning_rate", -1.0)])
 def test_invalid_values_are_refused_with_what_was_received(field, value):
     with pytest.raises(ConfigError, match=field):

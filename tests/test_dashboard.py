@@ -45,6 +45,15 @@ def test_augmentation_page_rerolls(studio):
     assert not app.exception and app.session_state["aug_seed"] == 1
 
 
+def test_augmentation_page_explains_a_clashing_choice(studio):
+    app = open_page("pages/2_Augmentation.py")
+    app.radio(key="aug_mode").set_value("custom").run()
+    app.multiselect(key="aug_custom").set_value(["flip", "altflip"]).run()
+    assert not app.exception and any("flip and altflip" in e.value for e in app.error)
+    app.multiselect(key="aug_custom").set_value(["altflip", "crop"]).run()
+    assert not app.exception and not app.error and len(app.get("image")) >= 1
+
+
 def test_train_page_launches_a_job(studio):
     app = open_page("pages/3_Train.py")
     app.number_input(key="train_epochs").set_value(1)

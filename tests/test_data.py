@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cifar_core.data import CIFAR10_CLASSES, load_dataset
-from cifar_core.data.pipeline import build_augmenter, make_dataset, split_train_val
+from cifar_core.data.pipeline import AlternatingFlip, build_augmenter, make_dataset, split_train_val
 from cifar_core.config import TrainConfig
 from cifar_core.errors import DataSourceError
 
@@ -151,6 +151,26 @@ def test_pipeline_resizes_per_batch_and_augments_only_when_asked():
     augmented = make_dataset(images, labels, 3, batch_size=10, augmenter=augmenter)
     assert not np.array_equal(next(iter(augmented))[0].numpy(), images.astype(np.float32))
     assert build_augmenter(TrainConfig(augmentations=()), 32) is None
+
+
+def test_alternating_flip_mirrors_each_image_in_every_other_epoch():
+    images = np.random.default_rng(0).integers(0, 255, (40, 8, 8, 3)).astype(np.uint8)
+    flips = AlternatingFlip(len(images), seed=3)
+    dataset = make_dataset(images, np.zeros(40), 2, batch_size=16, alternating_flip=flips)
+    mirrored_by_epoch = []
+    for _ in range(3):  # each pass over the dataset is the next epoch
+        seen = np.concatenate([x.numpy() for x, _ in dataset])
+        mirrored = np.all(seen == images[:, :, ::-1], axis=(1, 2, 3))
+        assert np.all(mirrored | np.all(seen == images, axis=(1, 2, 3)))  # a flip, nothing else
+        mirrored_by_epoch.append(mirrored)
+    np.testing.assert_array_equal(mirrored_by_epoch[0], flips.first_flips)
+    np.testing.assert_array_equal(mirrored_by_epoch[1], ~flips.first_flips)
+    np.testing.assert_array_equal(mirrored_by_epoch[2], flips.first_flips)
+    assert 10 <= flips.first_flips.sum() <= 30
+    np.testing.assert_array_equal(AlternatingFlip(40, seed=3).first_flips, flips.first_flips)  # seeded
+    resumed = AlternatingFlip(40, seed=3, first_epoch=1)  # a run resumed after one epoch
+    seen = np.concatenate([x.numpy() for x, _ in make_dataset(images, np.zeros(40), 2, 16, alternating_flip=resumed)])
+    np.testing.assert_array_equal(np.all(seen == images[:, :, ::-1], axis=(1, 2, 3)), ~flips.first_flips)
 
 
 def test_cutout_erases_one_square_per_image_with_the_dataset_mean():

@@ -45,6 +45,18 @@ def test_whitening_layer_is_frozen_and_decorrelates_patches():
     np.testing.assert_allclose(kernel[..., :12], -kernel[..., 12:])
 
 
+def test_fastnet_with_open_spatial_size_takes_several_resolutions():
+    """The GPU sweep's progressive-resolution variants train one model at 24 and 32 px."""
+    from cifar_core.models.homebrew import build_fastnet
+
+    model = build_fastnet(input_shape=(None, None, 3))
+    for size in (24, 32):
+        probs = np.asarray(model(np.zeros((2, size, size, 3), "float32")))
+        assert probs.shape == (2, 10)
+    with pytest.raises(ConfigError, match="input_shape"):
+        build_fastnet(input_shape=(None, 8, 3))
+
+
 def test_unknown_model_and_bad_arguments_are_clear_errors():
     with pytest.raises(ConfigError, match="unknown model 'resnet9000'"):
         build_model("resnet9000")

@@ -70,6 +70,20 @@ def test_sweep_augmentation_is_a_flip_and_a_reflected_shift_of_each_image():
     assert unchanged < 40  # about 1 in 50 draw no flip and no shift
 
 
+def test_sweep_flips_exactly_the_given_images_and_crops_windows():
+    sweep = _load_tool("fastnet_sweep")
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (50, 8, 8, 3), dtype=np.uint8)
+    mask = rng.random(50) < 0.5
+    out = sweep.flip_and_crop(images, rng, pad=0, flipped=mask)
+    np.testing.assert_array_equal(out[mask], images[mask][:, :, ::-1])
+    np.testing.assert_array_equal(out[~mask], images[~mask])
+    windows = sweep.random_crop(images, 5, rng)
+    assert windows.shape == (50, 5, 5, 3)
+    assert all(any(np.array_equal(w, i[y:y + 5, x:x + 5]) for y in range(4) for x in range(4))
+               for i, w in zip(images, windows))
+
+
 def test_sweep_rejects_an_unknown_variant_by_name(tmp_path):
     sweep = _load_tool("fastnet_sweep")
     with pytest.raises(SystemExit, match="unknown variants \\['nope'\\]"):
@@ -81,6 +95,8 @@ def test_sweep_trains_a_variant_of_the_recipe_and_measures_it_on_the_test_split(
     overrides = dict(n_epochs=1, batch_size=32, model_options={"widths": [8, 16, 16]}, precision="float32")
     result = sweep.run("tiny", tiny_dataset, **overrides)
     assert result["name"] == "tiny" and result["overrides"] == overrides
+    low_res = sweep.run("low", tiny_dataset, **dict(overrides, n_epochs=2), low_res=(24, 1))
+    assert low_res["overrides"]["low_res"] == (24, 1) and 0.0 <= low_res["test_accuracy"] <= 1.0
     n_test = len(tiny_dataset.y_test)
     for key in ("test_accuracy", "test_accuracy_flip_tta"):
         assert 0.0 <= result[key] <= 1.0 and float(result[key] * n_test).is_integer()

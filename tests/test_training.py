@@ -141,6 +141,7 @@ def test_long_predictions_keep_the_heartbeat_fresh(tmp_path, monkeypatch):
     dict(optimizer="sgd", schedule="onecycle", ema_momentum=0.9, label_smoothing=0.2),
     dict(optimizer="adamw", schedule="plateau", early_stopping_patience=1, class_weights=True),
     dict(optimizer="adam", schedule="cosine", augmentations=("crop", "rotate", "zoom", "contrast")),
+    dict(optimizer="muon", augmentations=("altflip", "crop")),
 ])
 def test_every_optimizer_schedule_and_augmentation_trains(tiny_dataset, tmp_path, settings):
     config = recipe_config("demo", **SMALL, limit=None).replace(n_epochs=2, **settings)
@@ -148,6 +149,26 @@ def test_every_optimizer_schedule_and_augmentation_trains(tiny_dataset, tmp_path
     history = runs.read_history(run_dir)
     assert 1 <= len(history) <= 2 and all(np.isfinite(row["loss"]) for row in history)
     assert runs.read_status(run_dir)["state"] == "completed"
+
+
+def test_fit_mirrors_the_image_in_alternate_epochs():
+    """Keras opens each epoch's iterator early; the pipeline's own pass count still
+    flips the right epochs. One left-bright image, a fixed model that calls it
+    class 0 only when it is not mirrored."""
+    from cifar_core.data.pipeline import AlternatingFlip, make_dataset
+
+    image = np.zeros((1, 2, 2, 3), np.uint8)
+    image[:, :, 0] = 255
+    flips = AlternatingFlip(1, seed=0)
+    flips.first_flips[:] = False
+    dataset = make_dataset(image, np.zeros(1), 2, batch_size=1, alternating_flip=flips)
+    model = keras.Sequential([keras.Input((2, 2, 3)), keras.layers.Flatten(),
+                              keras.layers.Dense(2, activation="softmax")])
+    left_minus_right = np.tile([[1.0, -1.0]] * 3 + [[-1.0, 1.0]] * 3, (2, 1)) / 255  # per (row, col, channel)
+    model.layers[-1].set_weights([left_minus_right, np.zeros(2)])
+    model.compile(keras.optimizers.SGD(0.0), "categorical_crossentropy", metrics=["accuracy"])
+    history = model.fit(dataset, epochs=4, verbose=0)
+    assert history.history["accuracy"] == [1.0, 0.0, 1.0, 0.0]
 
 
 def test_mixed_bfloat16_run_trains_resumes_and_loads_back(tiny_dataset, tmp_path):

@@ -95,10 +95,36 @@ def _cutout_layer(size: int, image_size: int, seed: int):
                                       seed=seed, name="aug_cutout")
 
 
+class AlternatingFlip:
+    """Mirror image i in epoch e when its seeded first-epoch coin XOR (e odd) is set.
+
+    The pipeline counts its own passes (one per epoch, from `first_epoch`), so
+    the parity needs no callback: Keras opens the next epoch's iterator before
+    that epoch's callbacks run (tests/test_training.py pins the result through fit).
+    """
+
+    def __init__(self, n_images: int, seed: int, first_epoch: int = 0):
+        import tensorflow as tf
+
+        self.first_flips = np.random.default_rng(seed).random(n_images) < 0.5
+        # Held here: the dataset's pass counter must live as long as its pipeline.
+        self.passes = tf.Variable(first_epoch - 1, dtype=tf.int64, trainable=False, name="flip_passes")
+
+    def each_pass(self, one_pass):
+        """A dataset that runs one_pass(epoch) afresh every time it is iterated."""
+        import tensorflow as tf
+
+        counter = tf.data.Dataset.from_tensors(tf.constant(0, tf.int64))
+        return counter.map(lambda _: self.passes.assign_add(1)).flat_map(one_pass)
+
+
 def augment_preview(images: np.ndarray, config: TrainConfig, seed: int) -> np.ndarray:
-    """The config's exact augmentation applied to uint8 images (for the dashboard)."""
+    """The config's exact augmentation applied to uint8 images (for the dashboard);
+    an alternating flip shows as the random flip it is for any one epoch."""
     import tensorflow as tf
 
+    if "altflip" in config.augmentations:
+        config = config.replace(augmentations=tuple("flip" if a == "altflip" else a for a in config.augmentations))
     augmenter = build_augmenter(config, images.shape[1], seed=seed)
     if augmenter is None:
         return images.copy()
@@ -107,20 +133,52 @@ def augment_preview(images: np.ndarray, config: TrainConfig, seed: int) -> np.nd
     return np.clip(np.rint(np.asarray(out)), 0, 255).astype(np.uint8)
 
 
+def _alternating_flip_batches(images, labels, batch_size: int, shuffle: bool, seed: int,
+                              alternating_flip: AlternatingFlip):
+    """(images, labels, flip) batches, each pass over the data one epoch with its own flips.
+
+    Shuffled by a stateless per-epoch draw: tf.data's own shuffle cannot take the
+    epoch as its seed once a global seed is set.
+    """
+    import tensorflow as tf
+
+    columns = [tf.constant(images), tf.constant(labels.astype(np.int32)), tf.constant(alternating_flip.first_flips)]
+
+    def one_pass(epoch):
+        order = tf.range(len(images))
+        if shuffle:
+            order = tf.argsort(tf.random.stateless_uniform([len(images)], seed=tf.stack([seed, epoch])))
+
+        def gather(indices):
+            x, y, first = (tf.gather(column, indices) for column in columns)
+            return x, y, tf.math.logical_xor(first, epoch % 2 == 1)
+
+        return tf.data.Dataset.from_tensor_slices(order).batch(batch_size).map(gather)
+
+    # flat_map hides the length; Keras needs it to end each epoch on time.
+    n_batches = -(-len(images) // batch_size)
+    return alternating_flip.each_pass(one_pass).apply(tf.data.experimental.assert_cardinality(n_batches))
+
+
 def make_dataset(images: np.ndarray, labels: np.ndarray, n_classes: int, batch_size: int,
                  image_size: int | None = None, augmenter=None, shuffle: bool = False,
-                 seed: int = 0, one_hot: bool = True):
+                 seed: int = 0, one_hot: bool = True, alternating_flip: AlternatingFlip | None = None):
     """A tf.data pipeline over in-memory uint8 images, yielding float32 0..255."""
     import tensorflow as tf
 
-    dataset = tf.data.Dataset.from_tensor_slices((images, labels.astype(np.int32)))
-    if shuffle:
-        dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.batch(batch_size)
+    if alternating_flip:
+        dataset = _alternating_flip_batches(images, labels, batch_size, shuffle, seed, alternating_flip)
+    else:
+        dataset = tf.data.Dataset.from_tensor_slices((images, labels.astype(np.int32)))
+        if shuffle:
+            dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+        dataset = dataset.batch(batch_size)
     needs_resize = image_size is not None and image_size != images.shape[1]
 
-    def prepare(x, y):
+    def prepare(x, y, flips=None):
         x = tf.cast(x, tf.float32)
+        if flips is not None:
+            x = tf.where(flips[:, None, None, None], tf.reverse(x, axis=[2]), x)
         if augmenter is not None:
             x = augmenter(x, training=True)
         if needs_resize:

@@ -19,10 +19,12 @@ CIFAR_STD = (0.2470, 0.2435, 0.2616)
 OUTPUT_DTYPE = "float32"
 
 
-def _check_input_shape(input_shape, name: str, min_size: int = 16) -> tuple[int, int, int]:
-    if len(input_shape) != 3 or input_shape[2] != 3 or min(input_shape[:2]) < min_size:
+def _check_input_shape(input_shape, name: str, min_size: int = 16) -> tuple:
+    """(H, W, 3) as ints; None for H or W leaves that size open (one model, several resolutions)."""
+    sizes = [v for v in input_shape[:2] if v is not None] if len(input_shape) == 3 else []
+    if len(input_shape) != 3 or input_shape[2] != 3 or any(v < min_size for v in sizes):
         raise ConfigError(f"{name}: input_shape must be (H, W, 3) with H, W >= {min_size}; received {input_shape}")
-    return tuple(int(v) for v in input_shape)
+    return tuple(None if v is None else int(v) for v in input_shape)
 
 
 def _check_classes(num_classes: int, name: str) -> None:

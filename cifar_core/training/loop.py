@@ -11,7 +11,7 @@ import numpy as np
 from .. import backend, runs
 from ..config import TrainConfig
 from ..data import Dataset, load_dataset
-from ..data.pipeline import build_augmenter, make_dataset, split_train_val
+from ..data.pipeline import AlternatingFlip, build_augmenter, make_dataset, split_train_val
 from ..errors import CifarError, RunFolderError
 from ..models import build_model, get_spec
 from . import checkpoint
@@ -139,9 +139,12 @@ def _train(config: TrainConfig, run_dir: Path, dataset: Dataset, verbose, extra_
         if not spec.transfer:  # transfer models compile per stage
             compile_model(model, config, config.learning_rate, steps_per_epoch * config.n_epochs)
 
+    # Seeded by the run, not the resume point: a resumed run keeps every image's flip pattern.
+    alternating_flip = (AlternatingFlip(len(split.y_train), config.random_state, first_epoch=completed)
+                        if "altflip" in config.augmentations else None)
     train_data = make_dataset(split.x_train, split.y_train, n_classes, config.batch_size, size,
                               build_augmenter(config, dataset.image_size), shuffle=True,
-                              seed=config.random_state + completed)
+                              seed=config.random_state + completed, alternating_flip=alternating_flip)
     val_data = (make_dataset(split.x_val, split.y_val, n_classes, config.batch_size, size)
                 if len(split.y_val) else None)
     common = dict(train_data=train_data, val_data=val_data, verbose=verbose, history=history,
