@@ -37,7 +37,7 @@ BUDGET_S = float(os.environ.get("SWEEP_BUDGET_S", "420"))
 
 # name -> TrainConfig overrides of the fastnet recipe as it is now (docs/fastnet-sweep-*.json
 # record the recipe each measured sweep started from, and the names it used). Width variants
-# cut epochs so that FLOPs x epochs stay near the recipe's.
+# cut epochs so that FLOPs x epochs stay near 25 epochs of the base width, as measured.
 VARIANTS = {
     "base": {},
     "seed1": dict(random_state=1),
@@ -52,9 +52,7 @@ VARIANTS = {
     "wd2.5e-3": dict(weight_decay=2.5e-3),
     "lr0.4": dict(learning_rate=0.4),
     "ls0.2": dict(label_smoothing=0.2),
-    "muon22": dict(optimizer="muon", n_epochs=22),
-    "muon22_seed1": dict(optimizer="muon", n_epochs=22, random_state=1),
-    "muon22_seed2": dict(optimizer="muon", n_epochs=22, random_state=2),
+    "sgd25": dict(optimizer="sgd", n_epochs=25),
     # Progressive resolution: the first epochs train on random low-res crops (cheaper steps,
     # in proportion to pixels), the rest at 32x32. 20 x (24/32)^2 + 14 = 25.25 full-size
     # epochs of pixels, near the recipe's 25.
