@@ -2,15 +2,15 @@
 
     KERAS_BACKEND=jax python tools/fastnet_sweep.py ../shared/datasets/cifar10-jpg.tar.gz [NAME,NAME...]
 
-A 25-epoch fastnet run takes an hour on the 2-core build machine and about a
+A full fastnet run takes most of an hour on the 2-core build machine and about a
 minute on an H100 with Keras on JAX, so recipe choices are screened here and
 only the winner is trained on the CPU (the figures that count). It runs
 without TensorFlow (the GPU machine has none): recipe, model, whitening,
 optimizer and schedule are the package's own, while the flips (random or
 alternating) and the reflect-pad-2 crop are redone in NumPy per epoch in place of
-the tf.data pipeline. Each variant
-prints one JSON line and all are written to $OUT/sweep.json (or /tmp).
-Results are one seed each: differences under ~0.3 points are noise.
+the tf.data pipeline. Each variant prints one JSON line and all are written to
+$OUT/sweep.json (or /tmp). One seed per variant unless it names one: differences
+under ~0.3 points are noise.
 """
 import json
 import os
@@ -114,7 +114,8 @@ def run(name: str, dataset, low_res: tuple[int, int] | None = None, **overrides)
     probs = model.predict(dataset.x_test, batch_size=1000, verbose=0)
     mirrored = model.predict(dataset.x_test[:, :, ::-1], batch_size=1000, verbose=0)
     metrics = compute_metrics(dataset.y_test, probs, dataset.class_names, (probs + mirrored) / 2)
-    return dict(name=name, overrides=dict(overrides, low_res=low_res) if low_res else overrides, train_accuracy=round(float(history.history["accuracy"][-1]), 4),
+    return dict(name=name, overrides=dict(overrides, low_res=low_res) if low_res else overrides,
+                train_accuracy=round(float(history.history["accuracy"][-1]), 4),
                 test_accuracy=metrics["test_accuracy"], test_accuracy_flip_tta=metrics["test_accuracy_tta"],
                 seconds=round(time.time() - started, 1))
 

@@ -21,8 +21,8 @@ OUTPUT_DTYPE = "float32"
 
 def _check_input_shape(input_shape, name: str, min_size: int = 16) -> tuple:
     """(H, W, 3) as ints; None for H or W leaves that size open (one model, several resolutions)."""
-    sizes = [v for v in input_shape[:2] if v is not None] if len(input_shape) == 3 else []
-    if len(input_shape) != 3 or input_shape[2] != 3 or any(v < min_size for v in sizes):
+    if (len(input_shape) != 3 or input_shape[2] != 3
+            or any(v is not None and v < min_size for v in input_shape[:2])):
         raise ConfigError(f"{name}: input_shape must be (H, W, 3) with H, W >= {min_size}; received {input_shape}")
     return tuple(None if v is None else int(v) for v in input_shape)
 
