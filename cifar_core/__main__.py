@@ -121,7 +121,7 @@ def cmd_train(args) -> int:
         run_dir = train(config_from_args(args), args.run_dir)
     from . import runs
 
-    metrics = runs.read_json(run_dir / runs.METRICS_FILE)
+    metrics = runs.read_metrics(run_dir)
     print(f"run folder: {run_dir}")
     print(_accuracy_line(metrics))
     return 0
@@ -134,11 +134,11 @@ def _accuracy_line(metrics: dict) -> str:
     return line + f") on {metrics.get('data', 'the test split')}"
 
 
-def _read(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise CifarError(f"cannot read {path}: {exc.strerror}") from None
+def _read(path: Path) -> bytes:
+    from .errors import ConfigError
+    from .safeio import read_regular_file
+
+    return read_regular_file(path, 1024 * 1024, ConfigError, what="config file")
 
 
 def cmd_evaluate(args) -> int:
@@ -150,7 +150,6 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from .errors import ImageDecodeError
     from .evaluation import top_k
     from .imaging import decode_image_file
     from .inference import classify_arrays, load_run_model
@@ -160,7 +159,7 @@ def cmd_predict(args) -> int:
     for path in args.images:
         try:
             image = decode_image_file(path)
-        except ImageDecodeError as exc:
+        except CifarError as exc:  # one line per bad file; the rest are still classified
             print(f"error: {exc}", file=sys.stderr)
             failures += 1
             continue

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .errors import ConfigError
+from .safeio import parse_json
 
 OPTIMIZERS = ("adamw", "adam", "sgd", "muon")
 SCHEDULES = ("constant", "plateau", "onecycle", "cosine")
@@ -63,7 +65,10 @@ class TrainConfig:
     fine_tune_layers: int = 0
 
     def __post_init__(self):
-        object.__setattr__(self, "augmentations", tuple(self.augmentations))
+        if isinstance(self.augmentations, (list, tuple)):
+            object.__setattr__(self, "augmentations", tuple(self.augmentations))
+        for name, kind in FIELD_KINDS.items():
+            _check_kind(name, getattr(self, name), kind)
         _check(self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, f"one of {OPTIMIZERS}")
         _check(self.schedule in SCHEDULES, "schedule", self.schedule, f"one of {SCHEDULES}")
         _check(self.precision in PRECISIONS, "precision", self.precision, f"one of {PRECISIONS}")
@@ -71,18 +76,13 @@ class TrainConfig:
         _check(not unknown, "augmentations", unknown, f"a subset of {AUGMENTATIONS}")
         _check(not {"flip", "altflip"} <= set(self.augmentations), "augmentations", list(self.augmentations),
                "at most one of flip and altflip")
-        _check(self.n_epochs >= 1, "n_epochs", self.n_epochs, "at least 1")
-        _check(self.batch_size >= 1, "batch_size", self.batch_size, "at least 1")
-        _check(self.learning_rate > 0, "learning_rate", self.learning_rate, "positive")
-        _check(self.muon_scale > 0, "muon_scale", self.muon_scale, "positive")
-        _check(0.0 <= self.val_fraction < 0.9, "val_fraction", self.val_fraction, "in [0, 0.9)")
-        _check(self.limit is None or self.limit >= 2, "limit", self.limit, "at least 2")
-        _check(self.image_size is None or 16 <= self.image_size <= 512,
-               "image_size", self.image_size, "between 16 and 512")
-        _check(0.0 <= self.label_smoothing < 1.0, "label_smoothing", self.label_smoothing, "in [0, 1)")
-        _check(self.cutout_size >= 1, "cutout_size", self.cutout_size, "at least 1")
-        _check(self.ema_momentum is None or 0.0 < self.ema_momentum < 1.0,
-               "ema_momentum", self.ema_momentum, "in (0, 1)")
+        for name, (low, high, expected) in RANGES.items():
+            value = getattr(self, name)
+            _check(value is None or low(value) and high(value), name, value, expected)
+        _check(bool(self.model) and len(self.model) <= 64, "model", self.model, "a registry name")
+        _check(self.data is None or 0 < len(self.data) <= 4096, "data", self.data, "a source or path")
+        _check(_plain_json(self.model_options), "model_options", self.model_options,
+               "an object of names to numbers, strings, booleans or short lists of them")
 
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
@@ -110,16 +110,102 @@ class TrainConfig:
 
     @classmethod
     def from_json(cls, text: str) -> "TrainConfig":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"config is not valid JSON: {exc}") from None
-        return cls.from_dict(data)
+        return cls.from_dict(parse_json(text, "config", ConfigError))
 
 
 def _check(ok: bool, name: str, received: Any, expected: str) -> None:
     if not ok:
-        raise ConfigError(f"{name} must be {expected}; received {received!r}")
+        text = repr(received)
+        raise ConfigError(f"{name} must be {expected}; received {text if len(text) <= 80 else text[:77] + '...'}")
+
+
+# The JSON type of every field; "?" marks one that may be null. A float field takes
+# an int (JSON writes 1.0 as 1) but never a bool, a string or a non-finite number.
+FIELD_KINDS = {
+    "model": "str", "data": "str?", "image_size": "int?", "n_epochs": "int", "batch_size": "int",
+    "limit": "int?", "val_fraction": "float", "optimizer": "str", "learning_rate": "float",
+    "weight_decay": "float", "momentum": "float", "nesterov": "bool", "muon_scale": "float",
+    "schedule": "str", "warmup_fraction": "float", "plateau_patience": "int", "plateau_factor": "float",
+    "early_stopping_patience": "int?", "label_smoothing": "float", "class_weights": "bool",
+    "ema_momentum": "float?", "augmentations": "tuple", "translate_fraction": "float",
+    "rotate_fraction": "float", "zoom_fraction": "float", "cutout_size": "int", "tta": "bool",
+    "random_state": "int", "precision": "str", "model_options": "dict", "fine_tune_epochs": "int",
+    "fine_tune_learning_rate": "float", "fine_tune_layers": "int",
+}
+_KIND_CHECKS = {
+    "str": lambda v: isinstance(v, str),
+    "int": lambda v: type(v) is int,
+    "float": lambda v: type(v) in (int, float) and math.isfinite(v),
+    "bool": lambda v: type(v) is bool,
+    "tuple": lambda v: isinstance(v, tuple) and all(isinstance(item, str) for item in v),
+    "dict": lambda v: isinstance(v, dict),
+}
+_KIND_NAMES = {"str": "a string", "int": "an integer", "float": "a finite number", "bool": "true or false",
+               "tuple": "a list of names", "dict": "an object"}
+
+
+def _check_kind(name: str, value: Any, kind: str) -> None:
+    optional = kind.endswith("?")
+    kind = kind.rstrip("?")
+    if value is None and optional:
+        return
+    _check(_KIND_CHECKS[kind](value), name, value, _KIND_NAMES[kind] + (" or null" if optional else ""))
+
+
+def _at_least(low):
+    return lambda v: v >= low
+
+
+def _at_most(high):
+    return lambda v: v <= high
+
+
+def _below(high):
+    return lambda v: v < high
+
+
+def _above(low):
+    return lambda v: v > low
+
+
+# Ranges after the types: (lower test, upper test, what the message asks for).
+RANGES = {
+    "n_epochs": (_at_least(1), _at_most(10_000), "between 1 and 10000"),
+    "batch_size": (_at_least(1), _at_most(8192), "between 1 and 8192"),
+    "limit": (_at_least(2), _at_most(10_000_000), "at least 2"),
+    "image_size": (_at_least(16), _at_most(512), "between 16 and 512"),
+    "val_fraction": (_at_least(0.0), _below(0.9), "in [0, 0.9)"),
+    "learning_rate": (_above(0.0), _at_most(10.0), "in (0, 10]"),
+    "fine_tune_learning_rate": (_above(0.0), _at_most(10.0), "in (0, 10]"),
+    "weight_decay": (_at_least(0.0), _at_most(1.0), "in [0, 1]"),
+    "momentum": (_at_least(0.0), _below(1.0), "in [0, 1)"),
+    "muon_scale": (_above(0.0), _at_most(10.0), "in (0, 10]"),
+    "warmup_fraction": (_at_least(0.0), _at_most(1.0), "in [0, 1]"),
+    "plateau_patience": (_at_least(1), _at_most(1000), "between 1 and 1000"),
+    "plateau_factor": (_above(0.0), _below(1.0), "in (0, 1)"),
+    "early_stopping_patience": (_at_least(1), _at_most(1000), "between 1 and 1000, or null"),
+    "label_smoothing": (_at_least(0.0), _below(1.0), "in [0, 1)"),
+    "ema_momentum": (_above(0.0), _below(1.0), "in (0, 1)"),
+    "translate_fraction": (_at_least(0.0), _at_most(0.5), "in [0, 0.5]"),
+    "rotate_fraction": (_at_least(0.0), _at_most(0.5), "in [0, 0.5]"),
+    "zoom_fraction": (_at_least(0.0), _below(1.0), "in [0, 1)"),
+    "cutout_size": (_at_least(1), _at_most(512), "between 1 and 512"),
+    "random_state": (_at_least(0), _below(2**32), "in [0, 2**32)"),
+    "fine_tune_epochs": (_at_least(0), _at_most(10_000), "between 0 and 10000"),
+    "fine_tune_layers": (_at_least(0), _at_most(100_000), "between 0 and 100000"),
+}
+
+
+def _scalar(value) -> bool:
+    return value is None or type(value) in (int, str, bool) or (type(value) is float and math.isfinite(value))
+
+
+def _plain_json(options: dict) -> bool:
+    """Builder options: names to scalars or short flat lists of scalars (e.g. widths)."""
+    return len(options) <= 32 and all(
+        isinstance(key, str) and (_scalar(value) or isinstance(value, list) and len(value) <= 64
+                                  and all(_scalar(item) for item in value))
+        for key, value in options.items())
 
 
 # One hyperparameter table per recipe. A model without an entry trains with

@@ -15,12 +15,25 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageDecodeError
+from .safeio import read_regular_file
 
-ACCEPTED_FORMATS = frozenset({"JPEG", "PNG", "GIF", "BMP", "WEBP"})
+# MPO: the JPEG that phone cameras write with a multi-picture index; its first
+# picture is an ordinary JPEG.
+ACCEPTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "GIF", "BMP", "WEBP"})
+JPEG_FORMATS = frozenset({"JPEG", "MPO"})
 # Pillow's own bomb guard stays on (it errors at 2x MAX_IMAGE_PIXELS); we
 # refuse well below it so one upload cannot take gigabytes of memory.
 MAX_PIXELS = 40_000_000
 MAX_BYTES = 50 * 1024 * 1024
+# What Pillow will hold once decoded (after JPEG draft reduction), in bytes:
+# conversion to RGB makes about three more copies, so this bounds a decode
+# to a few hundred MB whatever the header's pixel depth.
+MAX_DECODED_BYTES = 64 * 1024 * 1024
+# A progressive JPEG's decode time grows with its number of scans, each a pass
+# over the whole image; encoders write about ten, a hostile file thousands.
+MAX_JPEG_SCANS = 64
+# Bytes per pixel of Pillow's decoded buffer by mode (anything else: 4).
+_MODE_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
 # Big photos are reduced while decoding (JPEG draft mode) to about this size:
 # every model here looks at 224 pixels or fewer.
 DECODE_TARGET = 1024
@@ -40,9 +53,11 @@ def decode_image(data: bytes | bytearray | memoryview, name: str = "image") -> n
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
             _check_header(image, name)
-            image.seek(0)  # animated GIF/WebP: the first frame
-            if image.format == "JPEG":
+            image.seek(0)  # animated GIF/WebP, MPO: the first frame
+            if image.format in JPEG_FORMATS:
+                _check_jpeg_scans(data, name)
                 image.draft("RGB", (DECODE_TARGET, DECODE_TARGET))
+            _check_decoded_size(image, name)
             image.load()
             image = ImageOps.exif_transpose(image)
             return _to_rgb_array(image)
@@ -58,20 +73,13 @@ def decode_image(data: bytes | bytearray | memoryview, name: str = "image") -> n
         raise ImageDecodeError(f"{name}: corrupt or truncated image ({_short(exc)})") from None
 
 
+def read_image_file(path: Path | str) -> bytes:
+    """The bytes of an image file, bounded: regular files only, at most MAX_BYTES."""
+    return read_regular_file(path, MAX_BYTES, ImageDecodeError, what="image")
+
+
 def decode_image_file(path: Path | str) -> np.ndarray:
-    path = Path(path)
-    try:
-        size = path.stat().st_size
-        if size > MAX_BYTES:
-            raise ImageDecodeError(f"{path.name}: file is {size / 1e6:.0f} MB; the limit is {MAX_BYTES / 1e6:.0f} MB")
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise ImageDecodeError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise ImageDecodeError(f"{path}: is a folder, not an image") from None
-    except PermissionError:
-        raise ImageDecodeError(f"{path}: permission denied") from None
-    return decode_image(data, name=path.name)
+    return decode_image(read_image_file(path), name=Path(path).name)
 
 
 def resize_image(image: np.ndarray, size: int) -> np.ndarray:
@@ -101,6 +109,24 @@ def _check_header(image: Image.Image, name: str) -> None:
             f"{name}: {width}x{height} is {width * height / 1e6:.0f} megapixels; the limit is {MAX_PIXELS / 1e6:.0f}")
 
 
+def _check_jpeg_scans(data: bytes, name: str) -> None:
+    # 0xFFDA starts a scan; inside entropy-coded data a 0xFF is always followed
+    # by 0x00 or a restart marker, so counting the pair over-counts only by the
+    # scans of an embedded thumbnail.
+    scans = data.count(b"\xff\xda")
+    if scans > MAX_JPEG_SCANS:
+        raise ImageDecodeError(f"{name}: JPEG declares {scans} scans; the limit is {MAX_JPEG_SCANS}")
+
+
+def _check_decoded_size(image: Image.Image, name: str) -> None:
+    width, height = image.size  # after draft(): the reduced size JPEG will decode to
+    decoded = width * height * _MODE_BYTES.get(image.mode, 4)
+    if decoded > MAX_DECODED_BYTES:
+        raise ImageDecodeError(
+            f"{name}: {width}x{height} {image.mode} decodes to {decoded / 2**20:.0f} MiB; "
+            f"the limit is {MAX_DECODED_BYTES / 2**20:.0f} MiB")
+
+
 def _to_rgb_array(image: Image.Image) -> np.ndarray:
     mode = image.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
@@ -117,14 +143,22 @@ def _to_rgb_array(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
+# 16-bit value -> 8-bit, rounded: one table lookup instead of float copies of the image.
+_SIXTEEN_TO_EIGHT = np.rint(np.arange(65536) / 65535.0 * 255.0).astype(np.uint8)
+
+
 def _high_depth_to_rgb(image: Image.Image) -> np.ndarray:
     # 16-bit (and 32-bit) grayscale: scale the full range to 0..255 instead of
     # letting convert("L") clip everything above 255 to white.
-    values = np.asarray(image, dtype=np.float64)
-    if image.mode.startswith("I;16") or (values.size and values.max() <= 65535 and values.min() >= 0):
-        scaled = values / 65535.0 * 255.0
+    values = np.asarray(image)
+    if image.mode.startswith("I;16"):
+        gray = _SIXTEEN_TO_EIGHT[values.astype(np.uint16, copy=False)]
     else:
-        low, high = float(values.min()), float(values.max())
-        scaled = (values - low) / (high - low) * 255.0 if high > low else np.zeros_like(values)
-    gray = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+        low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+        if low >= 0 and high <= 65535 and values.dtype.kind in "iu":
+            gray = _SIXTEEN_TO_EIGHT[values.astype(np.uint16)]
+        elif high > low:
+            gray = np.rint((values.astype(np.float32) - low) * np.float32(255.0 / (high - low))).astype(np.uint8)
+        else:
+            gray = np.zeros(values.shape, np.uint8)
     return np.repeat(gray[:, :, None], 3, axis=2)

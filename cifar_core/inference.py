@@ -28,11 +28,11 @@ def load_run_model(run_dir: Path | str) -> LoadedRun:
     run_dir = Path(run_dir)
     if not (run_dir / runs.MODEL_FILE).is_file():
         raise RunFolderError(f"{run_dir.name}: no trained model ({runs.MODEL_FILE}) in this run folder")
-    data = runs.read_json(run_dir / runs.DATA_FILE)
-    class_names = tuple(data.get("class_names") or ())
-    if len(class_names) < 2:
-        raise RunFolderError(f"{run_dir.name}: {runs.DATA_FILE} lists no class names")
-    config = TrainConfig.from_json((run_dir / runs.CONFIG_FILE).read_text(encoding="utf-8"))
+    data = runs.read_data_info(run_dir)
+    if data is None:
+        raise RunFolderError(f"{run_dir.name}: no {runs.DATA_FILE} (class names) in this run folder")
+    class_names = tuple(data["class_names"])
+    config = runs.read_config(run_dir)
     model, size = load_model_file(run_dir / runs.MODEL_FILE, expected_classes=len(class_names))
     return LoadedRun(run_dir, model, size, int(data.get("image_size") or size), class_names, config)
 
@@ -69,7 +69,7 @@ def evaluate_run(run_dir: Path | str, source: str | None = None) -> dict:
     fresh, probs, probs_tta = measure_on_test(run.model, dataset.x_test, dataset.y_test, dataset.class_names,
                                               run.input_size, run.config.tta)
     metrics_path = run.run_dir / runs.METRICS_FILE
-    metrics = runs.read_json(metrics_path) if metrics_path.exists() else {}
+    metrics = runs.read_metrics(run.run_dir) or {}
     metrics.update(fresh, data=dataset.description)
     runs.write_predictions(run.run_dir, dataset.y_test, probs, probs_tta)
     runs.atomic_write_json(metrics_path, metrics)

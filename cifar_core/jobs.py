@@ -3,14 +3,18 @@
 Streamlit cannot train in its own process (its script reruns, its threads
 cannot call Streamlit), so the dashboard launches `python -m cifar_core
 worker JOB_ID` and polls. The registry survives dashboard restarts. A job is
-"running" only while its worker provably lives: same pid AND same process
-start time (pids get reused) AND a fresh heartbeat in status.json.
+"running" while its worker provably lives: same pid AND same process start
+time (pids get reused), or while some process holds its run folder's writer
+lock (the OS drops that lock when a process dies, and keeps it while a
+process is merely stopped, so a stalled worker is never declared dead and
+resumed beside itself). A corrupt registry is set aside, never fatal.
 """
 from __future__ import annotations
 
 import os
 import signal
 import sqlite3
+import warnings
 import subprocess
 import sys
 import time
@@ -20,7 +24,7 @@ from pathlib import Path
 
 from . import runs
 from .config import TrainConfig
-from .errors import CifarError
+from .errors import CifarError, ConfigError
 
 DEFAULT_DB = runs.DEFAULT_RUNS_ROOT.parent / "jobs.sqlite"
 STALE_SECONDS = runs.STALE_SECONDS
@@ -45,13 +49,17 @@ CREATE TABLE IF NOT EXISTS jobs (
 class Job:
     id: int
     run_dir: Path
-    config: TrainConfig
+    config: TrainConfig | None  # None: the stored config no longer validates (see message)
     state: str
     pid: int | None
     pid_started: float | None
     created_at: float
     updated_at: float
     message: str | None
+
+    @property
+    def model(self) -> str:
+        return self.config.model if self.config is not None else "?"
 
 
 def db_path() -> Path:
@@ -62,25 +70,55 @@ def db_path() -> Path:
 def connect(path: Path | None = None):
     path = Path(path or db_path())
     path.parent.mkdir(parents=True, exist_ok=True)
-    connection = sqlite3.connect(path, timeout=30.0, isolation_level=None)
+    connection = _open(path)
     try:
-        connection.execute("PRAGMA journal_mode=WAL")
-        connection.execute("PRAGMA busy_timeout=30000")
-        connection.execute(SCHEMA)
         yield connection
     finally:
         connection.close()
 
 
+def _open(path: Path) -> sqlite3.Connection:
+    """A connection with the schema in place; a corrupt file is renamed aside and a new one started."""
+    for attempt in range(2):
+        connection = sqlite3.connect(path, timeout=30.0, isolation_level=None)
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA busy_timeout=30000")
+            connection.execute(SCHEMA)
+            connection.execute(f"SELECT {COLUMNS} FROM jobs LIMIT 1").fetchall()
+            return connection
+        except sqlite3.DatabaseError as exc:
+            connection.close()
+            if attempt or isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+                raise CifarError(f"the job registry {path} cannot be opened: {exc}") from None
+            _set_aside(path, exc)
+    raise AssertionError("unreachable")
+
+
+def _set_aside(path: Path, exc: Exception) -> None:
+    aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+    for suffix in ("", "-wal", "-shm"):
+        source = Path(f"{path}{suffix}")
+        if source.exists():
+            os.replace(source, Path(f"{aside}{suffix}"))
+    warnings.warn(f"the job registry was unreadable ({exc}); it was moved to {aside.name} and a new one "
+                  "started (run folders are untouched)", stacklevel=3)
+
+
 def _row_to_job(row) -> Job:
-    return Job(row[0], Path(row[1]), TrainConfig.from_json(row[2]), row[3], row[4], row[5], row[6], row[7], row[8])
+    config, message = None, row[8]
+    try:
+        config = TrainConfig.from_json(row[2])
+    except (ConfigError, TypeError) as exc:
+        message = f"its stored config is unreadable ({exc})"[:500]
+    return Job(row[0], Path(row[1]), config, row[3], row[4], row[5], row[6], row[7], message)
 
 
 COLUMNS = "id, run_dir, config, state, pid, pid_started, created_at, updated_at, message"
 
 
 def create_job(config: TrainConfig, run_dir: Path | None = None, path: Path | None = None) -> Job:
-    run_dir = Path(run_dir) if run_dir else runs.runs_root() / runs.new_run_id(config.model)
+    run_dir = Path(run_dir) if run_dir else runs.create_run_dir(config.model)
     now = time.time()
     with connect(path) as db:
         cursor = db.execute("INSERT INTO jobs (run_dir, config, state, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
@@ -135,16 +173,12 @@ def process_start_time(pid: int) -> float | None:
 
 
 def worker_alive(job: Job, now: float | None = None) -> bool:
+    """The job's worker process still exists, or something still holds its run's writer lock."""
+    if runs.writer_alive(job.run_dir):
+        return True
     if job.state == "queued" and job.pid is None:
         return (now or time.time()) - job.created_at < STALE_SECONDS  # launching
-    if job.pid is None or process_start_time(job.pid) != job.pid_started:
-        return False
-    try:
-        status = runs.read_status(job.run_dir) or {}
-    except runs.RunFolderError:
-        status = {}
-    heartbeat = status.get("heartbeat") or job.updated_at
-    return (now or time.time()) - heartbeat < STALE_SECONDS
+    return job.pid is not None and process_start_time(job.pid) == job.pid_started
 
 
 def mark_dead(job: Job, path: Path | None = None) -> None:
@@ -153,8 +187,7 @@ def mark_dead(job: Job, path: Path | None = None) -> None:
     try:
         status = runs.read_status(job.run_dir) or {}
         if status.get("state") in ("running", "queued"):
-            runs.write_status(job.run_dir, "interrupted", message=message,
-                              **{k: status.get(k) for k in ("epoch", "n_epochs", "progress")})
+            runs.update_status(job.run_dir, "interrupted", message=message)
     except (OSError, runs.RunFolderError):
         pass
 
@@ -170,8 +203,10 @@ def launch(config: TrainConfig, run_dir: Path | None = None, path: Path | None =
 
 def resume_job(job_id: int, path: Path | None = None) -> Job:
     job = get_job(job_id, path)
-    if job.state in ACTIVE_STATES and worker_alive(job):
-        raise CifarError(f"job {job_id} is still running")
+    if job.config is None:
+        raise CifarError(f"job {job_id} cannot be resumed: {job.message}")
+    if worker_alive(job):
+        raise CifarError(f"job {job_id} is still running (its worker holds the run folder)")
     update_job(job_id, path, state="queued", pid=None, pid_started=None, message=None)
     _spawn(get_job(job_id, path), resume=True, path=path)
     return get_job(job_id, path)
@@ -205,6 +240,7 @@ def cancel(job_id: int, path: Path | None = None) -> Job:
     if job.pid and process_start_time(job.pid) == job.pid_started:
         try:
             os.kill(job.pid, signal.SIGTERM)
+            os.kill(job.pid, signal.SIGCONT)  # a stopped worker handles the SIGTERM only once continued
         except ProcessLookupError:
             pass
     return get_job(job_id, path)
@@ -218,6 +254,9 @@ def run_worker(job_id: int, resume: bool = False) -> int:
     job = get_job(job_id)
     if job.state == "cancelled":  # cancelled before this process got going
         return 130
+    if job.config is None:
+        update_job(job_id, state="failed")
+        raise CifarError(f"job {job_id}: {job.message}")
     update_job(job_id, state="running", pid=os.getpid(), pid_started=process_start_time(os.getpid()))
     try:
         if resume and (job.run_dir / runs.CONFIG_FILE).exists():

@@ -5,22 +5,35 @@ history.csv, metrics.json, predictions.npz, model.keras (plus checkpoint/
 while training and tb/ for TensorBoard). Every file is written atomically
 (temp file in the same folder, fsync, rename) so a reader polling the folder
 never sees half a file.
+
+One writer per folder: a writer holds an exclusive lock on the folder's lock
+file for its whole life (the OS drops it when the process dies, however it
+dies), so a second writer is refused and "is anyone writing this run?" is
+answered by the lock, not by the age of a heartbeat.
+
+Every file kind has one validating reader (bounded size, bounded nesting, a
+schema for its fields): a run folder with a bad file raises RunFolderError,
+and listings skip it with a warning instead of taking a page down.
 """
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import json
+import math
 import os
 import re
+import secrets
 import tempfile
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from .errors import RunFolderError
+from .errors import CifarError, RunFolderError
+from .safeio import parse_json, read_regular_file
 
 DEFAULT_RUNS_ROOT = Path(__file__).resolve().parent.parent / "artifacts" / "runs"
 
@@ -34,6 +47,13 @@ MODEL_FILE = "model.keras"
 CHECKPOINT_DIR = "checkpoint"
 TENSORBOARD_DIR = "tb"
 LOG_FILE = "train.log"
+LOCK_FILE = ".writer.lock"
+# What a job launcher may have put in a folder before its writer starts.
+LAUNCH_FILES = frozenset({LOG_FILE, LOCK_FILE})
+# Every run file is small (metrics with a 100-class confusion matrix: ~100 KB).
+MAX_JSON_BYTES = 4 * 1024 * 1024
+MAX_HISTORY_BYTES = 4 * 1024 * 1024
+HISTORY_STAGES = ("train", "head", "fine_tune")
 
 HISTORY_COLUMNS = ("epoch", "stage", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds")
 
@@ -47,9 +67,93 @@ def runs_root() -> Path:
 
 
 def new_run_id(model: str, now: float | None = None) -> str:
+    """<time>-<model>-<random>: two launches in one second (or one process) differ."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now or time.time()))
-    safe_model = re.sub(r"[^A-Za-z0-9_.-]", "_", model)
-    return f"{stamp}-{safe_model}-{os.getpid() % 10000:04d}"
+    safe_model = re.sub(r"[^A-Za-z0-9_.-]", "_", model)[:40]
+    return f"{stamp}-{safe_model}-{secrets.token_hex(3)}"
+
+
+def create_run_dir(model: str, root: Path | str | None = None) -> Path:
+    """A new, empty run folder with a unique id, created atomically (mkdir fails if it exists)."""
+    root = Path(root) if root is not None else runs_root()
+    root.mkdir(parents=True, exist_ok=True)
+    for _ in range(20):
+        run_dir = root / new_run_id(model)
+        try:
+            run_dir.mkdir()
+            return run_dir
+        except FileExistsError:
+            continue
+    raise RunFolderError(f"could not create a new run folder under {root}")
+
+
+def check_new_run_dir(run_dir: Path | str) -> None:
+    """A new run may be written only into a missing or empty folder (or one a job launcher made)."""
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        return
+    if not run_dir.is_dir():
+        raise RunFolderError(f"{run_dir} is a file, not a run folder")
+    if (run_dir / CONFIG_FILE).exists():
+        raise RunFolderError(f"{run_dir} already holds a run; use --resume to continue it or pick a new --run-dir")
+    foreign = sorted(entry.name for entry in run_dir.iterdir() if entry.name not in LAUNCH_FILES)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise RunFolderError(f"{run_dir} is not empty and not a run folder (it holds {shown}); "
+                             "pick an empty or new folder")
+
+
+# --- one writer per folder --------------------------------------------------------
+
+class RunWriter:
+    """An exclusive lock on a run folder, held from __enter__ to __exit__.
+
+    flock belongs to the open file: the kernel releases it when the process
+    ends, even by SIGKILL, and a stopped (SIGSTOP) process keeps it.
+    """
+
+    def __init__(self, run_dir: Path | str):
+        self.run_dir = Path(run_dir)
+        self._handle = None
+
+    def __enter__(self) -> "RunWriter":
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(self.run_dir / LOCK_FILE, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read(32).strip() or "?"
+            handle.close()
+            raise RunFolderError(f"{self.run_dir.name} is being written by another process (pid {holder}); "
+                                 "wait for it to finish or cancel it first") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._handle = handle
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self._handle is not None:
+            fcntl.flock(self._handle.fileno(), fcntl.LOCK_UN)
+            self._handle.close()
+            self._handle = None
+
+
+def writer_alive(run_dir: Path | str) -> bool:
+    """True while some process holds the run's writer lock."""
+    try:
+        fd = os.open(Path(run_dir) / LOCK_FILE, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return False  # no lock file: no writer ever started here
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops the shared lock if we got it
+    return False
 
 
 # --- atomic writes ---------------------------------------------------------------
@@ -93,13 +197,131 @@ def _json_default(value):
 
 
 def read_json(path: Path | str) -> Any:
+    """Any JSON file of a run: bounded in bytes and nesting; RunFolderError otherwise."""
     path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        raise RunFolderError(f"missing {path.name} in {path.parent}")
+    data = read_regular_file(path, MAX_JSON_BYTES, RunFolderError, what="JSON file")
+    return parse_json(data, f"{path.name} in {path.parent.name}", RunFolderError)
+
+
+# --- schemas: one validating reader per file kind ---------------------------------
+
+Check = Callable[[Any], bool]
+
+
+def _number(value) -> bool:
+    return type(value) in (int, float)
+
+
+def _finite(value) -> bool:
+    return _number(value) and math.isfinite(value)
+
+
+def _fraction(value) -> bool:
+    return _number(value) and 0.0 <= value <= 1.0
+
+
+def _count(value) -> bool:
+    return type(value) is int and value >= 0
+
+
+def _text(value) -> bool:
+    return isinstance(value, str)
+
+
+def _flag(value) -> bool:
+    return type(value) is bool
+
+
+def _object(value) -> bool:
+    return isinstance(value, dict)
+
+
+def _list_of(check: Check) -> Check:
+    return lambda value: isinstance(value, list) and all(check(item) for item in value)
+
+
+def _per_class(value) -> bool:
+    scores = ("precision", "recall", "f1", "support")
+    return isinstance(value, dict) and all(
+        isinstance(row, dict) and all(_number(row.get(k)) for k in scores) for row in value.values())
+
+
+METRICS_SCHEMA: dict[str, Check] = {
+    "test_accuracy": _fraction, "test_accuracy_tta": _fraction, "test_accuracy_head": _fraction,
+    "test_loss": _number, "test_loss_tta": _number, "train_seconds": _number, "eval_seconds": _number,
+    "stage_seconds": _number, "train_images_per_second": _number, "peak_memory_mb": _number,
+    "n_params": _count, "n_train": _count, "n_test": _count, "epochs_run": _count, "input_size": _count,
+    "model": _text, "data": _text, "measured_at": _text, "transfer": _flag, "machine": _object,
+    "class_names": _list_of(_text), "confusion_matrix": _list_of(_list_of(_count)), "per_class": _per_class,
+}
+METRICS_REQUIRED = ("test_accuracy",)
+STATUS_SCHEMA: dict[str, Check] = {
+    "state": lambda v: v in RUN_STATES, "heartbeat": _finite, "pid": _count, "epoch": _count,
+    "n_epochs": _count, "progress": _fraction, "eta_seconds": _number, "message": _text, "stage": _text,
+    "test_accuracy": _fraction, "batch": _count, "steps_per_epoch": _count, "last": _object,
+}
+STATUS_REQUIRED = ("state",)
+DATA_SCHEMA: dict[str, Check] = {
+    # The stored resolution the model saw: every source here is resized to at most this.
+    "image_size": lambda v: type(v) is int and 1 <= v <= 512,
+    "class_names": lambda v: _list_of(_text)(v) and 2 <= len(v) <= 1000,
+    "n_train": _count, "n_test": _count, "train_counts": _list_of(_count), "test_counts": _list_of(_count),
+    "source": _text, "description": _text, "load_seconds": _number,
+}
+DATA_REQUIRED = ("class_names",)
+
+
+def validate(data: Any, schema: dict[str, Check], required: tuple[str, ...], what: str) -> dict[str, Any]:
+    """data if it is an object whose known fields have the right types; RunFolderError otherwise.
+    Unknown fields are kept: a newer writer may add some."""
+    if not isinstance(data, dict):
+        raise RunFolderError(f"{what} must be a JSON object; found {type(data).__name__}")
+    for key in required:
+        if data.get(key) is None:
+            raise RunFolderError(f"{what} has no {key}")
+    for key, check in schema.items():
+        value = data.get(key)
+        if value is not None and not check(value):
+            raise RunFolderError(f"{what}: {key} has an unexpected value {_preview(value)}")
+    return data
+
+
+def _preview(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _read_validated(run_dir: Path | str, name: str, schema, required) -> dict[str, Any] | None:
+    path = Path(run_dir) / name
+    if not path.exists() and not path.is_symlink():
+        return None
+    return validate(read_json(path), schema, required, f"{name} in {Path(run_dir).name}")
+
+
+def read_metrics(run_dir: Path | str) -> dict[str, Any] | None:
+    return _read_validated(run_dir, METRICS_FILE, METRICS_SCHEMA, METRICS_REQUIRED)
+
+
+def read_data_info(run_dir: Path | str) -> dict[str, Any] | None:
+    return _read_validated(run_dir, DATA_FILE, DATA_SCHEMA, DATA_REQUIRED)
+
+
+def read_config(run_dir: Path | str):
+    """The run's TrainConfig, validated field by field."""
+    from .config import TrainConfig
+
+    path = Path(run_dir) / CONFIG_FILE
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise RunFolderError(f"missing {path.name} in {path.parent}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RunFolderError(f"corrupt {path.name} in {path.parent}: {exc}") from None
+        return TrainConfig.from_dict(read_json(path))
+    except RunFolderError:
+        raise
+    except CifarError as exc:
+        raise RunFolderError(f"{CONFIG_FILE} in {Path(run_dir).name}: {exc}") from None
+
+
+READERS: dict[str, Callable[[Path | str], Any]] = {}  # filled below: file name -> validating reader
 
 
 # --- history ---------------------------------------------------------------------
@@ -122,26 +344,43 @@ def _csv_value(value):
 
 
 def read_history(run_dir: Path | str) -> list[dict[str, Any]]:
+    """history.csv rows, every field parsed and checked; RunFolderError on any bad row."""
     path = Path(run_dir) / HISTORY_FILE
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         return []
-    rows = []
-    with path.open(newline="", encoding="utf-8") as handle:
-        for raw in csv.DictReader(handle):
-            row = {}
-            for key in HISTORY_COLUMNS:
-                value = raw.get(key, "")
-                row[key] = _parse_history_value(key, value)
-            rows.append(row)
+    data = read_regular_file(path, MAX_HISTORY_BYTES, RunFolderError, what="history file")
+    where = f"{HISTORY_FILE} in {Path(run_dir).name}"
+    try:
+        text = data.decode("utf-8")
+        rows = [_history_row(raw, line, where) for line, raw in enumerate(csv.DictReader(io.StringIO(text)), 2)]
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise RunFolderError(f"corrupt {where}: {str(exc)[:120]}") from None
     return rows
+
+
+def _history_row(raw: dict, line: int, where: str) -> dict[str, Any]:
+    row = {}
+    for key in HISTORY_COLUMNS:
+        try:
+            row[key] = _parse_history_value(key, raw.get(key))
+        except ValueError:
+            raise RunFolderError(f"corrupt {where}, line {line}: {key} is {_preview(raw.get(key))}") from None
+    return row
 
 
 def _parse_history_value(key: str, value: str | None):
     if value in ("", None):
         return None
     if key == "stage":
+        if value not in HISTORY_STAGES:
+            raise ValueError(value)
         return value
-    return int(value) if key == "epoch" else float(value)
+    if key == "epoch":
+        epoch = int(value)  # "2.0" is not an epoch
+        if epoch < 1:
+            raise ValueError(value)
+        return epoch
+    return float(value)
 
 
 # --- predictions -----------------------------------------------------------------
@@ -182,19 +421,30 @@ def write_status(run_dir: Path | str, state: str, **fields: Any) -> dict[str, An
 
 
 def read_status(run_dir: Path | str) -> dict[str, Any] | None:
-    path = Path(run_dir) / STATUS_FILE
-    if not path.exists():
-        return None
-    return read_json(path)
+    return _read_validated(run_dir, STATUS_FILE, STATUS_SCHEMA, STATUS_REQUIRED)
 
 
-def effective_state(status: dict, now: float | None = None) -> str:
-    """The status's state, except that a 'running' run whose heartbeat went
-    stale is reported as interrupted (its process died without saying so)."""
+def update_status(run_dir: Path | str, state: str, **fields: Any) -> dict[str, Any]:
+    """write_status keeping the progress fields (epoch, n_epochs, progress) already recorded."""
+    try:
+        previous = read_status(run_dir) or {}
+    except RunFolderError:
+        previous = {}
+    kept = {key: previous[key] for key in ("epoch", "n_epochs", "progress") if key in previous}
+    return write_status(run_dir, state, **{**kept, **fields})
+
+
+def effective_state(status: dict, now: float | None = None, run_dir: Path | str | None = None) -> str:
+    """The status's state, except that a 'running' or 'queued' run nobody is
+    writing any more is reported as interrupted (its process died without
+    saying so). With run_dir the writer lock decides; without it, the heartbeat's age."""
     state = status.get("state", "unknown")
+    if state not in ("running", "queued"):
+        return state
+    if run_dir is not None and (Path(run_dir) / LOCK_FILE).exists():
+        return state if writer_alive(run_dir) else "interrupted"
     heartbeat = status.get("heartbeat")
-    if state in ("running", "queued") and isinstance(heartbeat, (int, float)) \
-            and (now or time.time()) - heartbeat > STALE_SECONDS:
+    if isinstance(heartbeat, (int, float)) and (now or time.time()) - heartbeat > STALE_SECONDS:
         return "interrupted"
     return state
 
@@ -216,15 +466,21 @@ class RunSummary:
 
 
 def load_run(run_dir: Path | str) -> RunSummary:
-    """Read a run's JSON files; raises RunFolderError when one is corrupt."""
+    """Read and validate a run's JSON files; raises RunFolderError when one is bad."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunFolderError(f"run folder not found: {run_dir}")
-    config = read_json(run_dir / CONFIG_FILE)
+    config = read_config(run_dir).to_dict()
     status = read_status(run_dir) or {"state": "unknown"}
-    metrics = read_json(run_dir / METRICS_FILE) if (run_dir / METRICS_FILE).exists() else None
-    data = read_json(run_dir / DATA_FILE) if (run_dir / DATA_FILE).exists() else None
-    return RunSummary(run_dir.name, run_dir, config, status, metrics, data)
+    return RunSummary(run_dir.name, run_dir, config, status, read_metrics(run_dir), read_data_info(run_dir))
+
+
+def _being_created(run_dir: Path) -> bool:
+    """A folder a job launcher made whose writer has not written its config yet."""
+    try:
+        return not (run_dir / CONFIG_FILE).exists() and {e.name for e in run_dir.iterdir()} <= LAUNCH_FILES
+    except OSError:
+        return False
 
 
 def list_runs(root: Path | str | None = None) -> tuple[list[RunSummary], list[str]]:
@@ -234,7 +490,7 @@ def list_runs(root: Path | str | None = None) -> tuple[list[RunSummary], list[st
     if not root.is_dir():
         return runs, problems
     for run_dir in sorted(root.iterdir(), reverse=True):
-        if not run_dir.is_dir() or run_dir.name.startswith("."):
+        if not run_dir.is_dir() or run_dir.name.startswith(".") or _being_created(run_dir):
             continue
         try:
             runs.append(load_run(run_dir))
@@ -243,3 +499,14 @@ def list_runs(root: Path | str | None = None) -> tuple[list[RunSummary], list[st
     for problem in problems:
         warnings.warn(problem, stacklevel=2)
     return runs, problems
+
+
+READERS.update({CONFIG_FILE: lambda run_dir: read_config(run_dir).to_dict(), METRICS_FILE: read_metrics,
+                DATA_FILE: read_data_info, STATUS_FILE: read_status})
+
+
+def read_run_file(run_dir: Path | str, name: str) -> Any:
+    """The validated content of one of a run's JSON files, or None if it is absent."""
+    if name not in READERS:
+        raise ValueError(f"no reader for {name!r}; one of {sorted(READERS)}")
+    return READERS[name](run_dir)

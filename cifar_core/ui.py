@@ -52,7 +52,7 @@ def _run_records(root: str) -> tuple[list[dict], list[str]]:
             "test accuracy": metrics.get("test_accuracy"), "with flip TTA": metrics.get("test_accuracy_tta"),
             "train minutes": (metrics.get("train_seconds") or 0) / 60 or None,
             "params": metrics.get("n_params"), "epochs": metrics.get("epochs_run"),
-            "state": runs.effective_state(status), "progress": status.get("progress"),
+            "state": runs.effective_state(status, run_dir=run.path), "progress": status.get("progress"),
             "date": (metrics.get("measured_at") or "")[:10] or None, "data": metrics.get("data"),
             "has_model": run.has_model,
         })
@@ -108,19 +108,30 @@ def pick_runs(label: str, key: str, multiple: bool = False, default_count: int =
 
 
 @st.cache_data(ttl=3, show_spinner=False)
-def read_json_cached(path: str, mtime: float) -> dict:
-    return runs.read_json(path)
+def _run_file_cached(run_dir: str, name: str, mtime: float):
+    return runs.read_run_file(run_dir, name)
 
 
 def run_json(run_dir: str, name: str) -> dict | None:
+    """A run's JSON file through its validating reader; a bad file is a warning and None."""
     path = Path(run_dir) / name
-    if not path.is_file():
+    try:
+        if not path.exists():
+            return None
+        return _run_file_cached(run_dir, name, path.stat().st_mtime)
+    except (CifarError, OSError) as exc:
+        st.warning(f"{Path(run_dir).name}: {exc}")
         return None
-    return read_json_cached(str(path), path.stat().st_mtime)
 
 
 def history_frame(run_dir: str) -> pd.DataFrame:
-    return pd.DataFrame(runs.read_history(run_dir), columns=list(runs.HISTORY_COLUMNS))
+    """A run's history; a bad history.csv is a warning and an empty frame, never an exception."""
+    try:
+        rows = runs.read_history(run_dir)
+    except CifarError as exc:
+        st.warning(f"{Path(run_dir).name}: {exc}")
+        rows = []
+    return pd.DataFrame(rows, columns=list(runs.HISTORY_COLUMNS))
 
 
 @st.cache_data(show_spinner=False)
@@ -150,15 +161,23 @@ def loaded_run(run_dir: str):
 # --- data ---------------------------------------------------------------------------------------
 
 def candidate_sources() -> list[str]:
-    """Where the studio looks for the dataset, in order: env var, then shipped runs' configs."""
+    """Where the studio looks for the dataset, in order: env var, then shipped runs' configs.
+
+    A path in a run's config is a suggestion from a file anyone may have shared:
+    it is used only if it already looks like a dataset, and never scanned."""
+    from .data.sources import looks_like_dataset
+
     found = []
     if os.environ.get("CIFAR10_SOURCE"):
         found.append(os.environ["CIFAR10_SOURCE"])
     for record in run_records()[0]:
         config = run_json(record["path"], runs.CONFIG_FILE) or {}
         source = config.get("data")
-        if source and source != "keras" and source not in found and (ROOT / source).exists():
-            found.append(str((ROOT / source).resolve()))
+        if not source or source == "keras":
+            continue
+        path = (ROOT / source).resolve()
+        if str(path) not in found and looks_like_dataset(path):
+            found.append(str(path))
     keras_cache = Path.home() / ".keras" / "datasets" / "cifar-10-batches-py"
     if keras_cache.is_dir():
         found.append(str(keras_cache))

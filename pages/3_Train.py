@@ -1,5 +1,6 @@
 """Train: launch background jobs from a form, watch live curves, cancel or resume."""
 import time
+import warnings
 
 import pandas as pd
 import plotly.express as px
@@ -37,11 +38,19 @@ if submitted:
     except CifarError as exc:
         ui.fail(exc)
 
-all_jobs = jobs.list_jobs()
+with warnings.catch_warnings(record=True) as registry_notes:
+    warnings.simplefilter("always")
+    try:
+        all_jobs = jobs.list_jobs()
+    except CifarError as exc:
+        ui.fail(exc)
+        st.stop()
+for note in registry_notes:
+    st.warning(str(note.message))
 if not all_jobs:
     st.info("No jobs yet.")
     st.stop()
-table = pd.DataFrame([{"job": j.id, "model": j.config.model, "state": j.state, "run": j.run_dir.name,
+table = pd.DataFrame([{"job": j.id, "model": j.model, "state": j.state, "run": j.run_dir.name,
                        "started": time.strftime("%H:%M:%S", time.localtime(j.created_at)), "message": j.message}
                       for j in all_jobs])
 st.dataframe(table, hide_index=True, width="stretch")

@@ -68,12 +68,18 @@ def test_a_reused_pid_is_not_mistaken_for_the_worker(image_folder, db):
     assert jobs.list_jobs()[0].state == "interrupted"
 
 
-def test_stale_heartbeat_means_not_running(image_folder, tmp_path, db):
+def test_liveness_is_the_process_or_the_lock_never_the_heartbeat_age(image_folder, tmp_path, db):
     job = jobs.create_job(_config(image_folder, 1), tmp_path / "run")
     jobs.update_job(job.id, state="running", pid=os.getpid(), pid_started=jobs.process_start_time(os.getpid()))
     runs.write_status(job.run_dir, "running")
-    assert jobs.worker_alive(jobs.get_job(job.id))
-    assert not jobs.worker_alive(jobs.get_job(job.id), now=time.time() + jobs.STALE_SECONDS + 1)
+    # A live but stalled worker (lid closed, SIGSTOP) stays alive however old its heartbeat.
+    assert jobs.worker_alive(jobs.get_job(job.id), now=time.time() + 100 * jobs.STALE_SECONDS)
+    # Another process's start time under the same pid: that worker is gone.
+    jobs.update_job(job.id, pid_started=-1.0)
+    assert not jobs.worker_alive(jobs.get_job(job.id))
+    with runs.RunWriter(job.run_dir):  # ...unless something still holds the run's writer lock
+        assert jobs.worker_alive(jobs.get_job(job.id))
+    assert not jobs.worker_alive(jobs.get_job(job.id))
 
 
 def _hammer(path, worker, n):

@@ -60,7 +60,8 @@ def test_listing_skips_corrupt_runs_with_a_warning(tmp_path):
     with pytest.warns(UserWarning):
         found, problems = runs.list_runs(tmp_path)
     assert [r.run_id for r in found] == ["good"]
-    assert len(problems) == 2 and any("corrupt config.json" in p for p in problems)
+    # The empty folder may be a run a job launcher is creating: skipped without a warning.
+    assert len(problems) == 1 and "config.json in bad is not valid JSON" in problems[0]
     with pytest.raises(RunFolderError, match="not found"):
         runs.load_run(tmp_path / "missing")
 

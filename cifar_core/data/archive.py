@@ -1,9 +1,11 @@
 """Reading and extracting untrusted dataset archives (.zip, .tar, .tar.gz).
 
 Every member is checked before a byte of it is used: no absolute paths or
-`..`, no links or special files, and caps on member count, member size,
-total size and (zip) compression ratio. Reading streams members into memory;
-extracting writes only inside the destination.
+`..`, no links or special files, no encryption, and caps on member count,
+member size, total size, (zip) compression ratio and (tar) extended-header
+size. Members stream past one at a time: a caller names the members it wants
+and the rest are skipped unread, so memory holds one member, not the archive.
+Extracting writes only inside the destination.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import tarfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Iterator
+from typing import Callable, Iterator
 
 from ..errors import DataSourceError, UnsafeArchiveError
 
@@ -22,8 +24,12 @@ from ..errors import DataSourceError, UnsafeArchiveError
 class ArchiveLimits:
     max_members: int = 250_000
     max_member_bytes: int = 256 * 1024 * 1024
-    max_total_bytes: int = 4 * 1024 * 1024 * 1024
+    # Decompressing is the cost even of skipped members: 1 GiB of zeros is about a second.
+    max_total_bytes: int = 1024 * 1024 * 1024
     max_compression_ratio: float = 200.0  # zip bombs compress far beyond this
+    # A pax or GNU long-name header holds a few paths and numbers; tarfile reads
+    # the whole declared size into memory before we ever see the member.
+    max_header_bytes: int = 1024 * 1024
 
 
 DEFAULT_LIMITS = ArchiveLimits()
@@ -67,22 +73,49 @@ class _Budget:
             raise UnsafeArchiveError(f"archive unpacks to more than {self.limits.max_total_bytes} bytes")
 
 
-def iter_archive_files(path: Path | str, limits: ArchiveLimits = DEFAULT_LIMITS) -> Iterator[tuple[str, bytes]]:
-    """Yield (relative name, content) for each regular file in the archive."""
+Wanted = Callable[[str], bool]
+
+
+def _everything(name: str) -> bool:
+    return True
+
+
+def iter_archive_files(path: Path | str, limits: ArchiveLimits = DEFAULT_LIMITS,
+                       wanted: Wanted = _everything) -> Iterator[tuple[str, bytes]]:
+    """Yield (relative name, content) for each regular file in the archive that
+    `wanted(name)` accepts; other members are checked but never read."""
     path = Path(path)
     if not path.is_file():
         raise DataSourceError(f"archive not found: {path}")
     if path.name.lower().endswith(".zip"):
-        yield from _iter_zip(path, limits)
+        yield from _iter_zip(path, limits, wanted)
     else:
-        yield from _iter_tar(path, limits)
+        yield from _iter_tar(path, limits, wanted)
 
 
-def _iter_tar(path: Path, limits: ArchiveLimits) -> Iterator[tuple[str, bytes]]:
+_TAR_HEADER_EXTENSIONS = frozenset({tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE,
+                                    tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK})
+
+
+def _guarded_tarinfo(limits: ArchiveLimits) -> type[tarfile.TarInfo]:
+    class GuardedTarInfo(tarfile.TarInfo):
+        """Checks an extended header's declared size before tarfile reads it into memory."""
+
+        def _proc_member(self, tarfile_):
+            if self.type in _TAR_HEADER_EXTENSIONS and self.size > limits.max_header_bytes:
+                raise UnsafeArchiveError(f"archive has a {self.size}-byte extended header; "
+                                         f"the limit is {limits.max_header_bytes}")
+            return super()._proc_member(tarfile_)
+
+    return GuardedTarInfo
+
+
+def _iter_tar(path: Path, limits: ArchiveLimits, wanted: Wanted) -> Iterator[tuple[str, bytes]]:
     budget = _Budget(limits)
     try:
-        # Stream mode ("r|*"): one forward pass, no seeking in the compressed stream.
-        with tarfile.open(path, mode="r|*") as tar:
+        # Stream mode ("r|*"): one forward pass, no seeking in the compressed stream;
+        # a member not read is skipped block by block, never held.
+        with tarfile.open(path, mode="r|*", tarinfo=_guarded_tarinfo(limits)) as tar:
             for member in tar:
                 name = safe_member_name(member.name)
                 if member.isdir():
@@ -91,45 +124,60 @@ def _iter_tar(path: Path, limits: ArchiveLimits) -> Iterator[tuple[str, bytes]]:
                     raise UnsafeArchiveError(f"archive member {member.name!r} is a link; links are not allowed")
                 if not member.isreg():
                     raise UnsafeArchiveError(f"archive member {member.name!r} is a device or special file")
+                # Skipped members count too: the stream decompresses through them.
                 budget.charge(name, member.size)
+                if not wanted(name):
+                    continue
                 handle = tar.extractfile(member)
                 content = handle.read() if handle is not None else b""
                 yield name, content
-    except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
-        raise DataSourceError(f"{path.name}: corrupt or unreadable archive ({exc})") from None
+    except (tarfile.TarError, EOFError, OSError, ValueError, RuntimeError, MemoryError) as exc:
+        raise DataSourceError(f"{path.name}: corrupt or unreadable archive ({_one_line(exc)})") from None
 
 
-def _iter_zip(path: Path, limits: ArchiveLimits) -> Iterator[tuple[str, bytes]]:
+def _check_zip_member(info: zipfile.ZipInfo, limits: ArchiveLimits) -> None:
+    mode = (info.external_attr >> 16) & 0xFFFF
+    if stat.S_ISLNK(mode):
+        raise UnsafeArchiveError(f"archive member {info.filename!r} is a link; links are not allowed")
+    # Many zip writers leave the type bits empty: that means a regular file.
+    if stat.S_IFMT(mode) not in (0, stat.S_IFREG):
+        raise UnsafeArchiveError(f"archive member {info.filename!r} is a device or special file")
+    if info.flag_bits & 0x1:
+        raise UnsafeArchiveError(f"archive member {info.filename!r} is encrypted; use an unencrypted archive")
+    if info.compress_size and info.file_size / info.compress_size > limits.max_compression_ratio:
+        raise UnsafeArchiveError(
+            f"archive member {info.filename!r} compresses {info.file_size / info.compress_size:.0f}:1 "
+            f"(limit {limits.max_compression_ratio:.0f}:1); refusing a possible zip bomb")
+
+
+def _iter_zip(path: Path, limits: ArchiveLimits, wanted: Wanted) -> Iterator[tuple[str, bytes]]:
     budget = _Budget(limits)
     try:
         with zipfile.ZipFile(path) as archive:
-            infos = archive.infolist()
-            for info in infos:  # check every member before reading any
+            chosen = []
+            for info in archive.infolist():  # check every member before reading any
                 name = safe_member_name(info.filename)
-                mode = (info.external_attr >> 16) & 0xFFFF
-                if stat.S_ISLNK(mode):
-                    raise UnsafeArchiveError(f"archive member {info.filename!r} is a link; links are not allowed")
                 if info.is_dir():
                     continue
-                # Many zip writers leave the type bits empty: that means a regular file.
-                if stat.S_IFMT(mode) not in (0, stat.S_IFREG):
-                    raise UnsafeArchiveError(f"archive member {info.filename!r} is a device or special file")
+                _check_zip_member(info, limits)
                 budget.charge(name, info.file_size)
-                if info.compress_size and info.file_size / info.compress_size > limits.max_compression_ratio:
-                    raise UnsafeArchiveError(
-                        f"archive member {info.filename!r} compresses {info.file_size / info.compress_size:.0f}:1 "
-                        f"(limit {limits.max_compression_ratio:.0f}:1); refusing a possible zip bomb")
-            for info in infos:
-                if info.is_dir():
-                    continue
+                if wanted(name):
+                    chosen.append((name, info))
+            for name, info in chosen:
                 with archive.open(info) as handle:
                     # The header may lie about the size: never read past the cap.
                     content = handle.read(limits.max_member_bytes + 1)
                 if len(content) > limits.max_member_bytes:
                     raise UnsafeArchiveError(f"archive member {info.filename!r} is larger than its header says")
-                yield safe_member_name(info.filename), content
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, NotImplementedError) as exc:
-        raise DataSourceError(f"{path.name}: corrupt or unreadable archive ({exc})") from None
+                yield name, content
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, NotImplementedError,
+            RuntimeError, MemoryError) as exc:
+        raise DataSourceError(f"{path.name}: corrupt or unreadable archive ({_one_line(exc)})") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:160]
 
 
 def safe_extract(path: Path | str, destination: Path | str, limits: ArchiveLimits = DEFAULT_LIMITS) -> list[Path]:

@@ -10,16 +10,18 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Iterator
 
 import numpy as np
 
 from ..errors import DataSourceError, ImageDecodeError
-from ..imaging import decode_image, resize_image
-from .archive import is_archive, iter_archive_files
-from .pickles import parse_batch, parse_label_names
+from ..imaging import MAX_BYTES as MAX_IMAGE_BYTES
+from ..imaging import decode_image, read_image_file, resize_image
+from ..safeio import read_regular_file
+from .archive import DEFAULT_LIMITS, is_archive, iter_archive_files
+from .pickles import MAX_PICKLE_BYTES, parse_batch, parse_label_names
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck")
@@ -122,6 +124,18 @@ def _identify(source: str) -> tuple[str, str]:
     raise DataSourceError(f"data source is neither a file nor a folder: {source}")
 
 
+def looks_like_dataset(path: Path) -> bool:
+    """A cheap check that reads no file and walks no folder: an archive file, or a folder
+    with CIFAR batches or train/ and test/ subfolders."""
+    try:
+        if path.is_file():
+            return is_archive(path)
+        return path.is_dir() and (_find_batch_folder(path) is not None
+                                  or ((path / "train").is_dir() and (path / "test").is_dir()))
+    except OSError:
+        return False
+
+
 def _cache_key(fingerprint: str, image_size: int) -> str:
     text = f"{fingerprint}|size={image_size}|v={LOADER_VERSION}"
     return hashlib.sha256(text.encode()).hexdigest()[:24]
@@ -189,34 +203,60 @@ def _find_batch_folder(folder: Path) -> Path | None:
     return None
 
 
-def _load_official_batches(source: str, image_size: int) -> Dataset:
-    path = Path(source).expanduser().resolve()
+BATCH_MEMBERS = frozenset({*OFFICIAL_BATCHES, "test_batch", "batches.meta"})
+
+
+def _batch_members(path: Path) -> Iterator[tuple[str, bytes]]:
+    """(file name, bytes) of the CIFAR batch files only, one at a time, each bounded."""
     if path.is_dir():
         folder = _find_batch_folder(path)
-        members = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
-    else:
-        members = {PurePosixPath(name).name: content for name, content in iter_archive_files(path)}
-    missing = [name for name in (*OFFICIAL_BATCHES, "test_batch") if name not in members]
+        for name in sorted(BATCH_MEMBERS):
+            if (folder / name).exists():
+                yield name, read_regular_file(folder / name, MAX_PICKLE_BYTES, DataSourceError, "CIFAR batch")
+        return
+    limits = replace(DEFAULT_LIMITS, max_member_bytes=MAX_PICKLE_BYTES)
+    for name, content in iter_archive_files(path, limits, wanted=lambda n: PurePosixPath(n).name in BATCH_MEMBERS):
+        yield PurePosixPath(name).name, content
+
+
+def _load_official_batches(source: str, image_size: int) -> Dataset:
+    path = Path(source).expanduser().resolve()
+    # Each batch is parsed as it streams past, so memory holds arrays, never the archive.
+    parsed: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    label_names: list[str] | None = None
+    for name, content in _batch_members(path):
+        if name in parsed or (name == "batches.meta" and label_names is not None):
+            raise DataSourceError(f"{path.name}: holds {name} twice")
+        if name == "batches.meta":
+            label_names = parse_label_names(content)
+        else:
+            parsed[name] = parse_batch(content, name)
+        del content
+    missing = [name for name in (*OFFICIAL_BATCHES, "test_batch") if name not in parsed]
     if missing:
         raise DataSourceError(f"{path.name}: missing CIFAR batch files {missing}")
-    train = [parse_batch(members[name], name) for name in OFFICIAL_BATCHES]
-    x_test, y_test = parse_batch(members["test_batch"], "test_batch")
     class_names = CIFAR10_CLASSES
-    if "batches.meta" in members:
-        names = parse_label_names(members["batches.meta"])
-        if len(names) == len(CIFAR10_CLASSES):
-            class_names = tuple(names)
-    x_train = np.concatenate([x for x, _ in train])
-    y_train = np.concatenate([y for _, y in train])
+    if label_names is not None and len(label_names) == len(CIFAR10_CLASSES):
+        class_names = tuple(label_names)
+    x_train = np.concatenate([parsed[name][0] for name in OFFICIAL_BATCHES])
+    y_train = np.concatenate([parsed[name][1] for name in OFFICIAL_BATCHES])
+    x_test, y_test = parsed["test_batch"]
     return Dataset(_resize_all(x_train, image_size), y_train, _resize_all(x_test, image_size), y_test,
                    class_names, source, "CIFAR-10 (official python batches)")
 
 
 # --- image folders and archives of them ---------------------------------------------
 
-def _walk_files(root: Path) -> Iterator[Path]:
+def _walk_files(root: Path, max_entries: int = DEFAULT_LIMITS.max_members) -> Iterator[Path]:
+    """Regular files under root; a folder with more entries than a dataset archive may
+    hold (a home folder, '/') is refused instead of walked for minutes."""
+    seen = 0
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        seen += len(dirnames) + len(filenames)
+        if seen > max_entries:
+            raise DataSourceError(f"{root}: more than {max_entries} files and folders; "
+                                  "not a dataset folder")
         for filename in filenames:
             path = Path(dirpath) / filename
             if not path.is_symlink() and path.is_file():
@@ -234,21 +274,34 @@ def _layout_key(relative: str) -> tuple[str, str] | None:
     return (split, class_name) if split in SPLITS else None
 
 
+def _in_layout(relative: str) -> bool:
+    return _layout_key(relative) is not None
+
+
 def _iter_folder_members(root: Path) -> Iterator[tuple[str, bytes]]:
+    # Chosen by name before a byte is read; each image bounded like an upload.
     for path in _walk_files(root):
-        yield path.relative_to(root).as_posix(), path.read_bytes()
+        relative = path.relative_to(root).as_posix()
+        if _in_layout(relative):
+            try:
+                yield relative, read_image_file(path)
+            except ImageDecodeError as exc:
+                raise DataSourceError(str(exc)) from None
+
+
+def _image_members(path: Path) -> Iterator[tuple[str, bytes]]:
+    if path.is_dir():
+        return _iter_folder_members(path)
+    return iter_archive_files(path, replace(DEFAULT_LIMITS, max_member_bytes=MAX_IMAGE_BYTES), wanted=_in_layout)
 
 
 def _load_image_folder(source: str, image_size: int) -> Dataset:
     path = Path(source).expanduser().resolve()
-    members = iter_archive_files(path) if path.is_file() else _iter_folder_members(path)
+    members = _image_members(path)
     images: dict[str, list[np.ndarray]] = {split: [] for split in SPLITS}
     names: dict[str, list[str]] = {split: [] for split in SPLITS}
     for relative, content in members:
-        key = _layout_key(relative)
-        if key is None:
-            continue
-        split, class_name = key
+        split, class_name = _layout_key(relative)
         try:
             array = decode_image(content, name=relative)
         except ImageDecodeError as exc:

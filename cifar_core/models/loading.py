@@ -1,17 +1,21 @@
 """Loading a saved .keras model that may not be ours, safely.
 
 Before Keras sees the file we check the zip: only the members Keras writes,
-bounded sizes, and a config whose every object is a known built-in Keras
-class (no Lambda, no custom or registered objects). Then Keras loads it with
-safe_mode=True and we check the input/output shapes.
+stored or deflated and unencrypted, bounded sizes, and a config whose every
+object is a known built-in Keras class (no Lambda, no custom or registered
+objects) with bounded sizes: every width, kernel, input and resize is capped,
+and the weights the config declares are counted before Keras allocates them.
+Then Keras loads it with safe_mode=True and we check the input/output shapes
+and the size of every activation before the model sees an image.
 """
 from __future__ import annotations
 
-import json
+import math
 import zipfile
 from pathlib import Path
 
-from ..errors import ModelFileError
+from ..errors import CifarError, ModelFileError
+from ..safeio import parse_json
 
 ALLOWED_MEMBERS = {"config.json", "metadata.json", "model.weights.h5"}
 MAX_CONFIG_BYTES = 20 * 1024 * 1024
@@ -23,6 +27,19 @@ ALLOWED_LAYERS = frozenset({
     "Normalization", "Resizing", "Add", "Multiply", "Concatenate", "Reshape", "Flatten", "ZeroPadding2D",
     "Identity", "CenterCrop", "Subtract", "Average", "Maximum",
 })
+# Sizes a layer config may declare. Every model here is far inside them
+# (the widest layer has 1280 channels, the biggest input 224 px).
+MAX_INPUT_SIZE = 512
+LAYER_INT_LIMITS = {
+    "units": 8192, "filters": 8192, "kernel_size": 64, "pool_size": 64, "strides": 64, "dilation_rate": 64,
+    "depth_multiplier": 64, "height": MAX_INPUT_SIZE, "width": MAX_INPUT_SIZE, "padding": 64,
+    "batch_shape": MAX_INPUT_SIZE, "target_shape": 1 << 16, "cropping": 64,
+}
+MAX_PARAMS = 64_000_000  # about 256 MB of float32 weights
+MAX_ACTIVATION_VALUES = 16_000_000  # one layer's output for one image: 64 MB of float32
+WEIGHTED_LAYERS = frozenset({"Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Dense", "BatchNormalization",
+                             "LayerNormalization", "Normalization"})
+ALLOWED_COMPRESSION = frozenset({zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED})
 ALLOWED_OTHER = {
     "keras": frozenset({"DTypePolicy", "FloatDTypePolicy", "Functional", "Sequential", "Model"}),
     "keras.src.models.functional": frozenset({"Functional"}),
@@ -42,30 +59,105 @@ def check_model_file(path: Path | str) -> dict:
     try:
         with zipfile.ZipFile(path) as archive:
             infos = {info.filename: info for info in archive.infolist()}
-            unexpected = sorted(set(infos) - ALLOWED_MEMBERS)
-            if unexpected or "config.json" not in infos:
-                raise ModelFileError(f"{path.name}: unexpected contents {unexpected or '(no config.json)'}")
-            if infos["config.json"].file_size > MAX_CONFIG_BYTES or \
-                    infos.get("model.weights.h5", infos["config.json"]).file_size > MAX_WEIGHTS_BYTES:
-                raise ModelFileError(f"{path.name}: model file members are implausibly large")
-            config = json.loads(archive.read("config.json"))
+            _check_members(infos, path.name)
+            with archive.open(infos["config.json"]) as handle:
+                text = handle.read(MAX_CONFIG_BYTES + 1)
     except zipfile.BadZipFile:
         raise ModelFileError(f"{path.name}: not a Keras .keras file (not a zip archive)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ModelFileError(f"{path.name}: config.json is not valid JSON") from None
+    except (OSError, EOFError, RuntimeError, NotImplementedError, ValueError, zipfile.LargeZipFile) as exc:
+        raise ModelFileError(f"{path.name}: unreadable model file ({type(exc).__name__}: {exc})"[:200]) from None
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ModelFileError(f"{path.name}: config.json is larger than its header says")
+    config = parse_json(text, f"{path.name}: config.json", ModelFileError)
     _check_objects(config, path.name)
     return config
 
 
-def _check_objects(node, name: str) -> None:
-    if isinstance(node, dict):
-        if "class_name" in node and node.get("class_name") != "__keras_tensor__":
-            _check_class(node, name)
-        for value in node.values():
-            _check_objects(value, name)
-    elif isinstance(node, list):
-        for value in node:
-            _check_objects(value, name)
+def _check_members(infos: dict[str, zipfile.ZipInfo], name: str) -> None:
+    unexpected = sorted(set(infos) - ALLOWED_MEMBERS)
+    if unexpected or "config.json" not in infos:
+        raise ModelFileError(f"{name}: unexpected contents {unexpected or '(no config.json)'}")
+    for info in infos.values():
+        if info.flag_bits & 0x1:
+            raise ModelFileError(f"{name}: {info.filename} is encrypted")
+        if info.compress_type not in ALLOWED_COMPRESSION:
+            raise ModelFileError(f"{name}: {info.filename} uses compression method {info.compress_type}; "
+                                 "Keras writes stored or deflated members")
+    if infos["config.json"].file_size > MAX_CONFIG_BYTES or \
+            infos.get("model.weights.h5", infos["config.json"]).file_size > MAX_WEIGHTS_BYTES:
+        raise ModelFileError(f"{name}: model file members are implausibly large")
+
+
+def _check_objects(config, name: str) -> None:
+    """Every object is allowed and every layer's sizes are bounded; walked without recursion."""
+    stack, params = [config], 0
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if "class_name" in node and node.get("class_name") != "__keras_tensor__":
+                _check_class(node, name)
+                if node.get("module") == "keras.layers":
+                    params += _layer_params(node, name)
+                    if params > MAX_PARAMS:
+                        raise ModelFileError(f"{name}: the layers declare more than {MAX_PARAMS:,} weights")
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+
+
+def _ints(value) -> list[int]:
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, int):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [n for item in value for n in _ints(item)]
+    return []
+
+
+def _shapes(input_shape) -> list[list]:
+    """One shape, or the shapes of a layer with several inputs (Add, Concatenate)."""
+    if isinstance(input_shape, list) and input_shape and all(isinstance(s, list) for s in input_shape):
+        return input_shape
+    return [input_shape] if isinstance(input_shape, list) else []
+
+
+def _layer_params(node: dict, name: str) -> int:
+    """Check a layer's declared sizes; return the weights it will allocate."""
+    class_name, config = node.get("class_name"), node.get("config")
+    if not isinstance(config, dict):
+        raise ModelFileError(f"{name}: layer {class_name} has no config")
+    for key, limit in LAYER_INT_LIMITS.items():
+        for value in _ints(config.get(key)):
+            if not 0 <= value <= limit:
+                raise ModelFileError(f"{name}: layer {class_name} declares {key} {value}; the limit is {limit}")
+    build = node.get("build_config")
+    input_shape = build.get("input_shape") if isinstance(build, dict) else None
+    for shape in _shapes(input_shape):
+        dims = _ints(shape)
+        if any(not 0 <= d <= 1 << 16 for d in dims) or math.prod(dims[1:] or [0]) > MAX_ACTIVATION_VALUES:
+            raise ModelFileError(f"{name}: layer {class_name} declares the input shape {input_shape}")
+    if class_name not in WEIGHTED_LAYERS:
+        return 0
+    if input_shape is None or not isinstance(input_shape, list) or not input_shape:
+        raise ModelFileError(f"{name}: weighted layer {class_name} declares no input shape")
+    channels = input_shape[-1] if type(input_shape[-1]) is int else 0
+    return _declared_weights(class_name, config, channels)
+
+
+def _declared_weights(class_name: str, config: dict, channels: int) -> int:
+    kernel = math.prod(_ints(config.get("kernel_size")) or [1])
+    multiplier = max(_ints(config.get("depth_multiplier")) or [1])
+    if class_name == "Dense":
+        return (channels + 1) * max(_ints(config.get("units")) or [0])
+    if class_name == "Conv2D":
+        groups = max(_ints(config.get("groups")) or [1], default=1) or 1
+        return kernel * (channels // groups + 1) * max(_ints(config.get("filters")) or [0])
+    if class_name == "DepthwiseConv2D":
+        return (kernel + 1) * channels * multiplier
+    if class_name == "SeparableConv2D":
+        return kernel * channels * multiplier + (channels * multiplier + 1) * max(_ints(config.get("filters")) or [0])
+    return 4 * channels  # the normalisations: scale, offset, mean, variance
 
 
 def _check_class(node: dict, name: str) -> None:
@@ -92,11 +184,32 @@ def load_model_file(path: Path | str, expected_classes: int | None = None):
 
     try:
         model = keras.models.load_model(path, compile=False, safe_mode=True)
+    except CifarError:
+        raise
     except Exception as exc:  # noqa: BLE001 - Keras raises many types for a bad file
         raise ModelFileError(f"{Path(path).name}: Keras could not load it ({type(exc).__name__}: {exc})") from None
-    input_shape, output_shape = tuple(model.input_shape), tuple(model.output_shape)
+    try:
+        input_shape, output_shape = tuple(model.input_shape), tuple(model.output_shape)
+    except (AttributeError, ValueError) as exc:  # several inputs or outputs
+        raise ModelFileError(f"{Path(path).name}: expected one image input and one output ({exc})") from None
     if len(input_shape) != 4 or input_shape[3] != 3 or input_shape[1] != input_shape[2] or input_shape[1] is None:
         raise ModelFileError(f"{Path(path).name}: expected a square RGB image input; found {input_shape}")
     if len(output_shape) != 2 or (expected_classes and output_shape[1] != expected_classes):
         raise ModelFileError(f"{Path(path).name}: expected {expected_classes or 'N'} class outputs; found {output_shape}")
+    _check_activations(model, Path(path).name)
     return model, int(input_shape[1])
+
+
+def _check_activations(model, name: str) -> None:
+    """Each layer's output for one image, from the symbolic shapes: nothing is run."""
+    for layer in model.layers:
+        for output in _outputs(layer):
+            dims = [d for d in tuple(output.shape)[1:]]
+            if any(d is None for d in dims) or math.prod(dims) > MAX_ACTIVATION_VALUES:
+                raise ModelFileError(f"{name}: layer {layer.name} outputs {tuple(output.shape)} per image; "
+                                     f"the limit is {MAX_ACTIVATION_VALUES:,} values")
+
+
+def _outputs(layer) -> list:
+    output = layer.output
+    return list(output) if isinstance(output, (list, tuple)) else [output]

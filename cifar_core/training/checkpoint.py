@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import keras
 
 from .. import runs
+from ..errors import RunFolderError
 
 STATE_NAME = "state.json"
 
@@ -26,32 +28,50 @@ def save_model_atomically(model: keras.Model, path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def save(run_dir: Path, model: keras.Model, history: list[dict]) -> None:
+def save(run_dir: Path, model: keras.Model, history: list[dict], training_done: bool = False) -> None:
     """Write epoch N's model under its own name, then point the state at it.
 
     A kill at any moment leaves a state whose model file and history agree.
+    training_done marks the final weights: a resume finishes the run, it does not train on.
     """
     folder = checkpoint_dir(run_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    model_name = f"epoch-{len(history):04d}.keras"
+    model_name = f"epoch-{len(history):04d}{'-final' if training_done else ''}.keras"
     save_model_atomically(model, folder / model_name)
     runs.atomic_write_json(folder / STATE_NAME, {"epochs_completed": len(history), "model_file": model_name,
-                                                 "history": history})
+                                                 "history": history, "training_done": training_done})
     for old in folder.glob("epoch-*.keras"):
         if old.name != model_name:
             old.unlink(missing_ok=True)
 
 
+_MODEL_NAME = re.compile(r"epoch-\d{4,}(-final)?\.keras")
+
+
 def load_state(run_dir: Path) -> dict | None:
+    """The checkpoint's state, None if the run never checkpointed; RunFolderError if it is damaged."""
     path = checkpoint_dir(run_dir) / STATE_NAME
-    if not path.is_file():
+    if not path.exists():
         return None
     state = runs.read_json(path)
-    if not (checkpoint_dir(run_dir) / state.get("model_file", "")).is_file():
-        return None
+    where = f"{run_dir.name}'s checkpoint"
+    if not isinstance(state, dict) or not isinstance(state.get("history"), list) \
+            or not all(isinstance(row, dict) for row in state["history"]) \
+            or not isinstance(state.get("model_file"), str) or not _MODEL_NAME.fullmatch(state["model_file"]):
+        raise RunFolderError(f"{where} ({STATE_NAME}) is damaged; start a new run")
+    if state.get("epochs_completed") != len(state["history"]):
+        raise RunFolderError(f"{where} lists {len(state['history'])} epochs but says "
+                             f"{state.get('epochs_completed')!r} completed; start a new run")
+    if not (checkpoint_dir(run_dir) / state["model_file"]).is_file():
+        raise RunFolderError(f"{where} names {state['model_file']}, which is missing; it cannot be resumed")
     return state
 
 
 def load_model(run_dir: Path, state: dict) -> keras.Model:
     # Our own checkpoint, written by this code, so the registered schedules may load.
-    return keras.models.load_model(checkpoint_dir(run_dir) / state["model_file"])
+    path = checkpoint_dir(run_dir) / state["model_file"]
+    try:
+        return keras.models.load_model(path)
+    except Exception as exc:  # noqa: BLE001 - a truncated zip or h5 shows up as many types
+        raise RunFolderError(f"{run_dir.name}'s checkpoint model {path.name} is unreadable "
+                             f"({type(exc).__name__}); it cannot be resumed") from None

@@ -45,33 +45,45 @@ def train(config: TrainConfig, run_dir: Path | str | None = None, dataset: Datas
     a typo does not leave a dead run on the leaderboard.
     """
     get_spec(config.model)
-    run_dir = Path(run_dir) if run_dir else runs.runs_root() / runs.new_run_id(config.model)
-    if (run_dir / runs.CONFIG_FILE).exists():
-        raise RunFolderError(f"{run_dir} already holds a run; use --resume to continue it or pick a new --run-dir")
-    dataset = dataset if dataset is not None else load_dataset(config.data)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    runs.atomic_write_text(run_dir / runs.CONFIG_FILE, config.to_json())
-    runs.write_status(run_dir, "queued", epoch=0, n_epochs=_total_epochs(config), progress=0.0)
-    return _guarded(config, run_dir, dataset, verbose, callbacks, resuming=False)
+    created = run_dir is None or not Path(run_dir).exists()
+    run_dir = Path(run_dir) if run_dir else runs.create_run_dir(config.model)
+    runs.check_new_run_dir(run_dir)  # before the lock file goes in: never touch a user's folder
+    with runs.RunWriter(run_dir):
+        runs.check_new_run_dir(run_dir)  # again under the lock: another writer may have finished meanwhile
+        try:
+            dataset = dataset if dataset is not None else load_dataset(config.data)
+        except BaseException:
+            _remove_unstarted(run_dir, created)
+            raise
+        runs.atomic_write_text(run_dir / runs.CONFIG_FILE, config.to_json())
+        runs.write_status(run_dir, "queued", epoch=0, n_epochs=_total_epochs(config), progress=0.0)
+        return _guarded(config, run_dir, dataset, verbose, callbacks, resuming=False)
+
+
+def _remove_unstarted(run_dir: Path, created: bool) -> None:
+    """A run that failed before its config was written leaves no folder behind."""
+    if created:
+        (run_dir / runs.LOCK_FILE).unlink(missing_ok=True)
+        try:
+            run_dir.rmdir()
+        except OSError:
+            pass
 
 
 def resume(run_dir: Path | str, dataset: Dataset | None = None, verbose: int | str = "auto",
            callbacks: list | None = None) -> Path:
     """Continue a run from its last completed epoch."""
     run_dir = Path(run_dir)
-    config = TrainConfig.from_json(_read_text(run_dir / runs.CONFIG_FILE))
-    status = runs.read_status(run_dir) or {}
-    if status.get("state") == "completed":
-        raise RunFolderError(f"{run_dir.name} has already completed; nothing to resume")
-    dataset = dataset if dataset is not None else load_dataset(config.data)
-    return _guarded(config, run_dir, dataset, verbose, callbacks, resuming=True)
-
-
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise RunFolderError(f"not a run folder (no {path.name}): {path.parent}") from None
+    if not (run_dir / runs.CONFIG_FILE).is_file():
+        raise RunFolderError(f"not a run folder (no {runs.CONFIG_FILE}): {run_dir}")
+    with runs.RunWriter(run_dir):
+        config = runs.read_config(run_dir)
+        status = runs.read_status(run_dir) or {}
+        if status.get("state") == "completed":
+            raise RunFolderError(f"{run_dir.name} has already completed; nothing to resume")
+        checkpoint.load_state(run_dir)  # a damaged checkpoint fails here, before the data loads
+        dataset = dataset if dataset is not None else load_dataset(config.data)
+        return _guarded(config, run_dir, dataset, verbose, callbacks, resuming=True)
 
 
 def _total_epochs(config: TrainConfig) -> int:
@@ -98,19 +110,10 @@ def _guarded(config, run_dir, dataset, verbose, callbacks, resuming) -> Path:
 
 
 def _record_stop(run_dir: Path, state: str, message: str) -> None:
-    previous = _safe_status(run_dir)
     try:
-        runs.write_status(run_dir, state, message=message,
-                          **{k: previous.get(k) for k in ("epoch", "n_epochs", "progress") if k in previous})
+        runs.update_status(run_dir, state, message=message)
     except OSError:
         pass  # the disk is full or gone: the previous status file is still intact
-
-
-def _safe_status(run_dir: Path) -> dict:
-    try:
-        return runs.read_status(run_dir) or {}
-    except RunFolderError:
-        return {}
 
 
 def _train(config: TrainConfig, run_dir: Path, dataset: Dataset, verbose, extra_callbacks: list,
@@ -150,10 +153,16 @@ def _train(config: TrainConfig, run_dir: Path, dataset: Dataset, verbose, extra_
     common = dict(train_data=train_data, val_data=val_data, verbose=verbose, history=history,
                   extra_callbacks=extra_callbacks, steps_per_epoch=steps_per_epoch,
                   total_epochs=_total_epochs(config), run_dir=run_dir, split=split)
-    if spec.transfer:
+    if state and state.get("training_done"):
+        pass  # killed while finishing: the checkpoint holds the final weights, train no further
+    elif spec.transfer:
         _train_transfer(model, config, dataset, size, **common)
     elif completed < config.n_epochs:
         _fit_stage(model, config, "train", 0, config.n_epochs, completed, **common)
+    if not (state and state.get("training_done")):
+        # The final weights (early stopping's best restored), so a kill from here
+        # on resumes straight to finishing instead of training another epoch.
+        checkpoint.save(run_dir, model, history, training_done=True)
     finish_run(model, config, run_dir, dataset, history, n_train=len(split.y_train))
 
 

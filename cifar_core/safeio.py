@@ -1,0 +1,112 @@
+"""Bounded reading of files and JSON that may be hostile.
+
+Every reader of a user's or a stranger's file goes through here, so that the
+cost of reading is known before the expensive step: only regular files are
+opened (a device never ends, a FIFO never answers), at most the byte cap plus
+one is read whatever `stat` says, and parsed JSON is refused beyond a nesting
+depth before any code walks it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+from .errors import CifarError
+
+# No file the studio writes nests deeper than a few levels; a hostile one may
+# nest 200,000 deep and blow the stack of every recursive walker.
+MAX_JSON_DEPTH = 32
+
+
+def read_regular_file(path: Path | str, max_bytes: int, error: type[CifarError] = CifarError,
+                      what: str = "file") -> bytes:
+    """The bytes of a regular file no larger than max_bytes, or `error` with one line."""
+    path = Path(path)
+    try:
+        # O_NONBLOCK: opening a FIFO with no writer returns at once instead of hanging.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise error(f"{path}: no such file") from None
+    except PermissionError:
+        raise error(f"{path}: permission denied") from None
+    except OSError as exc:  # ELOOP (a symlink loop), ENAMETOOLONG, EIO...
+        raise error(f"{path}: cannot open ({exc.strerror or type(exc).__name__})") from None
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise error(f"{path}: is a folder, not a {what}")
+        if not stat.S_ISREG(info.st_mode):
+            raise error(f"{path}: is a device, pipe or socket, not a {what}")
+        if info.st_size > max_bytes:
+            raise error(f"{path.name}: {what} is {_size(info.st_size)}; the limit is {_size(max_bytes)}")
+        data = _read_at_most(fd, max_bytes + 1)
+    except OSError as exc:
+        raise error(f"{path}: cannot read ({exc.strerror or type(exc).__name__})") from None
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:  # it grew after fstat
+        raise error(f"{path.name}: {what} is larger than the limit of {_size(max_bytes)}")
+    return data
+
+
+def _read_at_most(fd: int, limit: int) -> bytes:
+    chunks, total = [], 0
+    while total < limit:
+        chunk = os.read(fd, min(1 << 20, limit - total))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+    return b"".join(chunks)
+
+
+def _size(n_bytes: int) -> str:
+    if n_bytes >= 1 << 20:
+        return f"{n_bytes / (1 << 20):.0f} MiB"
+    if n_bytes >= 1 << 10:
+        return f"{n_bytes / (1 << 10):.0f} KiB"
+    return f"{n_bytes} bytes"
+
+
+def parse_json(text: bytes | str, name: str, error: type[CifarError] = CifarError,
+               max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """json.loads with every parser failure and excessive nesting as `error`."""
+    try:
+        value = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as exc:
+        raise error(f"{name} is not valid JSON ({_first_line(exc)})") from None
+    except RecursionError:
+        raise error(f"{name} nests deeper than {max_depth} levels") from None
+    if nesting_depth(value, max_depth) > max_depth:
+        raise error(f"{name} nests deeper than {max_depth} levels")
+    return value
+
+
+def read_json_file(path: Path | str, max_bytes: int, error: type[CifarError] = CifarError,
+                   max_depth: int = MAX_JSON_DEPTH) -> Any:
+    path = Path(path)
+    data = read_regular_file(path, max_bytes, error, what="JSON file")
+    return parse_json(data, f"{path.name} in {path.parent}", error, max_depth)
+
+
+def nesting_depth(value: Any, stop_after: int) -> int:
+    """Depth of nested lists/dicts (a scalar is 0), counted without recursion;
+    counting stops once it passes stop_after."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, (dict, list)):
+            deepest = max(deepest, depth)
+            if deepest > stop_after:
+                return deepest
+            children = node.values() if isinstance(node, dict) else node
+            stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return deepest
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:160]
