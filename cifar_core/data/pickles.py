@@ -67,9 +67,9 @@ class _ArrayRecipe:
             raise UnsafePickleError(f"{name}: an array declares the shape {shape!r}")
         if not isinstance(dtype, _DtypeRecipe):
             raise UnsafePickleError(f"{name}: an array without a dtype")
+        dtype = dtype.resolve(name)
         if not isinstance(raw, bytes):
             raise UnsafePickleError(f"{name}: array data must be raw bytes; found {type(raw).__name__}")
-        dtype = dtype.resolve(name)
         count = 1
         for n in shape:
             count *= n

@@ -134,8 +134,8 @@ def _layer_params(node: dict, name: str) -> int:
     build = node.get("build_config")
     input_shape = build.get("input_shape") if isinstance(build, dict) else None
     for shape in _shapes(input_shape):
-        dims = _ints(shape)
-        if any(not 0 <= d <= 1 << 16 for d in dims) or math.prod(dims[1:] or [0]) > MAX_ACTIVATION_VALUES:
+        dims = _ints(shape[1:])  # per image: the batch dimension is not part of it
+        if any(not 0 <= d <= 1 << 16 for d in dims) or math.prod(dims) > MAX_ACTIVATION_VALUES:
             raise ModelFileError(f"{name}: layer {class_name} declares the input shape {input_shape}")
     if class_name not in WEIGHTED_LAYERS:
         return 0

@@ -1,0 +1,142 @@
+"""Helpers shared by tests: measuring a hostile input's cost in a fresh process,
+and crafting the hostile files themselves."""
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import tarfile
+import textwrap
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+# The promise in README: a hostile input is refused in under 2 s and under 500 MB
+# above the process's baseline.
+MAX_SECONDS = 2.0
+MAX_EXTRA_MB = 500
+
+_PROBE = """
+import json, resource, sys, time
+sys.path.insert(0, {root!r})
+{setup}
+def _vm_bytes():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmSize:"):
+            return int(line.split()[1]) * 1024
+# A safety net so a regression fails this test instead of the machine: 1.5 GB more address space.
+limit = _vm_bytes() + 1536 * 2**20
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+started = time.perf_counter()
+try:
+{action}
+    outcome = {{"refused": False, "message": ""}}
+except BaseException as exc:
+    outcome = {{"refused": True, "type": type(exc).__name__, "message": str(exc)}}
+outcome["seconds"] = time.perf_counter() - started
+outcome["extra_mb"] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline) / 1024
+print(json.dumps(outcome))
+"""
+
+
+def measure(setup: str, action: str, timeout: float = 60.0) -> dict:
+    """Run `action` in a fresh Python after `setup` (imports happen there, before the
+    baseline); returns refused/type/message, seconds and extra_mb (peak RSS growth)."""
+    script = _PROBE.format(root=str(ROOT), setup=textwrap.dedent(setup),
+                           action=textwrap.indent(textwrap.dedent(action), "    "))
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=timeout,
+                            cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def assert_refused_within_bounds(outcome: dict, error_type: str, message: str) -> None:
+    assert outcome["refused"], "the hostile input was accepted"
+    assert outcome["type"] == error_type, outcome
+    assert message in outcome["message"], outcome["message"]
+    assert "\n" not in outcome["message"]
+    assert outcome["seconds"] < MAX_SECONDS, outcome
+    assert outcome["extra_mb"] < MAX_EXTRA_MB, outcome
+
+
+# --- crafted files ----------------------------------------------------------------
+
+def jpeg_with_scans(n_scans: int, size: int = 64) -> bytes:
+    """A progressive JPEG whose last scan is repeated until it has n_scans scans
+    (libjpeg only warns about a repeated refinement scan and decodes on)."""
+    import numpy as np
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    pixels = np.random.default_rng(0).integers(0, 255, (size, size, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(buffer, format="JPEG", progressive=True, quality=90)
+    data = buffer.getvalue()
+    last_scan = data.rindex(b"\xff\xda")
+    end = data.rindex(b"\xff\xd9")
+    present = data.count(b"\xff\xda")
+    assert n_scans >= present
+    return data[:end] + data[last_scan:end] * (n_scans - present) + data[end:]
+
+
+def png_header_only(width: int, height: int, bit_depth: int = 16, color_type: int = 0) -> bytes:
+    """A PNG that declares width x height pixels and carries no image data at all."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + \
+        chunk(b"IEND", b"")
+
+
+def tar_with_declared_member(path: Path, name: str, declared_size: int, kind: bytes = tarfile.REGTYPE,
+                             mode: str = "w:gz") -> Path:
+    """A tar whose one member's header declares declared_size bytes but holds only a few."""
+    info = tarfile.TarInfo(name)
+    info.size = declared_size
+    info.type = kind
+    header = info.tobuf(format=tarfile.GNU_FORMAT)
+    raw = header + b"\0" * 1024
+    if mode == "w:gz":
+        import gzip
+
+        path.write_bytes(gzip.compress(raw))
+    else:
+        path.write_bytes(raw)
+    return path
+
+
+def set_zip_flag(data: bytes, flag: int) -> bytes:
+    """Set a general-purpose flag bit (0x1: encrypted) in every central directory entry."""
+    out = bytearray(data)
+    start = 0
+    while (start := out.find(b"PK\x01\x02", start)) >= 0:
+        out[start + 8] |= flag
+        start += 4
+    return bytes(out)
+
+
+def keras_file(path: Path, config: dict, weights: bytes = b"", compress_type: int = zipfile.ZIP_STORED) -> Path:
+    """A .keras archive with the given config (and optional weights bytes)."""
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("metadata.json", json.dumps({"keras_version": "3.15.1"}))
+        archive.writestr(zipfile.ZipInfo("config.json"), json.dumps(config), compress_type=compress_type)
+        if weights:
+            archive.writestr("model.weights.h5", weights)
+    return path
+
+
+def layer(class_name: str, config: dict, input_shape=None) -> dict:
+    node = {"module": "keras.layers", "class_name": class_name, "config": config, "registered_name": None}
+    if input_shape is not None:
+        node["build_config"] = {"input_shape": input_shape}
+    return node
+
+
+def functional(*layers: dict) -> dict:
+    return {"module": "keras", "class_name": "Functional", "registered_name": "Functional",
+            "config": {"name": "m", "layers": list(layers)}}
