@@ -100,3 +100,14 @@ def shipped_runs(tmp_path_factory):
         else:
             os.environ[key] = value
     return {"runs": runs_dir, "data": folder, "cache": root / "cache"}
+
+
+@pytest.fixture
+def studio(shipped_runs, monkeypatch, tmp_path):
+    """The dashboard's environment pointed at the tiny shipped runs, with its own job registry."""
+    monkeypatch.setenv("CIFAR_RUNS_DIR", str(shipped_runs["runs"]))
+    monkeypatch.setenv("CIFAR_CORE_CACHE", str(shipped_runs["cache"]))
+    monkeypatch.setenv("CIFAR10_SOURCE", str(shipped_runs["data"]))
+    monkeypatch.setenv("CIFAR_JOBS_DB", str(tmp_path / "jobs.sqlite"))
+    monkeypatch.chdir(ROOT)
+    return shipped_runs

@@ -61,6 +61,19 @@ def assert_refused_within_bounds(outcome: dict, error_type: str, message: str) -
     assert outcome["extra_mb"] < MAX_EXTRA_MB, outcome
 
 
+PAGE_TIMEOUT = 120
+
+
+def open_page(path: str):
+    """Run one dashboard page in Streamlit's AppTest; it must not raise."""
+    from streamlit.testing.v1 import AppTest
+
+    app = AppTest.from_file(str(ROOT / path), default_timeout=PAGE_TIMEOUT)
+    app.run()
+    assert not app.exception, [e.message for e in app.exception]
+    return app
+
+
 # --- crafted files ----------------------------------------------------------------
 
 def jpeg_with_scans(n_scans: int, size: int = 64) -> bytes:

@@ -1,5 +1,6 @@
 """The command line: real runs end to end, and one-line errors for bad input."""
 import json
+import os
 import subprocess
 import sys
 
@@ -50,6 +51,39 @@ def test_predict_reports_bad_images_and_continues(trained_run, tmp_path, capsys)
     code, out, err = run_cli(capsys, "predict", "--run", str(trained_run), str(bad), str(good))
     assert code == 2
     assert "bad.jpg: not an image" in err and "good.png:" in out
+
+
+def test_batch_predict_reports_each_unreadable_path_and_carries_on(trained_run, tmp_path, capsys):
+    loop = tmp_path / "loop.jpg"
+    loop.symlink_to(loop)
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    good = tmp_path / "good.png"
+    good.write_bytes(png_bytes(np.zeros((8, 8, 3), np.uint8)))
+    code, out, err = run_cli(capsys, "predict", "--run", str(trained_run), str(loop), "/dev/zero", str(fifo),
+                             str(tmp_path), str(good))
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 4 and all(line.startswith("error: ") for line in lines)
+    assert "cannot open" in lines[0] and "device, pipe" in lines[1] and "device, pipe" in lines[2]
+    assert "is a folder" in lines[3]
+    assert out.startswith(f"{good}: ") and out.count("%") == 3
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("n_epochs", 1.5, "n_epochs must be an integer"), ("learning_rate", "fast", "learning_rate must be a finite"),
+    ("plateau_factor", 2, "plateau_factor must be in (0, 1)"), ("weight_decay", -1, "weight_decay must be in"),
+    ("tta", "no", "tta must be true or false"),
+])
+def test_a_bad_config_file_is_one_line_before_any_run_folder(tmp_path, capsys, field, value, message):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"model": "demo", field: value}))
+    code, _, err = run_cli(capsys, "train", "--config", str(config), "--run-dir", str(tmp_path / "run"))
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+    (tmp_path / "deep.json").write_text("[" * 200_000 + "]" * 200_000)
+    code, _, err = run_cli(capsys, "train", "--config", str(tmp_path / "deep.json"))
+    assert code == 2 and "nests deeper" in err
 
 
 def test_resume_from_the_cli(image_folder, tmp_path, capsys):

@@ -34,8 +34,76 @@ def test_recipe_applies_table_then_overrides():
 
 
 def test_config_is_frozen():
-    with pytest.raises(Exception):
+    import dataclasses
+
+    with pytest.raises(dataclasses.FrozenInstanceError):
         TrainConfig().n_epochs = 5
+
+
+# Every range, pinned just inside and just outside each end that exists.
+BOUNDARIES = [
+    ("n_epochs", [1, 10_000], [0, 10_001]), ("batch_size", [1, 8192], [0, 8193]),
+    ("limit", [2, None], [1, 10_000_001]), ("image_size", [16, 512, None], [15, 513]),
+    ("val_fraction", [0.0, 0.89], [-0.01, 0.9]), ("learning_rate", [1e-9, 10.0], [0.0, 10.01]),
+    ("fine_tune_learning_rate", [1e-9, 10.0], [0.0, 10.5]), ("weight_decay", [0.0, 1.0], [-1, 1.01]),
+    ("momentum", [0.0, 0.99], [-0.1, 1.0]), ("muon_scale", [0.01, 10], [0, 10.1]),
+    ("warmup_fraction", [0.0, 1.0], [-0.1, 1.1]), ("plateau_patience", [1, 1000], [0, 1001]),
+    ("plateau_factor", [0.01, 0.99], [0.0, 1.0, 2]), ("early_stopping_patience", [1, 1000, None], [0, 1001]),
+    ("label_smoothing", [0.0, 0.99], [-0.01, 1.0]), ("ema_momentum", [0.01, 0.99, None], [0.0, 1.0]),
+    ("translate_fraction", [0.0, 0.5], [-0.1, 0.51]), ("rotate_fraction", [0.0, 0.5], [-0.1, 0.6]),
+    ("zoom_fraction", [0.0, 0.99], [-0.1, 1.0]), ("cutout_size", [1, 512], [0, 513]),
+    ("random_state", [0, 2**32 - 1], [-1, 2**32]), ("fine_tune_epochs", [0, 10_000], [-1, 10_001]),
+    ("fine_tune_layers", [0, 100_000], [-1, 100_001]),
+]
+
+
+@pytest.mark.parametrize("field,inside,outside", BOUNDARIES, ids=[b[0] for b in BOUNDARIES])
+def test_every_range_is_enforced_at_both_ends(field, inside, outside):
+    for value in inside:
+        assert getattr(TrainConfig(**{field: value}), field) == value
+    for value in outside:
+        with pytest.raises(ConfigError, match=f"^{field} must be"):
+            TrainConfig(**{field: value})
+
+
+@pytest.mark.parametrize("text,message", [
+    ('{"n_epochs": 1.5}', "n_epochs must be an integer; received 1.5"),
+    ('{"n_epochs": true}', "n_epochs must be an integer; received True"),
+    ('{"learning_rate": "0.1"}', "learning_rate must be a finite number; received '0.1'"),
+    ('{"learning_rate": Infinity}', "learning_rate must be a finite number; received inf"),
+    ('{"momentum": NaN}', "momentum must be a finite number"),
+    ('{"plateau_factor": 2}', "plateau_factor must be in (0, 1); received 2"),
+    ('{"weight_decay": -1}', "weight_decay must be in [0, 1]; received -1"),
+    ('{"tta": "no"}', "tta must be true or false; received 'no'"),
+    ('{"nesterov": 1}', "nesterov must be true or false"),
+    ('{"augmentations": "flip"}', "augmentations must be a list of names"),
+    ('{"augmentations": [1]}', "augmentations must be a list of names"),
+    ('{"model": 3}', "model must be a string"),
+    ('{"model": ""}', "model must be a registry name"),
+    ('{"data": ""}', "data must be a source or path"),
+    ('{"limit": "all"}', "limit must be an integer or null"),
+    ('{"model_options": {"widths": [[8]]}}', "model_options must be"),
+    ('{"model_options": []}', "model_options must be an object"),
+    ('[]', "config must be a JSON object"),
+    ('{"a": ' * 100 + '1' + '}' * 100, "nests deeper"),
+])
+def test_every_field_is_typed_when_the_config_is_made(text, message):
+    with pytest.raises(ConfigError) as caught:
+        TrainConfig.from_json(text)
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_ints_are_accepted_where_floats_belong_and_lists_become_tuples():
+    config = TrainConfig.from_json('{"learning_rate": 1, "augmentations": ["flip", "crop"], '
+                                   '"model_options": {"widths": [8, 16], "dropout": 0.5}}')
+    assert config.learning_rate == 1 and config.augmentations == ("flip", "crop")
+    assert config.model_options == {"widths": [8, 16], "dropout": 0.5}
+
+
+def test_recipes_keep_their_schedules():
+    # A recipe's epoch count is part of its published figure: a change must be deliberate.
+    assert {name: recipe["n_epochs"] for name, recipe in RECIPES.items()} == {"g3": 60, "fastnet": 22, "demo": 8}
+    assert RECIPES["fastnet"]["optimizer"] == "muon" and RECIPES["g3"]["optimizer"] == "adamw"
 
 
 def test_large_transfer_inputs_get_a_smaller_batch_unless_asked():

@@ -1,27 +1,5 @@
 """One Streamlit AppTest per page, on real (tiny) runs in an isolated runs folder."""
-import pytest
-from streamlit.testing.v1 import AppTest
-
-from conftest import ROOT
-
-TIMEOUT = 120
-
-
-@pytest.fixture
-def studio(shipped_runs, monkeypatch, tmp_path):  # shipped_runs: conftest.py
-    monkeypatch.setenv("CIFAR_RUNS_DIR", str(shipped_runs["runs"]))
-    monkeypatch.setenv("CIFAR_CORE_CACHE", str(shipped_runs["cache"]))
-    monkeypatch.setenv("CIFAR10_SOURCE", str(shipped_runs["data"]))
-    monkeypatch.setenv("CIFAR_JOBS_DB", str(tmp_path / "jobs.sqlite"))
-    monkeypatch.chdir(ROOT)
-    return shipped_runs
-
-
-def open_page(path: str) -> AppTest:
-    app = AppTest.from_file(str(ROOT / path), default_timeout=TIMEOUT)
-    app.run()
-    assert not app.exception, [e.message for e in app.exception]
-    return app
+from helpers import ROOT, open_page
 
 
 def test_home_leaderboard_lists_runs_and_warns_about_broken_ones(studio):

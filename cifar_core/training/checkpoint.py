@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import re
+import zipfile
 from pathlib import Path
 
 import keras
@@ -62,8 +63,11 @@ def load_state(run_dir: Path) -> dict | None:
     if state.get("epochs_completed") != len(state["history"]):
         raise RunFolderError(f"{where} lists {len(state['history'])} epochs but says "
                              f"{state.get('epochs_completed')!r} completed; start a new run")
-    if not (checkpoint_dir(run_dir) / state["model_file"]).is_file():
+    model_path = checkpoint_dir(run_dir) / state["model_file"]
+    if not model_path.is_file():
         raise RunFolderError(f"{where} names {state['model_file']}, which is missing; it cannot be resumed")
+    if not zipfile.is_zipfile(model_path):  # a cheap look at the end of the file: truncated or empty
+        raise RunFolderError(f"{where} model {model_path.name} is unreadable (truncated?); it cannot be resumed")
     return state
 
 
