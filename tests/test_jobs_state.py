@@ -1,0 +1,272 @@
+"""Every job-state transition, pinned on the registry alone: no training, stub workers."""
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+from cifar_core import jobs, runs
+from cifar_core.config import TrainConfig
+from cifar_core.errors import CifarError
+
+CONFIG = TrainConfig(model="demo", n_epochs=2)
+
+
+@pytest.fixture
+def db(tmp_path, monkeypatch):
+    path = tmp_path / "jobs.sqlite"
+    monkeypatch.setenv("CIFAR_JOBS_DB", str(path))
+    return path
+
+
+@pytest.fixture
+def sleeper():
+    """A real process that stands in for a worker."""
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    yield process
+    process.kill()
+    process.wait()
+
+
+def _as_worker(job, process):
+    jobs.update_job(job.id, state="running", pid=process.pid, pid_started=jobs.process_start_time(process.pid))
+    return jobs.get_job(job.id)
+
+
+def test_a_new_job_is_queued_in_its_own_new_run_folder(db):
+    first, second = jobs.create_job(CONFIG), jobs.create_job(CONFIG)
+    assert first.state == "queued" and first.pid is None and first.message is None
+    assert first.config == CONFIG and first.model == "demo"
+    assert first.run_dir != second.run_dir and first.run_dir.parent == runs.runs_root()
+    assert first.run_dir.is_dir() and second.id == first.id + 1
+    assert first.created_at == pytest.approx(time.time(), abs=5)
+    with pytest.raises(CifarError, match=f"no job with id {second.id + 1}"):
+        jobs.get_job(second.id + 1)
+
+
+def test_updates_and_listing_newest_first(db):
+    a, b, c = (jobs.create_job(CONFIG, f"/tmp/run-{i}") for i in range(3))
+    before = jobs.get_job(b.id).updated_at
+    time.sleep(0.01)
+    jobs.update_job(b.id, state="completed", message="done")
+    updated = jobs.get_job(b.id)
+    assert updated.state == "completed" and updated.message == "done" and updated.updated_at > before
+    assert jobs.get_job(a.id).state == "queued"  # only the named row changed
+    assert [job.id for job in jobs.list_jobs(refresh=False)] == [c.id, b.id, a.id]
+
+
+def test_a_queued_job_without_a_worker_is_alive_only_while_launching(db):
+    job = jobs.create_job(CONFIG)
+    assert jobs.worker_alive(job, now=job.created_at + jobs.STALE_SECONDS - 1)
+    assert not jobs.worker_alive(job, now=job.created_at + jobs.STALE_SECONDS + 1)
+
+
+def test_a_worker_is_alive_while_its_process_is(db, sleeper):
+    job = _as_worker(jobs.create_job(CONFIG), sleeper)
+    assert jobs.worker_alive(job) and jobs.worker_alive(job, now=time.time() + 1e6)
+    sleeper.kill()
+    sleeper.wait()
+    assert not jobs.worker_alive(job)
+
+
+def test_a_reused_pid_is_not_the_worker(db):
+    job = jobs.create_job(CONFIG)
+    jobs.update_job(job.id, state="running", pid=os.getpid(), pid_started=jobs.process_start_time(os.getpid()) + 1)
+    assert not jobs.worker_alive(jobs.get_job(job.id))
+    jobs.update_job(job.id, pid=None, pid_started=None)
+    assert not jobs.worker_alive(jobs.get_job(job.id))  # running with no pid: nobody
+
+
+def test_the_writer_lock_keeps_a_job_alive(db):
+    job = jobs.create_job(CONFIG)
+    jobs.update_job(job.id, state="running", pid=None)
+    with runs.RunWriter(job.run_dir):
+        assert jobs.worker_alive(jobs.get_job(job.id))
+        assert [j.state for j in jobs.list_jobs()] == ["running"]
+
+
+def test_listing_marks_dead_workers_interrupted_and_keeps_progress(db, sleeper):
+    dead = _as_worker(jobs.create_job(CONFIG), sleeper)
+    runs.write_status(dead.run_dir, "running", epoch=1, n_epochs=2, progress=0.5)
+    done = jobs.create_job(CONFIG)
+    jobs.update_job(done.id, state="completed", pid=None)
+    launching = jobs.create_job(CONFIG)
+    sleeper.kill()
+    sleeper.wait()
+    states = {job.id: job for job in jobs.list_jobs()}
+    assert states[dead.id].state == "interrupted" and "resume it" in states[dead.id].message
+    assert states[done.id].state == "completed" and states[launching.id].state == "queued"
+    status = runs.read_status(dead.run_dir)
+    assert status["state"] == "interrupted" and status["epoch"] == 1 and status["progress"] == 0.5
+    assert jobs.list_jobs(refresh=False)[-1].state == "interrupted"  # written, not just shown
+
+
+def test_listing_without_refresh_changes_nothing(db, sleeper):
+    job = _as_worker(jobs.create_job(CONFIG), sleeper)
+    sleeper.kill()
+    sleeper.wait()
+    assert jobs.list_jobs(refresh=False)[0].state == "running"
+
+
+def test_resume_is_refused_while_the_worker_lives_and_spawns_one_after(db, sleeper, monkeypatch):
+    spawned = []
+    monkeypatch.setattr(jobs, "_spawn", lambda job, resume, path: spawned.append((job.id, resume, job.state)))
+    job = _as_worker(jobs.create_job(CONFIG), sleeper)
+    jobs.update_job(job.id, state="interrupted")
+    with pytest.raises(CifarError, match="still running"):
+        jobs.resume_job(job.id)
+    assert spawned == []
+    sleeper.kill()
+    sleeper.wait()
+    jobs.update_job(job.id, message="stopped")
+    resumed = jobs.resume_job(job.id)
+    assert spawned == [(job.id, True, "queued")]
+    assert resumed.state == "queued" and resumed.pid is None and resumed.pid_started is None
+    assert resumed.message is None
+
+
+def test_cancel_records_first_then_stops_the_worker(db, sleeper):
+    job = _as_worker(jobs.create_job(CONFIG), sleeper)
+    cancelled = jobs.cancel(job.id)
+    assert cancelled.state == "cancelled" and "resumable" in cancelled.message
+    assert sleeper.wait(timeout=10) == -signal.SIGTERM
+
+
+def test_cancel_never_signals_a_stranger_with_a_reused_pid(db, sleeper):
+    job = jobs.create_job(CONFIG)
+    jobs.update_job(job.id, state="running", pid=sleeper.pid, pid_started=-5.0)
+    assert jobs.cancel(job.id).state == "cancelled"
+    time.sleep(0.2)
+    assert sleeper.poll() is None  # still running
+
+
+@pytest.fixture
+def fake_training(monkeypatch):
+    from cifar_core import training
+
+    calls = []
+    behaviour = {"train": None, "resume": None}
+
+    def make(kind):
+        def run(*args, **kwargs):
+            calls.append(kind)
+            if behaviour[kind] is not None:
+                raise behaviour[kind]
+        return run
+
+    monkeypatch.setattr(training, "train", make("train"))
+    monkeypatch.setattr(training, "resume", make("resume"))
+    return calls, behaviour
+
+
+def test_the_worker_records_each_outcome(db, fake_training):
+    calls, behaviour = fake_training
+    job = jobs.create_job(CONFIG)
+    assert jobs.run_worker(job.id) == 0 and calls == ["train"]
+    finished = jobs.get_job(job.id)
+    assert finished.state == "completed" and finished.message is None
+    assert finished.pid == os.getpid() and finished.pid_started == jobs.process_start_time(os.getpid())
+
+    behaviour["train"] = ValueError("disk on fire")
+    job = jobs.create_job(CONFIG)
+    with pytest.raises(ValueError):
+        jobs.run_worker(job.id)
+    assert jobs.get_job(job.id).state == "failed" and jobs.get_job(job.id).message == "ValueError: disk on fire"
+
+    behaviour["train"] = KeyboardInterrupt()
+    job = jobs.create_job(CONFIG)
+    assert jobs.run_worker(job.id) == 130
+    assert jobs.get_job(job.id).state == "interrupted" and jobs.get_job(job.id).message == "stopped; resumable"
+
+
+def test_a_job_cancelled_before_its_worker_started_never_trains(db, fake_training, monkeypatch):
+    calls, _ = fake_training
+    job = jobs.create_job(CONFIG)
+    jobs.cancel(job.id)
+    assert jobs.run_worker(job.id) == 130 and calls == []
+    assert jobs.get_job(job.id).state == "cancelled"
+
+
+def test_a_cancel_during_training_stays_a_cancel(db, monkeypatch):
+    from cifar_core import training
+
+    job = jobs.create_job(CONFIG)
+
+    def cancel_then_stop(*args, **kwargs):  # what the worker's SIGTERM handler turns a cancel into
+        jobs.update_job(job.id, state="cancelled", message="cancelled by the user; resumable")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "train", cancel_then_stop)
+    assert jobs.run_worker(job.id) == 130
+    assert jobs.get_job(job.id).state == "cancelled"
+
+
+def test_the_worker_resumes_only_a_run_that_exists(db, fake_training):
+    calls, _ = fake_training
+    job = jobs.create_job(CONFIG)
+    assert jobs.run_worker(job.id, resume=True) == 0 and calls == ["train"]  # nothing to resume yet
+    runs.atomic_write_text(job.run_dir / runs.CONFIG_FILE, CONFIG.to_json())
+    assert jobs.run_worker(job.id, resume=True) == 0 and calls == ["train", "resume"]
+
+
+def test_the_worker_spawn_command_and_log(db, monkeypatch, sleeper):
+    seen = {}
+
+    def fake_popen(command, **kwargs):
+        seen.update(command=command, **kwargs)
+        return sleeper
+
+    monkeypatch.setattr(jobs.subprocess, "Popen", fake_popen)
+    job = jobs.create_job(CONFIG)
+    jobs._spawn(job, resume=True, path=None)
+    assert seen["command"][1:] == ["-m", "cifar_core", "worker", str(job.id), "--resume"]
+    assert seen["env"]["CIFAR_JOBS_DB"] == str(db.resolve()) and seen["start_new_session"] is True
+    assert (job.run_dir / runs.LOG_FILE).exists()
+    spawned = jobs.get_job(job.id)
+    assert spawned.pid == sleeper.pid and spawned.pid_started == jobs.process_start_time(sleeper.pid)
+    jobs._spawn(job, resume=False, path=None)
+    assert "--resume" not in seen["command"]
+
+
+def test_launch_creates_and_spawns(db, monkeypatch):
+    spawned = []
+    monkeypatch.setattr(jobs, "_spawn", lambda job, resume, path: spawned.append((job.id, resume)))
+    job = jobs.launch(CONFIG)
+    assert spawned == [(job.id, False)] and job.state == "queued"
+
+
+def test_process_start_time_tells_live_dead_and_zombie_processes(sleeper):
+    assert jobs.process_start_time(os.getpid()) > 0
+    assert jobs.process_start_time(sleeper.pid) >= jobs.process_start_time(os.getpid())
+    os.kill(sleeper.pid, signal.SIGKILL)
+    deadline = time.time() + 10
+    while time.time() < deadline and jobs.process_start_time(sleeper.pid) is not None:
+        time.sleep(0.05)
+    assert jobs.process_start_time(sleeper.pid) is None  # a zombie until reaped: counted as gone
+    assert jobs.process_start_time(2**22 + 12345) is None
+
+
+def test_a_corrupt_registry_is_renamed_aside_and_replaced(db):
+    db.write_bytes(b"SQLite format 3\x00" + b"\xff" * 4000)
+    with pytest.warns(UserWarning, match="moved to jobs.sqlite.corrupt-"):
+        job = jobs.create_job(CONFIG)
+    assert jobs.get_job(job.id).id == 1
+    [aside] = db.parent.glob("jobs.sqlite.corrupt-*")
+    assert aside.read_bytes().startswith(b"SQLite format 3")
+
+
+def test_a_row_whose_config_no_longer_validates_is_kept_and_named(db, fake_training):
+    job = jobs.create_job(CONFIG)
+    with sqlite3.connect(db) as connection:
+        connection.execute("UPDATE jobs SET config = ?, message = ? WHERE id = ?",
+                           ('{"model": "demo", "n_epochs": 0}', "old note", job.id))
+    listed = jobs.get_job(job.id)
+    assert listed.config is None and listed.model == "?" and "n_epochs" in listed.message
+    with pytest.raises(CifarError, match="cannot be resumed"):
+        jobs.resume_job(job.id)
+    with pytest.raises(CifarError, match="n_epochs"):
+        jobs.run_worker(job.id)
+    assert jobs.get_job(job.id).state == "failed" and fake_training[0] == []
