@@ -15,7 +15,7 @@ PREDICT_PIXEL_BUDGET = 256 * 64 * 64
 
 def inference_batch_size(image_size: int | None) -> int:
     size = image_size or 32
-    return int(max(8, min(256, PREDICT_PIXEL_BUDGET // (size * size))))
+    return max(8, min(256, PREDICT_PIXEL_BUDGET // (size * size)))
 
 
 def predict_proba(model, images: np.ndarray, batch_size: int | None = None, tta: bool = False,
@@ -28,13 +28,11 @@ def predict_proba(model, images: np.ndarray, batch_size: int | None = None, tta:
 def model_predictor(model, batch_size: int, image_size: int | None,
                     callbacks: list | None = None) -> Callable[[np.ndarray], np.ndarray]:
     """images -> float32 probabilities, through the same tf.data pipeline as training."""
-    from .data.pipeline import make_dataset
+    from .data.pipeline import make_inference_dataset
 
     def predict(images: np.ndarray) -> np.ndarray:
-        dataset = make_dataset(images, np.zeros(len(images), np.int32), n_classes=1, batch_size=batch_size,
-                               image_size=image_size, one_hot=False)
-        return np.asarray(model.predict(dataset.map(lambda x, y: x), verbose=0, callbacks=callbacks),
-                          dtype=np.float32)
+        dataset = make_inference_dataset(images, batch_size, image_size)
+        return model.predict(dataset, verbose=0, callbacks=callbacks).astype(np.float32)
 
     return predict
 
@@ -53,7 +51,7 @@ def flip_tta(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray) ->
 def cross_entropy(y_true: np.ndarray, probs: np.ndarray) -> float:
     """Mean negative log-probability of the true class (probabilities clipped at EPSILON)."""
     picked = probs[np.arange(len(y_true)), y_true]
-    return float(-np.mean(np.log(np.clip(picked, EPSILON, 1.0))))
+    return float(-np.mean(np.log(np.maximum(picked, EPSILON))))
 
 
 def per_class_report(y_true: np.ndarray, y_pred: np.ndarray, class_names) -> dict[str, dict[str, float]]:
@@ -66,13 +64,13 @@ def per_class_report(y_true: np.ndarray, y_pred: np.ndarray, class_names) -> dic
 
 def top_k(probs: np.ndarray, class_names, k: int = 3) -> list[list[tuple[str, float]]]:
     """The k most likely classes per row, most likely first."""
-    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    order = np.argsort(-probs, axis=1)[:, :k]
     return [[(class_names[j], float(row[j])) for j in indices] for row, indices in zip(probs, order)]
 
 
 def compute_metrics(y_true: np.ndarray, probs: np.ndarray, class_names,
                     probs_tta: np.ndarray | None = None) -> dict:
-    y_true = np.asarray(y_true, dtype=np.int64)
+    y_true = np.asarray(y_true).astype(np.int64)
     y_pred = probs.argmax(axis=1)
     # Rows are true classes, columns predicted.
     matrix = sklearn_confusion_matrix(y_true, y_pred, labels=np.arange(len(class_names)))

@@ -160,6 +160,12 @@ def _alternating_flip_batches(images, labels, batch_size: int, shuffle: bool, se
     return alternating_flip.each_pass(one_pass).apply(tf.data.experimental.assert_cardinality(n_batches))
 
 
+def make_inference_dataset(images: np.ndarray, batch_size: int, image_size: int | None = None):
+    """Images only, in order, batched and resized exactly as training and evaluation see them."""
+    labels = np.zeros(len(images), np.int32)
+    return make_dataset(images, labels, 1, batch_size, image_size, one_hot=False).map(lambda x, y: x)
+
+
 def make_dataset(images: np.ndarray, labels: np.ndarray, n_classes: int, batch_size: int,
                  image_size: int | None = None, augmenter=None, shuffle: bool = False,
                  seed: int = 0, one_hot: bool = True, alternating_flip: AlternatingFlip | None = None):
