@@ -61,7 +61,7 @@ def time_training(model_name: str, steps: int, warmup: int = 3, batch_size: int 
     from .config import recipe_config
     from .data.pipeline import build_augmenter, make_dataset
     from .models import build_model
-    from .training.loop import compile_model
+    from .training.optimizers import compile_model
 
     config = recipe_config(model_name, batch_size=batch_size, precision=precision)
     model = build_model(model_name, precision=config.precision)
@@ -91,9 +91,9 @@ def time_training(model_name: str, steps: int, warmup: int = 3, batch_size: int 
 def time_inference(run_dir: Path | None, model_name: str, repeats: int = 50) -> dict:
     from PIL import Image
 
+    from .config import recipe_config
     from .evaluation import predict_proba
     from .inference import LoadedRun, classify_bytes, load_run_model
-    from .config import recipe_config
     from .models import build_model
 
     if run_dir is not None:

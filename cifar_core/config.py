@@ -84,7 +84,7 @@ class TrainConfig:
         _check(_plain_json(self.model_options), "model_options", self.model_options,
                "an object of names to numbers, strings, booleans or short lists of them")
 
-    def replace(self, **changes) -> "TrainConfig":
+    def replace(self, **changes) -> TrainConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -96,7 +96,7 @@ class TrainConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"config must be a JSON object, got {type(data).__name__}")
         known = {f.name for f in fields(cls)}
@@ -109,7 +109,7 @@ class TrainConfig:
             raise ConfigError(f"bad config: {exc}") from None
 
     @classmethod
-    def from_json(cls, text: str) -> "TrainConfig":
+    def from_json(cls, text: str) -> TrainConfig:
         return cls.from_dict(parse_json(text, "config", ConfigError))
 
 

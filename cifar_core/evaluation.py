@@ -1,7 +1,7 @@
 """Predict, test-time augmentation and metrics: numpy in, numpy out."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from sklearn.metrics import confusion_matrix as sklearn_confusion_matrix
@@ -65,7 +65,7 @@ def per_class_report(y_true: np.ndarray, y_pred: np.ndarray, class_names) -> dic
 def top_k(probs: np.ndarray, class_names, k: int = 3) -> list[list[tuple[str, float]]]:
     """The k most likely classes per row, most likely first."""
     order = np.argsort(-probs, axis=1)[:, :k]
-    return [[(class_names[j], float(row[j])) for j in indices] for row, indices in zip(probs, order)]
+    return [[(class_names[j], float(row[j])) for j in indices] for row, indices in zip(probs, order, strict=True)]
 
 
 def compute_metrics(y_true: np.ndarray, probs: np.ndarray, class_names,

@@ -14,10 +14,10 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
-import warnings
 import subprocess
 import sys
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path

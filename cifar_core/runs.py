@@ -28,9 +28,10 @@ import secrets
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .errors import CifarError, RunFolderError
 from .safeio import parse_json, read_regular_file
@@ -116,7 +117,7 @@ class RunWriter:
         self.run_dir = Path(run_dir)
         self._handle = None
 
-    def __enter__(self) -> "RunWriter":
+    def __enter__(self) -> RunWriter:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         handle = open(self.run_dir / LOCK_FILE, "a+", encoding="utf-8")
         try:

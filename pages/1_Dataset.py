@@ -31,8 +31,9 @@ left.metric("Classes", len(data.class_names))
 middle.metric("Train images", f"{summary['n_train']:,}")
 right.metric("Test images", f"{summary['n_test']:,}")
 far.metric("Image size", f"{data.image_size}×{data.image_size}")
-st.caption(f"Source: {data.description}" + (f" — loaded in {data.load_seconds:.1f} s"
-                                             f"{' from the cache' if data.from_cache else ''}" if data.load_seconds else ""))
+loaded = (f" — loaded in {data.load_seconds:.1f} s{' from the cache' if data.from_cache else ''}"
+          if data.load_seconds else "")
+st.caption(f"Source: {data.description}{loaded}")
 
 per_class = st.slider("Samples per class", 4, 16, 10, key="dataset_per_class")
 seed = st.number_input("Shuffle seed", 0, 10_000, 0, key="dataset_seed")

@@ -75,8 +75,8 @@ counts = pd.DataFrame({"class": class_names,
                        f"only {first}": np.bincount(truth[right_a & ~right_b], minlength=len(class_names)),
                        f"only {second}": np.bincount(truth[right_b & ~right_a], minlength=len(class_names))})
 c1, c2, c3 = st.columns(3)
-c1.metric(f"Only A right", int((right_a & ~right_b).sum()))
-c2.metric(f"Only B right", int((right_b & ~right_a).sum()))
+c1.metric("Only A right", int((right_a & ~right_b).sum()))
+c2.metric("Only B right", int((right_b & ~right_a).sum()))
 c3.metric("Both wrong", int((~right_a & ~right_b).sum()))
 st.plotly_chart(px.bar(counts, x="class", y=counts.columns[1:], barmode="group", height=320), width="stretch")
 

@@ -27,8 +27,9 @@ if not files:
         st.session_state.classify_examples = ui.example_indices(len(sample.y_test))
     examples = st.session_state.get("classify_examples", [])
     if sample is not None and examples:
-        from PIL import Image
         import io
+
+        from PIL import Image
 
         for index in examples:
             buffer = io.BytesIO()
@@ -60,7 +61,7 @@ for position, (name, data) in enumerate(files):
     st.markdown(f"#### {name}  \n{image.shape[1]}×{image.shape[0]} pixels")
     columns = st.columns([1] + [2] * len(loaded))
     columns[0].image(image, caption="your photo", width="stretch")
-    for column, (record, run) in zip(columns[1:], loaded):
+    for column, (record, run) in zip(columns[1:], loaded, strict=True):
         with column:
             probs = classify_arrays(run, [image])
             top = top_k(probs, run.class_names, 3)[0]

@@ -4,15 +4,13 @@ import stat
 import tarfile
 import zipfile
 
+import numpy as np
 import pytest
+from conftest import png_bytes
 
 from cifar_core.data import load_dataset
 from cifar_core.data.archive import ArchiveLimits, iter_archive_files, safe_extract, safe_member_name
 from cifar_core.errors import UnsafeArchiveError
-
-from conftest import png_bytes
-
-import numpy as np
 
 PIXEL = png_bytes(np.zeros((4, 4, 3), np.uint8))
 

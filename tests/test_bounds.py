@@ -11,15 +11,23 @@ import zipfile
 
 import numpy as np
 import pytest
+from helpers import (
+    assert_refused_within_bounds,
+    functional,
+    jpeg_with_scans,
+    keras_file,
+    layer,
+    measure,
+    png_header_only,
+    set_zip_flag,
+    tar_with_declared_member,
+)
 
 from cifar_core import imaging, runs
 from cifar_core.data import load_dataset
 from cifar_core.data.pickles import parse_batch
 from cifar_core.errors import DataSourceError, ImageDecodeError, ModelFileError, RunFolderError, UnsafePickleError
 from cifar_core.models.loading import check_model_file
-
-from helpers import (assert_refused_within_bounds, functional, jpeg_with_scans, keras_file, layer, measure,
-                     png_header_only, set_zip_flag, tar_with_declared_member)
 
 IMAGE_SETUP = """
 from PIL import Image

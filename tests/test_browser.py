@@ -15,7 +15,6 @@ import urllib.request
 
 import numpy as np
 import pytest
-
 from conftest import ROOT, png_bytes
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -6,11 +6,10 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import ROOT, png_bytes
 
 from cifar_core import runs
 from cifar_core.__main__ import main
-
-from conftest import ROOT, png_bytes
 
 
 def run_cli(capsys, *argv):

@@ -7,13 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import CLASSES
 
+from cifar_core.config import TrainConfig
 from cifar_core.data import CIFAR10_CLASSES, load_dataset
 from cifar_core.data.pipeline import AlternatingFlip, build_augmenter, make_dataset, split_train_val
-from cifar_core.config import TrainConfig
 from cifar_core.errors import DataSourceError
-
-from conftest import CLASSES
 
 
 def _zip_folder(folder: Path, target: Path) -> Path:

@@ -105,7 +105,7 @@ def test_listing_marks_dead_workers_interrupted_and_keeps_progress(db, sleeper):
 
 
 def test_listing_without_refresh_changes_nothing(db, sleeper):
-    job = _as_worker(jobs.create_job(CONFIG), sleeper)
+    _as_worker(jobs.create_job(CONFIG), sleeper)
     sleeper.kill()
     sleeper.wait()
     assert jobs.list_jobs(refresh=False)[0].state == "running"

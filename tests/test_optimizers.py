@@ -46,7 +46,7 @@ def test_one_step_moves_kernels_by_the_muon_rate_and_the_rest_by_sgd():
     gradients = [np.random.default_rng(i).normal(size=v.shape).astype("float32")
                  for i, v in enumerate(model.trainable_variables)]
     optimizer = FilterMuon(lr, muon_scale=scale, momentum=momentum, sgd_weight_decay=decay)
-    optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+    optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
 
     # SGD part, first step: the Nesterov direction is g + momentum * g, decay is decoupled.
     head_gradient = gradients[[v.path for v in model.trainable_variables].index(head.path)]

@@ -7,14 +7,13 @@ import time
 
 import keras
 import pytest
+from conftest import ROOT
 
 from cifar_core import runs
 from cifar_core.__main__ import main
 from cifar_core.config import recipe_config
 from cifar_core.errors import RunFolderError
 from cifar_core.training import checkpoint, loop, resume, train
-
-from conftest import ROOT
 
 SMALL = dict(n_epochs=3, batch_size=32, val_fraction=0.25, early_stopping_patience=None, limit=None)
 HOLD_LOCK = """

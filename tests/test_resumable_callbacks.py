@@ -50,7 +50,7 @@ def test_early_stopping_resumes_with_its_patience_and_ends_on_the_best_epoch(tmp
     resumed.on_epoch_end(2, {"val_loss": 1.2})  # second epoch without improvement: stop
     assert model.stop_training
     resumed.on_train_end()
-    for restored, expected in zip(model.get_weights(), best):
+    for restored, expected in zip(model.get_weights(), best, strict=True):
         np.testing.assert_allclose(restored, expected)
 
 

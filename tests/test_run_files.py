@@ -4,11 +4,10 @@ import shutil
 import sqlite3
 
 import pytest
+from helpers import open_page
 
 from cifar_core import jobs, runs
 from cifar_core.errors import RunFolderError
-
-from helpers import open_page
 
 
 @pytest.fixture

@@ -4,13 +4,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_training import StopAfterEpoch
 
 from cifar_core import runs
 from cifar_core.config import recipe_config
 from cifar_core.training import checkpoint, train
 from cifar_core.training.callbacks import BEST_WEIGHTS_NAME
-
-from test_training import StopAfterEpoch
 
 TOOLS = Path(__file__).resolve().parent.parent / "tools"
 
@@ -65,8 +64,8 @@ def test_sweep_augmentation_is_a_flip_and_a_reflected_shift_of_each_image():
                 for ox in range(5):
                     yield padded[oy:oy + 8, ox:ox + 8]
 
-    assert all(any(np.array_equal(o, c) for c in candidates(i)) for i, o in zip(images, out))
-    unchanged = sum(np.array_equal(o, i) for i, o in zip(images, out))
+    assert all(any(np.array_equal(o, c) for c in candidates(i)) for i, o in zip(images, out, strict=True))
+    unchanged = sum(np.array_equal(o, i) for i, o in zip(images, out, strict=True))
     assert unchanged < 40  # about 1 in 50 draw no flip and no shift
 
 
@@ -81,7 +80,7 @@ def test_sweep_flips_exactly_the_given_images_and_crops_windows():
     windows = sweep.random_crop(images, 5, rng)
     assert windows.shape == (50, 5, 5, 3)
     assert all(any(np.array_equal(w, i[y:y + 5, x:x + 5]) for y in range(4) for x in range(4))
-               for i, w in zip(images, windows))
+               for i, w in zip(images, windows, strict=True))
 
 
 def test_sweep_rejects_an_unknown_variant_by_name(tmp_path):

@@ -174,8 +174,8 @@ def test_fit_mirrors_the_image_in_alternate_epochs():
 def test_mixed_bfloat16_run_trains_resumes_and_loads_back(tiny_dataset, tmp_path):
     """bf16 compute with float32 outputs: the run resumes, its model file passes the
     safe loader, predictions are float32 probabilities, and Grad-CAM still works."""
-    from cifar_core.explain import grad_cam
     from cifar_core.evaluation import predict_proba
+    from cifar_core.explain import grad_cam
     from cifar_core.inference import load_run_model
 
     config = recipe_config("fastnet", **SMALL, precision="mixed_bfloat16", limit=None)

@@ -30,7 +30,7 @@ from cifar_core.data import load_dataset  # noqa: E402
 from cifar_core.data.pipeline import CROP_PIXELS  # noqa: E402
 from cifar_core.evaluation import compute_metrics  # noqa: E402
 from cifar_core.models.homebrew import build_fastnet, init_whitening  # noqa: E402
-from cifar_core.training.loop import compile_model  # noqa: E402
+from cifar_core.training.optimizers import compile_model  # noqa: E402
 
 # Stop starting new variants after this many seconds (a GPU lease is short).
 BUDGET_S = float(os.environ.get("SWEEP_BUDGET_S", "420"))

@@ -100,14 +100,14 @@ def write_report(report: dict) -> None:
                                                      if report.get("seconds") else "") + ".",
              f"Target: at least {report['target']:.0%} of mutants killed in every module.", "",
              "| module | mutants | killed | survived | of which equivalent | score |", "|---|---|---|---|---|---|"]
-    for name, row in report["modules"].items():
+    for row in report["modules"].values():
         score = f"{row['score']:.1%}" if row["score"] is not None else "not run"
         lines.append(f"| `{row['path']}` | {row['mutants']} | {row['killed']} | {row['survived']} | "
                      f"{row['equivalent']} | {score} |")
     lines += ["", "A mutant is killed when at least one test fails (or times out) with it in place. The tests "
               "mutmut runs are the fast ones listed in `pyproject.toml`; each mutant runs only those that reach "
               "the function it changes.", "", "## Survivors", ""]
-    for name, row in report["modules"].items():
+    for row in report["modules"].values():
         if not row["survivors"]:
             continue
         lines += [f"### `{row['path']}`", ""]

@@ -13,9 +13,9 @@ import os
 import stat
 import tarfile
 import zipfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Callable, Iterator
 
 from ..errors import DataSourceError, UnsafeArchiveError
 
@@ -68,7 +68,8 @@ class _Budget:
         if self.members > self.limits.max_members:
             raise UnsafeArchiveError(f"archive has more than {self.limits.max_members} members")
         if size > self.limits.max_member_bytes:
-            raise UnsafeArchiveError(f"archive member {name!r} is {size} bytes; the limit is {self.limits.max_member_bytes}")
+            raise UnsafeArchiveError(
+                f"archive member {name!r} is {size} bytes; the limit is {self.limits.max_member_bytes}")
         if self.total > self.limits.max_total_bytes:
             raise UnsafeArchiveError(f"archive unpacks to more than {self.limits.max_total_bytes} bytes")
 

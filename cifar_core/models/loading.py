@@ -195,7 +195,8 @@ def load_model_file(path: Path | str, expected_classes: int | None = None):
     if len(input_shape) != 4 or input_shape[3] != 3 or input_shape[1] != input_shape[2] or input_shape[1] is None:
         raise ModelFileError(f"{Path(path).name}: expected a square RGB image input; found {input_shape}")
     if len(output_shape) != 2 or (expected_classes and output_shape[1] != expected_classes):
-        raise ModelFileError(f"{Path(path).name}: expected {expected_classes or 'N'} class outputs; found {output_shape}")
+        raise ModelFileError(
+            f"{Path(path).name}: expected {expected_classes or 'N'} class outputs; found {output_shape}")
     _check_activations(model, Path(path).name)
     return model, int(input_shape[1])
 

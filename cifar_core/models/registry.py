@@ -1,10 +1,11 @@
 """Model registry: name -> builder, the one home of each model's input size."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from ..errors import ConfigError
+from .transfer_specs import BACKBONES
 
 
 @dataclass(frozen=True)
@@ -15,12 +16,24 @@ class ModelSpec:
     description: str
     transfer: bool = False
     last_conv_layer: str | None = None  # for Grad-CAM
+    builder_options: tuple[tuple[str, str], ...] = ()  # fixed keyword arguments of the builder
 
     def builder(self) -> Callable:
+        import functools
         import importlib
 
         module, function = self.builder_path.split(":")
-        return getattr(importlib.import_module(module, __package__), function)
+        build = getattr(importlib.import_module(module, __package__), function)
+        return functools.partial(build, **dict(self.builder_options)) if self.builder_options else build
+
+
+def _transfer_spec(backbone) -> ModelSpec:
+    if backbone.keras_constructor is None:
+        return ModelSpec(backbone.name, f".transfer:build_{backbone.name}", backbone.input_size,
+                         backbone.description, transfer=True, last_conv_layer=backbone.last_conv_layer)
+    return ModelSpec(backbone.name, ".transfer:build_application", backbone.input_size, backbone.description,
+                     transfer=True, last_conv_layer=backbone.last_conv_layer,
+                     builder_options=(("backbone", backbone.name),))
 
 
 REGISTRY: dict[str, ModelSpec] = {spec.name: spec for spec in (
@@ -28,25 +41,20 @@ REGISTRY: dict[str, ModelSpec] = {spec.name: spec for spec in (
               "The original study's CNN (416,490 params), AdamW + plateau + early stopping",
               last_conv_layer="conv6"),
     ModelSpec("fastnet", ".homebrew:build_fastnet", 32,
-              "airbench-style VGG net for 2 CPU cores: frozen whitening, one-cycle SGD, label smoothing",
-              last_conv_layer="block3_act2"),
+              "airbench-style VGG net for 2 CPU cores: frozen whitening, one-cycle Muon for the conv filters, "
+              "label smoothing, alternating flip", last_conv_layer="block3_act2"),
     ModelSpec("demo", ".homebrew:build_demo", 32,
               "Small CNN that learns something in about a minute, for live demos",
               last_conv_layer="relu3"),
+    *(_transfer_spec(backbone) for backbone in BACKBONES),
 )}
 
 
-def register(spec: ModelSpec) -> None:
-    REGISTRY[spec.name] = spec
-
-
 def model_names() -> list[str]:
-    _load_transfer_specs()
     return list(REGISTRY)
 
 
 def get_spec(name: str) -> ModelSpec:
-    _load_transfer_specs()
     try:
         return REGISTRY[name]
     except KeyError:
@@ -54,7 +62,6 @@ def get_spec(name: str) -> ModelSpec:
 
 
 def is_transfer_model(name: str) -> bool:
-    _load_transfer_specs()
     spec = REGISTRY.get(name)
     return bool(spec and spec.transfer)
 
@@ -71,12 +78,3 @@ def build_model(name: str, input_size: int | None = None, num_classes: int = 10,
             return spec.builder()(input_shape=(size, size, 3), num_classes=num_classes, **options)
     except TypeError as exc:
         raise ConfigError(f"{name}: bad model option ({exc})") from None
-
-
-def _load_transfer_specs() -> None:
-    # Transfer specs live with the transfer code; importing them is cheap
-    # (no TensorFlow), and registering late avoids an import cycle.
-    try:
-        from . import transfer_specs  # noqa: F401
-    except ImportError:
-        pass

@@ -143,7 +143,7 @@ def _materialise(tree, storages) -> dict[str, np.ndarray]:
             continue
         storage = storages[value.storage.key]
         itemsize = storage.itemsize
-        needed = value.offset + sum((s - 1) * st for s, st in zip(value.size, value.stride)) + 1
+        needed = value.offset + sum((s - 1) * st for s, st in zip(value.size, value.stride, strict=True)) + 1
         if value.size and min(value.size) == 0:
             arrays[name] = np.zeros(value.size, storage.dtype)
             continue

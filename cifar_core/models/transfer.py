@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import ConfigError, ModelFileError
 from .homebrew import OUTPUT_DTYPE, _check_classes, _check_input_shape
-from .transfer_specs import PREPROCESSING
+from .transfer_specs import BACKBONE_BY_NAME, PREPROCESSING
 
 HEAD_LAYERS = ("avg_pool", "head_dropout", "predictions")
 
@@ -214,20 +214,13 @@ def _application(name: str, constructor: str, input_shape, num_classes: int, wei
     return model
 
 
-def build_efficientnetb1(input_shape=(128, 128, 3), num_classes=10, weights="imagenet", dropout=0.2):
-    return _application("efficientnetb1", "EfficientNetB1", input_shape, num_classes, weights, dropout)
-
-
-def build_resnet101v2(input_shape=(128, 128, 3), num_classes=10, weights="imagenet", dropout=0.2):
-    return _application("resnet101v2", "ResNet101V2", input_shape, num_classes, weights, dropout)
-
-
-def build_densenet121(input_shape=(128, 128, 3), num_classes=10, weights="imagenet", dropout=0.2):
-    return _application("densenet121", "DenseNet121", input_shape, num_classes, weights, dropout)
-
-
-def build_mobilenetv2(input_shape=(128, 128, 3), num_classes=10, weights="imagenet", dropout=0.2):
-    return _application("mobilenetv2", "MobileNetV2", input_shape, num_classes, weights, dropout)
+def build_application(input_shape=(128, 128, 3), num_classes: int = 10, weights: str | None = "imagenet",
+                      dropout: float = 0.2, backbone: str = "efficientnetb1") -> keras.Model:
+    """A keras.applications backbone from the table in transfer_specs, with our preprocessing and head."""
+    spec = BACKBONE_BY_NAME.get(backbone)
+    if spec is None or spec.keras_constructor is None:
+        raise ConfigError(f"no keras.applications backbone named {backbone!r}")
+    return _application(backbone, spec.keras_constructor, input_shape, num_classes, weights, dropout)
 
 
 def feature_model(model: keras.Model) -> keras.Model:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .registry import ModelSpec, register
-
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -33,18 +31,27 @@ PREPROCESSING = {
     "densenet121": Preprocessing(scale=1 / 255, mean=IMAGENET_MEAN, std=IMAGENET_STD),
 }
 
-# keras.applications backbones: (registry name, Keras constructor, last conv activation for Grad-CAM).
-KERAS_BACKBONES = (
-    ("efficientnetb1", "EfficientNetB1", "top_activation"),
-    ("resnet101v2", "ResNet101V2", "post_relu"),
-    ("densenet121", "DenseNet121", "relu"),
-    ("mobilenetv2", "MobileNetV2", "out_relu"),
-)
 
-register(ModelSpec("lite0", ".transfer:build_lite0", 128,
-                   "EfficientNet-Lite0, ImageNet weights shipped offline (converted from PyTorch)",
-                   transfer=True, last_conv_layer="top_relu"))
-for _name, _constructor, _last_conv in KERAS_BACKBONES:
-    register(ModelSpec(_name, f".transfer:build_{_name}", 128,
-                       f"Keras {_constructor} (ImageNet weights when downloadable or cached)",
-                       transfer=True, last_conv_layer=_last_conv))
+
+@dataclass(frozen=True)
+class Backbone:
+    """One transfer backbone, as plain data the registry reads at import."""
+    name: str
+    description: str
+    last_conv_layer: str  # for Grad-CAM
+    keras_constructor: str | None = None  # a keras.applications class; None: built in transfer.py
+    input_size: int = 128
+
+
+BACKBONES = (
+    Backbone("lite0", "EfficientNet-Lite0, ImageNet weights shipped offline (converted from PyTorch)", "top_relu"),
+    Backbone("efficientnetb1", "Keras EfficientNetB1 (ImageNet weights when downloadable or cached)",
+             "top_activation", "EfficientNetB1"),
+    Backbone("resnet101v2", "Keras ResNet101V2 (ImageNet weights when downloadable or cached)", "post_relu",
+             "ResNet101V2"),
+    Backbone("densenet121", "Keras DenseNet121 (ImageNet weights when downloadable or cached)", "relu",
+             "DenseNet121"),
+    Backbone("mobilenetv2", "Keras MobileNetV2 (ImageNet weights when downloadable or cached)", "out_relu",
+             "MobileNetV2"),
+)
+BACKBONE_BY_NAME = {backbone.name: backbone for backbone in BACKBONES}

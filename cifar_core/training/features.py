@@ -70,7 +70,7 @@ def train_head(model, config: TrainConfig, run_dir: Path, split, n_classes: int,
     head = keras.layers.Dense(n_classes, activation="softmax", name="predictions")(hidden)
     head_model = keras.Model(inputs, head)
     steps = int(np.ceil(len(y_train) / config.batch_size)) * config.n_epochs
-    from .loop import compile_model  # one home for optimizer/loss construction
+    from .optimizers import compile_model
 
     compile_model(head_model, config, config.learning_rate, steps)
     recorder = _head_recorder(history, feature_seconds)

@@ -16,8 +16,7 @@ from ..errors import CifarError, RunFolderError
 from ..models import build_model, get_spec
 from . import checkpoint
 from .callbacks import PredictHeartbeat, ResumableEarlyStopping, ResumablePlateau, RunRecorder
-from .optimizers import FilterMuon
-from .schedules import make_learning_rate
+from .optimizers import compile_model
 
 
 @dataclass
@@ -197,27 +196,6 @@ def _initialise(model, config: TrainConfig, split: Split) -> None:
         init_whitening(model, split.x_train)
 
 
-def compile_model(model, config: TrainConfig, peak_lr: float, total_steps: int,
-                  schedule: str | None = None) -> None:
-    import keras
-
-    learning_rate = make_learning_rate(schedule or config.schedule, peak_lr, total_steps, config.warmup_fraction)
-    ema = dict(use_ema=True, ema_momentum=config.ema_momentum) if config.ema_momentum else {}
-    if config.optimizer == "sgd":
-        optimizer = keras.optimizers.SGD(learning_rate, momentum=config.momentum, nesterov=config.nesterov,
-                                         weight_decay=config.weight_decay or None, **ema)
-    elif config.optimizer == "muon":
-        optimizer = FilterMuon(learning_rate, muon_scale=config.muon_scale, momentum=config.momentum,
-                               sgd_weight_decay=config.weight_decay, **ema)
-    elif config.optimizer == "adamw":
-        optimizer = keras.optimizers.AdamW(learning_rate, weight_decay=config.weight_decay, **ema)
-    else:
-        optimizer = keras.optimizers.Adam(learning_rate, **ema)
-    model.compile(optimizer=optimizer,
-                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
-                  metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
-
-
 def _fit_stage(model, config: TrainConfig, stage: str, offset: int, n_epochs: int, completed: int, *,
                train_data, val_data, verbose, history, steps_per_epoch, total_epochs, run_dir, split,
                extra_callbacks) -> None:
@@ -251,10 +229,10 @@ def _class_weights(labels: np.ndarray) -> dict[int, float]:
 def finish_run(model, config: TrainConfig, run_dir: Path, dataset: Dataset, history: list[dict],
                n_train: int) -> dict:
     """Save the inference model, measure it on the test split, write metrics."""
+    import keras
+
     from ..evaluation import measure_on_test
     from .checkpoint import save_model_atomically
-
-    import keras
 
     runs.write_status(run_dir, "running", stage="evaluate", epoch=len(history), n_epochs=len(history),
                       progress=1.0, eta_seconds=None)

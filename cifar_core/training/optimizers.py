@@ -16,6 +16,9 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from ..config import TrainConfig
+from .schedules import make_learning_rate
+
 # The quintic Newton-Schulz coefficients of the reference implementation.
 _NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 
@@ -78,3 +81,23 @@ class FilterMuon(keras.optimizers.Optimizer):
         config.update(muon_scale=self.muon_scale, momentum=self.momentum,
                       sgd_weight_decay=self.sgd_weight_decay, ns_steps=self.ns_steps)
         return config
+
+
+def compile_model(model, config: TrainConfig, peak_lr: float, total_steps: int,
+                  schedule: str | None = None) -> None:
+    """Compile with the config's optimizer, learning-rate schedule, loss (label smoothing) and accuracy."""
+    learning_rate = make_learning_rate(schedule or config.schedule, peak_lr, total_steps, config.warmup_fraction)
+    ema = dict(use_ema=True, ema_momentum=config.ema_momentum) if config.ema_momentum else {}
+    if config.optimizer == "sgd":
+        optimizer = keras.optimizers.SGD(learning_rate, momentum=config.momentum, nesterov=config.nesterov,
+                                         weight_decay=config.weight_decay or None, **ema)
+    elif config.optimizer == "muon":
+        optimizer = FilterMuon(learning_rate, muon_scale=config.muon_scale, momentum=config.momentum,
+                               sgd_weight_decay=config.weight_decay, **ema)
+    elif config.optimizer == "adamw":
+        optimizer = keras.optimizers.AdamW(learning_rate, weight_decay=config.weight_decay, **ema)
+    else:
+        optimizer = keras.optimizers.Adam(learning_rate, **ema)
+    model.compile(optimizer=optimizer,
+                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
+                  metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
