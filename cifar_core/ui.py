@@ -19,6 +19,25 @@ from .errors import CifarError
 
 ROOT = Path(__file__).resolve().parent.parent
 LOW_CONFIDENCE = 0.5
+# The dashboard's pages by section: (file, title, Material icon, URL path). Material icons
+# ship with Streamlit's font; emoji depend on the laptop's fonts.
+PAGES = {
+    "Studio": [("pages/0_Home.py", "CIFAR-10 Studio", ":material/home:", "")],
+    "Data": [("pages/1_Dataset.py", "Dataset", ":material/dataset:", "Dataset"),
+             ("pages/2_Augmentation.py", "Augmentation preview", ":material/casino:", "Augmentation")],
+    "Training": [("pages/3_Train.py", "Train a model", ":material/model_training:", "Train")],
+    "Evaluation": [("pages/4_Compare.py", "Compare runs", ":material/compare_arrows:", "Compare"),
+                   ("pages/5_Evaluate.py", "Evaluate a run", ":material/grid_on:", "Evaluate")],
+    "Explain": [("pages/6_Classify.py", "Classify your photos", ":material/photo_camera:", "Classify")],
+}
+PAGE_LINKS = [(file, title, icon) for section in list(PAGES.values())[1:] for file, title, icon, _ in section]
+
+
+def navigation():
+    """st.navigation over PAGES: real titles, icons and sections in the sidebar."""
+    sections = {name: [st.Page(file, title=title, icon=icon, url_path=path or None, default=not path)
+                       for file, title, icon, path in pages] for name, pages in PAGES.items()}
+    return st.navigation(sections)
 
 
 def page(title: str, icon: str) -> None:

@@ -74,10 +74,20 @@ def test_home_page_does_not_import_tensorflow(studio):
     import subprocess
     import sys
 
-    probe = ("import runpy, sys; runpy.run_path('streamlit_app.py'); "
+    probe = ("import runpy, sys; runpy.run_path('pages/0_Home.py'); "
              "print('tensorflow' in sys.modules, 'keras' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.stdout.strip().splitlines()[-1] == "False False", result.stderr[-2000:]
+
+
+def test_navigation_declares_every_page_with_a_title_in_a_section(studio):
+    from cifar_core.ui import PAGES
+
+    declared = [file for pages in PAGES.values() for file, *_ in pages]
+    assert sorted(declared) == sorted(f"pages/{p.name}" for p in (ROOT / "pages").glob("*.py"))
+    assert list(PAGES) == ["Studio", "Data", "Training", "Evaluation", "Explain"]
+    app = open_page("streamlit_app.py")  # the entry point runs the home page by default
+    assert app.title[0].value == "CIFAR-10 Studio" and len(app.dataframe) == 1
 
 
 def test_default_selection_shows_different_models_best_first():
