@@ -11,7 +11,7 @@ import signal
 import sys
 from pathlib import Path
 
-from .config import AUGMENTATIONS, OPTIMIZERS, PRECISIONS, SCHEDULES, TrainConfig
+from .config import AUGMENTATIONS, OPTIMIZERS, PRECISIONS, PRESETS, SCHEDULES, TrainConfig
 from .errors import CifarError
 
 EXIT_USER_ERROR = 2
@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train a model into a run folder")
     train.add_argument("--model", help="registry name (see `models`)")
+    train.add_argument("--preset", help=f"a named recipe whose run ships with the studio: {', '.join(PRESETS)}")
     train.add_argument("--data", help="'keras', a CIFAR python tarball/folder, or an image folder/archive "
                                       "(default: $CIFAR10_SOURCE or keras)")
     train.add_argument("--epochs", type=int, dest="n_epochs")
@@ -87,13 +88,17 @@ _TRAIN_OVERRIDES = ("data", "n_epochs", "limit", "batch_size", "learning_rate", 
 
 def config_from_args(args):
     """The TrainConfig that `train` flags describe: a recipe (or --config file) plus the flags given."""
-    from .config import recipe_config
+    from .config import preset_config, recipe_config
 
     overrides = {key: getattr(args, key) for key in _TRAIN_OVERRIDES}
     if args.augment is not None:
         overrides["augmentations"] = () if args.augment == "none" else tuple(
             a.strip() for a in args.augment.split(",") if a.strip())
-    if args.config:
+    if args.preset and (args.model or args.config):
+        raise CifarError("--preset names the model and its settings; drop --model and --config")
+    if args.preset:
+        config = preset_config(args.preset, **overrides)
+    elif args.config:
         base = TrainConfig.from_json(_read(args.config)).to_dict()
         base.update({k: v for k, v in overrides.items() if v is not None})
         if args.model:
@@ -101,7 +106,8 @@ def config_from_args(args):
         config = TrainConfig.from_dict(base)
     else:
         if not args.model:
-            raise CifarError("train needs --model NAME (or --config FILE); see `python -m cifar_core models`")
+            raise CifarError("train needs --preset NAME, --model NAME or --config FILE; "
+                             "see `python -m cifar_core models`")
         config = recipe_config(args.model, **overrides)
     if config.data is None:
         from .data import default_source

@@ -226,7 +226,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     # Keras applies weight decay decoupled (w -= lr * wd * w), outside the
     # momentum buffer; 5e-3 here matches the usual coupled 5e-4 at momentum 0.9.
     # Label smoothing 0.1, not airbench's 0.2: best of a GPU sweep of ten
-    # equal-cost variants (tools/fastnet_sweep.py, BENCHMARKS.md). Alternating
+    # equal-cost variants (tools/research/fastnet_sweep.py, BENCHMARKS.md). Alternating
     # flips, not random ones: +0.3 points at no cost in a second GPU sweep.
     # Muon for the conv kernels (SGD keeps BatchNorm and the head): 22 epochs
     # of it match 25 of SGD's, and with alternating flips it reached 91.24%
@@ -252,6 +252,36 @@ TRANSFER_RECIPE: dict[str, Any] = dict(
 
 
 LARGE_INPUT = 160
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named recipe: a model's recipe plus fixed settings, and the one shipped run it made."""
+    model: str
+    settings: dict[str, Any]
+    shipped_run: str  # artifacts/runs/<shipped_run>: trained by exactly this preset
+    summary: str
+
+
+# What a user can train by name (`train --preset NAME`, the Train page). Each ships one run;
+# a preset a newer one supersedes leaves with its run (its record stays in docs/experiments/).
+PRESETS: dict[str, Preset] = {
+    "demo": Preset("demo", {}, "demo-cifar10", "small CNN on an 8,000-image subset: about a minute"),
+    "g3": Preset("g3", {}, "g3-v2-cifar10", "the original study's 416k-parameter CNN, early stopping"),
+    "fastnet": Preset("fastnet", {}, "fastnet-muon-altflip-cifar10",
+                      "airbench-style net, Muon + alternating flip, 22 epochs"),
+    "lite0-128": Preset("lite0", {}, "lite0-128-cifar10", "EfficientNet-Lite0 transfer at 128 px"),
+    "lite0-224": Preset("lite0", {"image_size": 224, "fine_tune_epochs": 4}, "lite0-224-cifar10",
+                        "EfficientNet-Lite0 transfer at 224 px, 4 fine-tune epochs"),
+}
+
+
+def preset_config(name: str, **overrides) -> TrainConfig:
+    """The preset's config, with `overrides` (None values are ignored) on top."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    preset = PRESETS[name]
+    return recipe_config(preset.model, **{**preset.settings, **{k: v for k, v in overrides.items() if v is not None}})
 
 
 def recipe_config(model: str, **overrides) -> TrainConfig:

@@ -55,6 +55,10 @@ LAUNCH_FILES = frozenset({LOG_FILE, LOCK_FILE})
 MAX_JSON_BYTES = 4 * 1024 * 1024
 MAX_HISTORY_BYTES = 4 * 1024 * 1024
 HISTORY_STAGES = ("train", "head", "fine_tune")
+# What a shipped run holds (artifacts/runs/): never checkpoints, caches, TensorBoard logs or locks.
+SHIPPED_FILES = (CONFIG_FILE, DATA_FILE, STATUS_FILE, HISTORY_FILE, METRICS_FILE, PREDICTIONS_FILE, MODEL_FILE)
+# What a superseded run leaves behind (docs/experiments/): its record, not its weights.
+RECORD_FILES = (CONFIG_FILE, METRICS_FILE, HISTORY_FILE)
 
 HISTORY_COLUMNS = ("epoch", "stage", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds")
 
@@ -252,7 +256,8 @@ def _per_class(value) -> bool:
 METRICS_SCHEMA: dict[str, Check] = {
     "test_accuracy": _fraction, "test_accuracy_tta": _fraction, "test_accuracy_head": _fraction,
     "test_loss": _number, "test_loss_tta": _number, "train_seconds": _number, "eval_seconds": _number,
-    "stage_seconds": _number, "train_images_per_second": _number, "peak_memory_mb": _number,
+    "stage_seconds": lambda v: isinstance(v, dict) and all(_number(x) for x in v.values()),
+    "train_images_per_second": _number, "peak_memory_mb": _number,
     "n_params": _count, "n_train": _count, "n_test": _count, "epochs_run": _count, "input_size": _count,
     "model": _text, "data": _text, "measured_at": _text, "transfer": _flag, "machine": _object,
     "class_names": _list_of(_text), "confusion_matrix": _list_of(_list_of(_count)), "per_class": _per_class,
@@ -511,3 +516,42 @@ def read_run_file(run_dir: Path | str, name: str) -> Any:
     if name not in READERS:
         raise ValueError(f"no reader for {name!r}; one of {sorted(READERS)}")
     return READERS[name](run_dir)
+
+
+def _copy_files(run_dir: Path, destination: Path, names: tuple[str, ...]) -> Path:
+    """Copy the named files into destination (a new folder), all or nothing."""
+    if destination.exists():
+        raise RunFolderError(f"{destination} already exists")
+    staging = destination.with_name(f".{destination.name}.{os.getpid()}.tmp")
+    staging.mkdir(parents=True)
+    try:
+        for name in names:
+            atomic_write_bytes(staging / name, read_regular_file(run_dir / name, 1 << 30, RunFolderError))
+        os.replace(staging, destination)
+    except BaseException:
+        for leftover in staging.iterdir():
+            leftover.unlink()
+        staging.rmdir()
+        raise
+    return destination
+
+
+def ship(run_dir: Path | str, root: Path | str, name: str | None = None) -> Path:
+    """Copy a completed, valid run into root/<name> with exactly SHIPPED_FILES."""
+    run_dir = Path(run_dir)
+    run = load_run(run_dir)
+    if run.status.get("state") != "completed" or run.metrics is None:
+        raise RunFolderError(f"{run_dir.name} has not completed; only finished runs ship")
+    missing = [f for f in SHIPPED_FILES if not (run_dir / f).is_file()]
+    if missing:
+        raise RunFolderError(f"{run_dir.name} lacks {missing}")
+    read_history(run_dir)
+    return _copy_files(run_dir, Path(root) / (name or run_dir.name), SHIPPED_FILES)
+
+
+def keep_record(run_dir: Path | str, root: Path | str) -> Path:
+    """Copy a run's record (config, metrics, history; no weights) into root/<run name>."""
+    run_dir = Path(run_dir)
+    load_run(run_dir)
+    read_history(run_dir)
+    return _copy_files(run_dir, Path(root) / run_dir.name, RECORD_FILES)

@@ -3,18 +3,13 @@ Keras backend. Run by tests/test_models.py under each installed backend:
 
     KERAS_BACKEND=jax python tests/backend_smoke.py
 """
-import sys
-from pathlib import Path
 
+import keras
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import keras  # noqa: E402
-
-from cifar_core.models import build_model  # noqa: E402
-from cifar_core.models.homebrew import init_whitening  # noqa: E402
-from cifar_core.training.schedules import OneCycle  # noqa: E402
+from cifar_core.models import build_model
+from cifar_core.models.homebrew import init_whitening
+from cifar_core.training.schedules import OneCycle
 
 
 def main() -> None:

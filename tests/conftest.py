@@ -1,20 +1,16 @@
 """Shared fixtures: tiny synthetic data, isolated caches and run folders."""
 from __future__ import annotations
 
-import io
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import CLASSES, ROOT, png_bytes  # noqa: F401 - fixtures below use them
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-CLASSES = ("cat", "dog", "ship")
 
 
 def synthetic_images(n: int, n_classes: int, size: int = 32, seed: int = 0):
@@ -41,14 +37,6 @@ def isolated_dirs(tmp_path, monkeypatch):
     monkeypatch.setenv("CIFAR_CORE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("CIFAR_RUNS_DIR", str(tmp_path / "runs"))
     monkeypatch.delenv("CIFAR10_SOURCE", raising=False)
-
-
-def png_bytes(array: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import zipfile
 
 import numpy as np
 import pytest
-from conftest import png_bytes
+from helpers import png_bytes
 
 from cifar_core.data import load_dataset
 from cifar_core.data.archive import ArchiveLimits, iter_archive_files, safe_extract, safe_member_name

@@ -15,7 +15,7 @@ import urllib.request
 
 import numpy as np
 import pytest
-from conftest import ROOT, png_bytes
+from helpers import ROOT, png_bytes
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 PAGES = [("", "CIFAR-10 Studio"), ("Dataset", "Dataset"), ("Augmentation", "Augmentation preview"),

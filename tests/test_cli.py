@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT, png_bytes
+from helpers import ROOT, png_bytes
 
 from cifar_core import runs
 from cifar_core.__main__ import main
@@ -99,7 +99,9 @@ def test_resume_from_the_cli(image_folder, tmp_path, capsys):
     (["train", "--model", "demo", "--data", "keras", "--epochs", "0"], "n_epochs must be between 1 and 10000"),
     (["train", "--model", "demo", "--augment", "flip,warp"], "augmentations"),
     (["train", "--resume"], "--resume needs --run-dir"),
-    (["train"], "train needs --model"),
+    (["train"], "train needs --preset NAME, --model NAME or --config FILE"),
+    (["train", "--preset", "fastest"], "unknown preset 'fastest'"),
+    (["train", "--preset", "demo", "--model", "g3"], "drop --model and --config"),
     (["evaluate", "/no/such/run"], "run folder|not found|no trained model"),
     (["predict", "--run", "/no/such/run", "x.png"], "no trained model"),
 ])

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CLASSES
+from helpers import CLASSES, write_official_batches
 
 from cifar_core.config import TrainConfig
 from cifar_core.data import CIFAR10_CLASSES, load_dataset
@@ -82,20 +82,6 @@ def test_missing_and_empty_sources_are_clear_errors(tmp_path):
     (tmp_path / "corrupt.zip").write_bytes(b"PK\x03\x04 garbage")
     with pytest.raises(DataSourceError, match="corrupt"):
         load_dataset(tmp_path / "corrupt.zip")
-
-
-def write_official_batches(folder: Path, per_batch: int = 5, protocol: int = 2) -> Path:
-    """A miniature cifar-10-batches-py/ in the official pickle format."""
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(3)
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        batch = {b"batch_label": name.encode(), b"labels": [int(v) for v in rng.integers(0, 10, per_batch)],
-                 b"data": rng.integers(0, 255, (per_batch, 3072), dtype=np.uint8),
-                 b"filenames": [b"x.png"] * per_batch}
-        (folder / name).write_bytes(pickle.dumps(batch, protocol=protocol))
-    (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": [c.encode() for c in CIFAR10_CLASSES]},
-                                                       protocol=protocol))
-    return folder
 
 
 @pytest.mark.parametrize("protocol", [2, 4])

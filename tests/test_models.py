@@ -75,9 +75,9 @@ def test_models_build_and_train_on_other_keras_backends(backend):
     import sys
 
     pytest.importorskip(backend)
-    from conftest import ROOT
+    from helpers import ROOT
 
     result = subprocess.run([sys.executable, str(ROOT / "tests" / "backend_smoke.py")], capture_output=True,
-                            text=True, timeout=600, env=dict(os.environ, KERAS_BACKEND=backend))
+                            text=True, timeout=600, env=dict(os.environ, KERAS_BACKEND=backend, PYTHONPATH=str(ROOT)))
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count(f"{backend} ") == 4

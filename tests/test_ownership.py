@@ -5,9 +5,8 @@ import subprocess
 import sys
 import time
 
-import keras
 import pytest
-from conftest import ROOT
+from helpers import ROOT, stop_after_epoch
 
 from cifar_core import runs
 from cifar_core.__main__ import main
@@ -105,10 +104,6 @@ def test_a_job_launchers_folder_and_an_empty_one_are_accepted(tiny_dataset, tmp_
     assert (launched / runs.LOG_FILE).read_text() == "worker log\n"
 
 
-class KillDuringFinish(Exception):
-    pass
-
-
 def _kill_first_finish(monkeypatch):
     real = loop.finish_run
     calls = []
@@ -140,21 +135,11 @@ def test_an_early_stopped_run_killed_while_finishing_resumes_to_the_same_end(tin
     assert runs.read_metrics(broken)["test_accuracy"] == runs.read_metrics(straight)["test_accuracy"]
 
 
-class StopAfterEpoch(keras.callbacks.Callback):
-    def __init__(self, epoch):
-        super().__init__()
-        self.epoch = epoch
-
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch + 1 == self.epoch:
-            raise KeyboardInterrupt
-
-
 @pytest.fixture
 def interrupted_run(tiny_dataset, tmp_path):
     run_dir = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
-        train(recipe_config("demo", **SMALL), run_dir, tiny_dataset, verbose=0, callbacks=[StopAfterEpoch(1)])
+        train(recipe_config("demo", **SMALL), run_dir, tiny_dataset, verbose=0, callbacks=[stop_after_epoch(1)])
     return run_dir
 
 

@@ -4,7 +4,7 @@ import pickle
 
 import numpy as np
 import pytest
-from test_data import write_official_batches
+from helpers import write_official_batches
 
 from cifar_core.data import load_dataset
 from cifar_core.data.pickles import parse_batch, restricted_loads

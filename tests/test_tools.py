@@ -1,24 +1,18 @@
 """tools/checkpoint_accuracy.py measures an unfinished run on the weights it would ship."""
-import importlib.util
-from pathlib import Path
+import importlib
 
 import numpy as np
 import pytest
-from test_training import StopAfterEpoch
+from helpers import stop_after_epoch
 
 from cifar_core import runs
 from cifar_core.config import recipe_config
 from cifar_core.training import checkpoint, train
 from cifar_core.training.callbacks import BEST_WEIGHTS_NAME
 
-TOOLS = Path(__file__).resolve().parent.parent / "tools"
-
 
 def _load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, TOOLS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f"tools.{name}")
 
 
 def test_checkpoint_accuracy_uses_the_best_weights_then_the_last_checkpoint(tiny_dataset, tmp_path):
@@ -26,7 +20,7 @@ def test_checkpoint_accuracy_uses_the_best_weights_then_the_last_checkpoint(tiny
                            early_stopping_patience=5)
     run_dir = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
-        train(config, run_dir, tiny_dataset, verbose=0, callbacks=[StopAfterEpoch(3)])
+        train(config, run_dir, tiny_dataset, verbose=0, callbacks=[stop_after_epoch(3)])
     tool = _load_tool("checkpoint_accuracy")
 
     history = runs.read_history(run_dir)
@@ -51,7 +45,7 @@ def test_checkpoint_accuracy_without_a_checkpoint_is_a_clear_error(tmp_path):
 
 
 def test_sweep_augmentation_is_a_flip_and_a_reflected_shift_of_each_image():
-    sweep = _load_tool("fastnet_sweep")
+    sweep = _load_tool("research.fastnet_sweep")
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (200, 8, 8, 3), dtype=np.uint8)
     out = sweep.flip_and_crop(images, rng, pad=2)
@@ -70,7 +64,7 @@ def test_sweep_augmentation_is_a_flip_and_a_reflected_shift_of_each_image():
 
 
 def test_sweep_flips_exactly_the_given_images_and_crops_windows():
-    sweep = _load_tool("fastnet_sweep")
+    sweep = _load_tool("research.fastnet_sweep")
     rng = np.random.default_rng(1)
     images = rng.integers(0, 256, (50, 8, 8, 3), dtype=np.uint8)
     mask = rng.random(50) < 0.5
@@ -84,13 +78,13 @@ def test_sweep_flips_exactly_the_given_images_and_crops_windows():
 
 
 def test_sweep_rejects_an_unknown_variant_by_name(tmp_path):
-    sweep = _load_tool("fastnet_sweep")
+    sweep = _load_tool("research.fastnet_sweep")
     with pytest.raises(SystemExit, match="unknown variants \\['nope'\\]"):
         sweep.main([str(tmp_path), "base,nope"])
 
 
 def test_sweep_trains_a_variant_of_the_recipe_and_measures_it_on_the_test_split(tiny_dataset):
-    sweep = _load_tool("fastnet_sweep")
+    sweep = _load_tool("research.fastnet_sweep")
     overrides = dict(n_epochs=1, batch_size=32, model_options={"widths": [8, 16, 16]}, precision="float32")
     result = sweep.run("tiny", tiny_dataset, **overrides)
     assert result["name"] == "tiny" and result["overrides"] == overrides

@@ -5,6 +5,7 @@ import json
 import keras
 import numpy as np
 import pytest
+from helpers import stop_after_epoch
 
 from cifar_core import runs
 from cifar_core.config import TrainConfig, recipe_config
@@ -12,18 +13,6 @@ from cifar_core.errors import ConfigError, RunFolderError
 from cifar_core.training import resume, train
 
 SMALL = dict(n_epochs=3, batch_size=32, val_fraction=0.25, early_stopping_patience=None)
-
-
-class StopAfterEpoch(keras.callbacks.Callback):
-    """Simulates Ctrl-C (or the dashboard's cancel) at the end of an epoch."""
-
-    def __init__(self, epoch):
-        super().__init__()
-        self.epoch = epoch
-
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch + 1 == self.epoch:
-            raise KeyboardInterrupt
 
 
 def test_run_folder_contract(tiny_dataset, tmp_path):
@@ -60,7 +49,7 @@ def test_interrupted_run_resumes_without_gaps_or_duplicates(tiny_dataset, tmp_pa
     config = recipe_config("demo", **SMALL, limit=None)
     run_dir = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
-        train(config, run_dir, tiny_dataset, verbose=0, callbacks=[StopAfterEpoch(2)])
+        train(config, run_dir, tiny_dataset, verbose=0, callbacks=[stop_after_epoch(2)])
     status = runs.read_status(run_dir)
     assert status["state"] == "interrupted" and "resume" in status["message"]
     assert not (run_dir / runs.MODEL_FILE).exists()
@@ -80,7 +69,7 @@ def test_resumed_schedule_continues_where_it_stopped(tiny_dataset, tmp_path):
     straight = train(config, tmp_path / "straight", tiny_dataset, verbose=0)
     broken = tmp_path / "broken"
     with pytest.raises(KeyboardInterrupt):
-        train(config, broken, tiny_dataset, verbose=0, callbacks=[StopAfterEpoch(1)])
+        train(config, broken, tiny_dataset, verbose=0, callbacks=[stop_after_epoch(1)])
     resume(broken, tiny_dataset, verbose=0)
     rates = [[row["learning_rate"] for row in runs.read_history(d)] for d in (straight, broken)]
     np.testing.assert_allclose(rates[0], rates[1], rtol=1e-5)
@@ -180,7 +169,7 @@ def test_mixed_bfloat16_run_trains_resumes_and_loads_back(tiny_dataset, tmp_path
 
     config = recipe_config("fastnet", **SMALL, precision="mixed_bfloat16", limit=None)
     with pytest.raises(KeyboardInterrupt):
-        train(config, tmp_path / "run", tiny_dataset, verbose=0, callbacks=[StopAfterEpoch(1)])
+        train(config, tmp_path / "run", tiny_dataset, verbose=0, callbacks=[stop_after_epoch(1)])
     assert keras.config.dtype_policy().name == "float32"  # the process-wide policy is put back
     run_dir = resume(tmp_path / "run", tiny_dataset, verbose=0)
     assert runs.read_json(run_dir / "metrics.json")["test_accuracy"] >= 0.0

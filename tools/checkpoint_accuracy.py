@@ -1,6 +1,6 @@
 """Test accuracy of an unfinished run: its checkpoint, with the early-stopping best weights if saved.
 
-    python tools/checkpoint_accuracy.py artifacts/runs/<id> [--data SOURCE]
+    python -m tools.checkpoint_accuracy artifacts/runs/<id> [--data SOURCE]
 
 A run that was stopped before its end has no model.keras or metrics.json; this
 measures what it would have shipped had it stopped now. Nothing is written.
@@ -9,15 +9,13 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from cifar_core import runs  # noqa: E402
-from cifar_core.config import TrainConfig  # noqa: E402
-from cifar_core.data import load_dataset  # noqa: E402
-from cifar_core.errors import CifarError, RunFolderError  # noqa: E402
-from cifar_core.evaluation import measure_on_test  # noqa: E402
-from cifar_core.training import checkpoint  # noqa: E402
-from cifar_core.training.callbacks import BEST_WEIGHTS_NAME, read_best_weights  # noqa: E402
+from cifar_core import runs
+from cifar_core.config import TrainConfig
+from cifar_core.data import load_dataset
+from cifar_core.errors import CifarError, RunFolderError
+from cifar_core.evaluation import measure_on_test
+from cifar_core.training import checkpoint
+from cifar_core.training.callbacks import BEST_WEIGHTS_NAME, read_best_weights
 
 
 def checkpoint_accuracy(run_dir: Path, dataset, tta: bool = True) -> tuple[str, dict]:

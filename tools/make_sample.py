@@ -1,16 +1,13 @@
 """Write the small test-split sample the dashboard shows when no dataset is at hand.
 
-    python tools/make_sample.py ../shared/datasets/cifar10-jpg.tar.gz
+    python -m tools.make_sample ../shared/datasets/cifar10-jpg.tar.gz
 """
 import sys
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from cifar_core.data import load_dataset  # noqa: E402
-from cifar_core.data.sources import SAMPLE_FILE  # noqa: E402
+from cifar_core.data import load_dataset
+from cifar_core.data.sources import SAMPLE_FILE
 
 PER_CLASS = 10
 

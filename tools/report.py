@@ -1,47 +1,162 @@
-"""Print the markdown tables of BENCHMARKS.md from the shipped run folders.
+"""The generated tables of README.md, BENCHMARKS.md and docs/experiments.md, from the run folders.
 
-    python tools/report.py            # all runs under artifacts/runs
+    python -m tools.report            # rewrite the generated blocks in both documents
+    python -m tools.report --check    # exit 1 if a document no longer matches the runs
+
+Every figure in a generated block is read from a run's metrics.json or
+history.csv: the shipped runs (artifacts/runs/, one per preset) in README.md
+and BENCHMARKS.md, and the superseded runs' records (docs/experiments/<run>/)
+plus every run's per-epoch curve in docs/experiments.md. Text outside the
+blocks is written by hand.
 """
+from __future__ import annotations
+
+import argparse
+import re
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from cifar_core import runs
+from cifar_core.config import PRESETS
 
-from cifar_core import runs  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED = ROOT / "artifacts" / "runs"
+EXPERIMENTS = ROOT / "docs" / "experiments"
+BENCHMARKS = ROOT / "BENCHMARKS.md"
+EXPERIMENTS_DOC = ROOT / "docs" / "experiments.md"
+README = ROOT / "README.md"
+BLOCK = re.compile(r"(<!-- generated:(?P<name>[a-z-]+) -->\n)(?P<body>.*?)(<!-- /generated:(?P=name) -->)", re.S)
 
 
 def pct(value) -> str:
     return f"{value:.2%}" if isinstance(value, (int, float)) else "—"
 
 
-def main() -> None:
-    found, problems = runs.list_runs()
-    print("| run | model | test accuracy | with flip TTA | head only | train minutes | images/s | epochs | data |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for run in sorted(found, key=lambda r: r.run_id):
-        m = run.metrics or {}
-        if not m:
-            state = run.status.get("state")
-            print(f"| {run.run_id} | {run.config.get('model')} | ({state}) | | | | | | |")
-            continue
-        print(f"| {run.run_id} | {m['model']} | {pct(m['test_accuracy'])} | {pct(m.get('test_accuracy_tta'))} "
-              f"| {pct(m.get('test_accuracy_head'))} | {m['train_seconds'] / 60:.1f} "
-              f"| {m.get('train_images_per_second') or '—'} | {m.get('epochs_run')} | {m['data']} |")
-    for run in sorted(found, key=lambda r: r.run_id):
-        history = runs.read_history(run.path)
-        if not history:
-            continue
-        print(f"\n**{run.run_id}** — accuracy against training minutes\n")
-        print("| epoch | stage | minutes | train accuracy | val accuracy |")
-        print("|---|---|---|---|---|")
-        minutes = 0.0
-        for row in history:
-            minutes += (row["seconds"] or 0) / 60
-            print(f"| {row['epoch']} | {row.get('stage') or 'train'} | {minutes:.1f} | {pct(row['accuracy'])} "
-                  f"| {pct(row['val_accuracy'])} |")
-    for problem in problems:
-        print(f"\n> {problem}")
+def minutes(seconds) -> str:
+    if not isinstance(seconds, (int, float)):
+        return "—"
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def _records(root: Path) -> list[runs.RunSummary]:
+    found, problems = runs.list_runs(root)
+    if problems:
+        raise SystemExit("\n".join(problems))
+    return sorted(found, key=lambda run: run.run_id)
+
+
+def preset_table() -> str:
+    by_run = {preset.shipped_run: name for name, preset in PRESETS.items()}
+    lines = ["| preset | run | model | test accuracy | with flip TTA | training | images/s | epochs | params | "
+             "command |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for run in _records(SHIPPED):
+        m, preset = run.metrics, by_run.get(run.run_id, "—")
+        kind = "transfer" if m.get("transfer") else "homebrew"
+        size = f", {m['input_size']} px" if m.get("input_size") and m["input_size"] != 32 else ""
+        lines.append(
+            f"| `{preset}` | `{run.run_id}` | {m['model']} ({kind}{size}) | **{pct(m['test_accuracy'])}** | "
+            f"{pct(m.get('test_accuracy_tta'))} | {minutes(m.get('train_seconds'))} | "
+            f"{m.get('train_images_per_second') or '—'} | {m.get('epochs_run')} | {m.get('n_params'):,} | "
+            f"`python -m cifar_core train --preset {preset} --data <cifar10> --run-dir <dir>` |")
+    return "\n".join(lines) + "\n"
+
+
+def readme_table() -> str:
+    lines = ["| preset | what | test accuracy | with flip TTA | training |", "|---|---|---|---|---|"]
+    for name, preset in PRESETS.items():
+        m = runs.read_metrics(SHIPPED / preset.shipped_run)
+        lines.append(f"| `{name}` | {preset.summary} | {pct(m['test_accuracy'])} | "
+                     f"{pct(m.get('test_accuracy_tta'))} | {minutes(m.get('train_seconds'))} |")
+    return "\n".join(lines) + "\n"
+
+
+def transfer_table() -> str:
+    lines = ["| run | input | head only (frozen features) | after fine-tuning | with flip TTA | features | head | "
+             "fine-tune | peak memory |", "|---|---|---|---|---|---|---|---|---|"]
+    for root in (SHIPPED, EXPERIMENTS):
+        for run in _records(root):
+            m = run.metrics
+            if not m.get("transfer"):
+                continue
+            stages = m.get("stage_seconds") or {}
+            fine_tune = (m.get("train_seconds") or 0) - sum(stages.values())
+            where = "" if root == SHIPPED else " (record)"
+            lines.append(
+                f"| `{run.run_id}`{where} | {m.get('input_size')} px | {pct(m.get('test_accuracy_head'))} | "
+                f"**{pct(m['test_accuracy'])}** | {pct(m.get('test_accuracy_tta'))} | "
+                f"{minutes(stages.get('features'))} | {minutes(stages.get('head'))} | {minutes(fine_tune)} | "
+                f"{(m.get('peak_memory_mb') or 0) / 1024:.2f} GB |")
+    return "\n".join(lines) + "\n"
+
+
+def superseded_table() -> str:
+    lines = ["| run | model | test accuracy | with flip TTA | training | epochs | "
+             "what differed from the recipe today |", "|---|---|---|---|---|---|---|"]
+    for run in _records(EXPERIMENTS):
+        m = run.metrics
+        lines.append(f"| [`{run.run_id}`](experiments/{run.run_id}/) | {m['model']} | {pct(m['test_accuracy'])} | "
+                     f"{pct(m.get('test_accuracy_tta'))} | {minutes(m.get('train_seconds'))} | "
+                     f"{m.get('epochs_run')} | {_difference(run)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _difference(run: runs.RunSummary) -> str:
+    from cifar_core.config import TrainConfig, recipe_config
+
+    config = TrainConfig.from_dict(run.config)
+    recipe = recipe_config(config.model, image_size=config.image_size).to_dict()
+    changed = [f"{key} {value}" for key, value in sorted(config.to_dict().items())
+               if key != "data" and value != recipe[key] and not (isinstance(value, list)
+                                                                   and tuple(value) == recipe[key])]
+    return ", ".join(changed) or "none (the recipe then)"
+
+
+def curves() -> str:
+    parts = []
+    for root in (SHIPPED, EXPERIMENTS):
+        for run in _records(root):
+            history = runs.read_history(run.path)
+            if not history:
+                continue
+            parts += [f"**{run.run_id}** — accuracy against training minutes", "",
+                      "| epoch | stage | minutes | train accuracy | val accuracy |", "|---|---|---|---|---|"]
+            elapsed = 0.0
+            for row in history:
+                elapsed += (row["seconds"] or 0) / 60
+                parts.append(f"| {row['epoch']} | {row.get('stage') or 'train'} | {elapsed:.1f} | "
+                             f"{pct(row['accuracy'])} | {pct(row['val_accuracy'])} |")
+            parts.append("")
+    return "\n".join(parts)
+
+
+GENERATORS = {"presets": preset_table, "readme-presets": readme_table, "transfer": transfer_table,
+              "superseded": superseded_table, "curves": curves}
+
+
+def render(text: str) -> str:
+    def fill(match: re.Match) -> str:
+        return f"{match.group(1)}{GENERATORS[match.group('name')]()}{match.group(4)}"
+
+    return BLOCK.sub(fill, text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="only check that the documents are up to date")
+    args = parser.parse_args(argv)
+    stale = []
+    for document in (README, BENCHMARKS, EXPERIMENTS_DOC):
+        text = document.read_text()
+        fresh = render(text)
+        if fresh != text:
+            stale.append(document.relative_to(ROOT))
+            if not args.check:
+                document.write_text(fresh)
+    if args.check and stale:
+        print(f"out of date with the runs: {', '.join(map(str, stale))}; run python -m tools.report")
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,18 +1,16 @@
 """Peak memory of a transfer run at a given input size (default 224), on the full
 dataset in memory but a small training subset and test slice so it takes minutes.
 
-    python tools/transfer_memory.py ../shared/datasets/cifar10-jpg.tar.gz 224 [batch size]
+    python -m tools.research.transfer_memory ../shared/datasets/cifar10-jpg.tar.gz 224 [batch size]
 """
 import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from cifar_core import runs  # noqa: E402
-from cifar_core.config import recipe_config  # noqa: E402
-from cifar_core.data import load_dataset  # noqa: E402
-from cifar_core.training import train  # noqa: E402
+from cifar_core import runs
+from cifar_core.config import recipe_config
+from cifar_core.data import load_dataset
+from cifar_core.training import train
 
 
 def main(source: str, size: int, batch_size: int | None = None) -> None:

@@ -1,6 +1,6 @@
 """Recipe sweep for fastnet on a GPU: which change buys accuracy at the same CPU cost.
 
-    KERAS_BACKEND=jax python tools/fastnet_sweep.py ../shared/datasets/cifar10-jpg.tar.gz [NAME,NAME...]
+    KERAS_BACKEND=jax python -m tools.research.fastnet_sweep ../shared/datasets/cifar10-jpg.tar.gz [NAME,NAME...]
 
 A full fastnet run takes most of an hour on the 2-core build machine and about a
 minute on an H100 with Keras on JAX, so recipe choices are screened here and
@@ -19,18 +19,17 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
+import keras
+import numpy as np
 
-from cifar_core import backend  # noqa: E402
-from cifar_core.config import recipe_config  # noqa: E402
-from cifar_core.data import load_dataset  # noqa: E402
-from cifar_core.data.pipeline import CROP_PIXELS  # noqa: E402
-from cifar_core.evaluation import compute_metrics  # noqa: E402
-from cifar_core.models.homebrew import build_fastnet, init_whitening  # noqa: E402
-from cifar_core.training.optimizers import compile_model  # noqa: E402
+from cifar_core import backend
+from cifar_core.config import recipe_config
+from cifar_core.data import load_dataset
+from cifar_core.data.pipeline import CROP_PIXELS
+from cifar_core.evaluation import compute_metrics
+from cifar_core.models.homebrew import build_fastnet, init_whitening
+from cifar_core.training.optimizers import compile_model
 
 # Stop starting new variants after this many seconds (a GPU lease is short).
 BUDGET_S = float(os.environ.get("SWEEP_BUDGET_S", "420"))

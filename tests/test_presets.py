@@ -1,0 +1,47 @@
+"""Presets: one shipped run each, made by exactly that preset, with a model file that loads safely."""
+import pytest
+from helpers import ROOT
+
+from cifar_core import runs
+from cifar_core.__main__ import build_parser, config_from_args
+from cifar_core.config import PRESETS, preset_config
+
+SHIPPED = ROOT / "artifacts" / "runs"
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_each_shipped_run_was_made_by_its_preset(name):
+    run_dir = SHIPPED / PRESETS[name].shipped_run
+    shipped = runs.read_config(run_dir)
+    # Everything but where the data was on the machine that trained it.
+    assert shipped.replace(data=None) == preset_config(name), f"{name}: preset and shipped run differ"
+    assert runs.read_metrics(run_dir)["model"] == PRESETS[name].model
+
+
+def test_the_repository_ships_one_run_per_preset_and_nothing_else():
+    shipped = sorted(p.name for p in SHIPPED.iterdir() if p.is_dir())
+    assert shipped == sorted(preset.shipped_run for preset in PRESETS.values())
+    for run_dir in SHIPPED.iterdir():
+        assert sorted(p.name for p in run_dir.iterdir()) == sorted(runs.SHIPPED_FILES), run_dir.name
+
+
+def test_every_shipped_run_reads_cleanly_through_the_validating_readers():
+    found, problems = runs.list_runs(SHIPPED)
+    assert problems == [] and len(found) == len(PRESETS)
+    for run in found:
+        assert runs.read_history(run.path) and runs.read_status(run.path)["state"] == "completed"
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_each_shipped_model_file_passes_the_safety_checks(name):
+    from cifar_core.models.loading import check_model_file
+
+    config = check_model_file(SHIPPED / PRESETS[name].shipped_run / runs.MODEL_FILE)
+    assert config["class_name"] == "Functional"
+
+
+def test_the_cli_trains_a_preset_with_the_flags_on_top():
+    args = build_parser().parse_args(["train", "--preset", "lite0-224", "--epochs", "2", "--data", "x.tar.gz"])
+    config = config_from_args(args)
+    assert config == preset_config("lite0-224", n_epochs=2, data="x.tar.gz")
+    assert config.image_size == 224 and config.fine_tune_epochs == 4 and config.n_epochs == 2

@@ -1,0 +1,1 @@
+"""Maintainer tools: run each as `python -m tools.<name>` from the repository root."""
