@@ -5,6 +5,12 @@ anything else is a bug.
 """
 
 
+def one_line(exc: BaseException, limit: int = 160) -> str:
+    """An exception as one short line: its message's first line, or its type's name."""
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
+
+
 class CifarError(Exception):
     """Base class: a problem a user can fix, with a one-line message."""
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import ImageDecodeError
-from .safeio import read_regular_file
+from .errors import ImageDecodeError, one_line
+from .safeio import read_regular_file, size_text
 
 # MPO: the JPEG that phone cameras write with a multi-picture index; its first
 # picture is an ordinary JPEG.
@@ -46,7 +46,7 @@ def decode_image(data: bytes | bytearray | memoryview, name: str = "image") -> n
     if not data:
         raise ImageDecodeError(f"{name}: the file is empty (0 bytes)")
     if len(data) > MAX_BYTES:
-        raise ImageDecodeError(f"{name}: file is {len(data) / 1e6:.0f} MB; the limit is {MAX_BYTES / 1e6:.0f} MB")
+        raise ImageDecodeError(f"{name}: file is {size_text(len(data))}; the limit is {size_text(MAX_BYTES)}")
     try:
         with warnings.catch_warnings():
             # Pillow warns (not errors) between 1x and 2x its pixel limit.
@@ -70,7 +70,7 @@ def decode_image(data: bytes | bytearray | memoryview, name: str = "image") -> n
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError,
             KeyError, MemoryError, ZeroDivisionError, RuntimeError, struct.error) as exc:
         # Pillow's plugins raise a zoo of types on malformed input.
-        raise ImageDecodeError(f"{name}: corrupt or truncated image ({_short(exc)})") from None
+        raise ImageDecodeError(f"{name}: corrupt or truncated image ({one_line(exc)})") from None
 
 
 def read_image_file(path: Path | str) -> bytes:
@@ -90,11 +90,6 @@ def resize_image(image: np.ndarray, size: int) -> np.ndarray:
     shrinking = pil.width > size or pil.height > size
     pil = pil.resize((size, size), Image.Resampling.BOX if shrinking else Image.Resampling.BICUBIC)
     return np.asarray(pil, dtype=np.uint8)
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text[:120]
 
 
 def _check_header(image: Image.Image, name: str) -> None:
@@ -151,14 +146,15 @@ def _high_depth_to_rgb(image: Image.Image) -> np.ndarray:
     # 16-bit (and 32-bit) grayscale: scale the full range to 0..255 instead of
     # letting convert("L") clip everything above 255 to white.
     values = np.asarray(image)
-    if image.mode.startswith("I;16"):
-        gray = _SIXTEEN_TO_EIGHT[values.astype(np.uint16, copy=False)]
-    else:
-        low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
-        if low >= 0 and high <= 65535 and values.dtype.kind in "iu":
-            gray = _SIXTEEN_TO_EIGHT[values.astype(np.uint16)]
-        elif high > low:
-            gray = np.rint((values.astype(np.float32) - low) * np.float32(255.0 / (high - low))).astype(np.uint8)
-        else:
-            gray = np.zeros(values.shape, np.uint8)
+    if values.dtype.kind in "iu" and values.min() >= 0 and values.max() <= 65535:
+        gray = _SIXTEEN_TO_EIGHT[values.astype(np.uint16)]  # a 16-bit scale: 65535 is white
+    else:  # wider integers or floats: stretch what is there
+        gray = _stretch_to_bytes(np.nan_to_num(values.astype(np.float32)))
     return np.repeat(gray[:, :, None], 3, axis=2)
+
+
+def _stretch_to_bytes(values: np.ndarray) -> np.ndarray:
+    low, high = float(values.min()), float(values.max())
+    if high <= low:
+        return np.zeros(values.shape, np.uint8)
+    return np.rint((values - low) * np.float32(255.0 / (high - low))).astype(np.uint8)

@@ -14,7 +14,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from .errors import CifarError
+from .errors import CifarError, one_line
 
 # No file the studio writes nests deeper than a few levels; a hostile one may
 # nest 200,000 deep and blow the stack of every recursive walker.
@@ -41,14 +41,14 @@ def read_regular_file(path: Path | str, max_bytes: int, error: type[CifarError] 
         if not stat.S_ISREG(info.st_mode):
             raise error(f"{path}: is a device, pipe or socket, not a {what}")
         if info.st_size > max_bytes:
-            raise error(f"{path.name}: {what} is {_size(info.st_size)}; the limit is {_size(max_bytes)}")
+            raise error(f"{path.name}: {what} is {size_text(info.st_size)}; the limit is {size_text(max_bytes)}")
         data = _read_at_most(fd, max_bytes + 1)
     except OSError as exc:
         raise error(f"{path}: cannot read ({exc.strerror or type(exc).__name__})") from None
     finally:
         os.close(fd)
     if len(data) > max_bytes:  # it grew after fstat
-        raise error(f"{path.name}: {what} is larger than the limit of {_size(max_bytes)}")
+        raise error(f"{path.name}: {what} is larger than the limit of {size_text(max_bytes)}")
     return data
 
 
@@ -63,7 +63,8 @@ def _read_at_most(fd: int, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _size(n_bytes: int) -> str:
+def size_text(n_bytes: int) -> str:
+    """A byte count for a message: 101 bytes, 12 KiB, 50 MiB."""
     if n_bytes >= 1 << 20:
         return f"{n_bytes / (1 << 20):.0f} MiB"
     if n_bytes >= 1 << 10:
@@ -77,7 +78,7 @@ def parse_json(text: bytes | str, name: str, error: type[CifarError] = CifarErro
     try:
         value = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as exc:
-        raise error(f"{name} is not valid JSON ({_first_line(exc)})") from None
+        raise error(f"{name} is not valid JSON ({one_line(exc)})") from None
     except RecursionError:
         raise error(f"{name} nests deeper than {max_depth} levels") from None
     if nesting_depth(value, max_depth) > max_depth:
@@ -105,8 +106,3 @@ def nesting_depth(value: Any, stop_after: int) -> int:
             children = node.values() if isinstance(node, dict) else node
             stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
     return deepest
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:160]

@@ -52,10 +52,33 @@ def _hostile_images(tmp_path):
             (sparse, "the limit is"), ("/dev/zero", "device, pipe or socket")]
 
 
+@pytest.mark.measured
 def test_hostile_image_files_are_refused_within_bounds(tmp_path):
     for path, message in _hostile_images(tmp_path):
         outcome = measure(IMAGE_SETUP, f"decode_image_file({str(path)!r})")
         assert_refused_within_bounds(outcome, "ImageDecodeError", message)
+
+
+def test_hostile_image_files_are_refused_in_process(tmp_path):
+    for path, message in _hostile_images(tmp_path):
+        with pytest.raises(ImageDecodeError) as caught:
+            imaging.decode_image_file(path)
+        assert message in str(caught.value) and str(caught.value).startswith((str(path), path.name if
+                                                                               hasattr(path, "name") else path))
+
+
+def test_the_byte_cap_is_exact(tmp_path, monkeypatch):
+    monkeypatch.setattr(imaging, "MAX_BYTES", 100)
+    (tmp_path / "at.png").write_bytes(b"x" * 100)
+    (tmp_path / "over.png").write_bytes(b"x" * 101)
+    with pytest.raises(ImageDecodeError, match="not an image"):  # read, then judged by content
+        imaging.decode_image_file(tmp_path / "at.png")
+    with pytest.raises(ImageDecodeError, match="^over.png: image is 101 bytes; the limit is 100 bytes"):
+        imaging.decode_image_file(tmp_path / "over.png")
+    with pytest.raises(ImageDecodeError, match="^upload: file is 101 bytes; the limit is 100 bytes$"):
+        imaging.decode_image(b"x" * 101, "upload")
+    with pytest.raises(ImageDecodeError, match="not an image"):
+        imaging.decode_image(b"x" * 100, "upload")
 
 
 def test_progressive_scans_are_counted_at_the_cap():
@@ -107,6 +130,7 @@ def test_a_symlink_loop_is_a_one_line_image_error(tmp_path):
 ARCHIVE_SETUP = "from cifar_core.data import load_dataset\n"
 
 
+@pytest.mark.measured
 def test_hostile_archives_are_refused_within_bounds(tmp_path):
     oversized = tar_with_declared_member(tmp_path / "cifar-10-python.tar.gz", "cifar-10-batches-py/data_batch_1",
                                          200 * 1024**2)
@@ -114,6 +138,21 @@ def test_hostile_archives_are_refused_within_bounds(tmp_path):
     for path, message in [(oversized, "the limit is"), (pax, "extended header")]:
         outcome = measure(ARCHIVE_SETUP, f"load_dataset({str(path)!r}, use_cache=False)")
         assert_refused_within_bounds(outcome, "UnsafeArchiveError", message)
+
+
+@pytest.mark.measured
+@pytest.mark.parametrize("kind,declared,message", [
+    (tarfile.REGTYPE, 200 * 1024**2, "is 209715200 bytes; the limit is 67108864"),
+    (tarfile.XHDTYPE, 3 * 1024**3, "archive has a 3221225472-byte extended header; the limit is 1048576"),
+    (tarfile.GNUTYPE_LONGNAME, 2 * 1024**2, "extended header"),
+])
+def test_declared_sizes_are_checked_before_reading(tmp_path, kind, declared, message):
+    from cifar_core.errors import UnsafeArchiveError
+
+    archive = tar_with_declared_member(tmp_path / "cifar-10-python.tar.gz", "cifar-10-batches-py/data_batch_1",
+                                       declared, kind=kind)
+    with pytest.raises(UnsafeArchiveError, match=message):
+        load_dataset(archive, use_cache=False)
 
 
 def test_zero_filled_batches_are_read_one_at_a_time(tmp_path):
@@ -131,6 +170,7 @@ def test_zero_filled_batches_are_read_one_at_a_time(tmp_path):
     assert outcome["extra_mb"] < 200  # one 40 MB member at a time, not 240 MB of them
 
 
+@pytest.mark.measured
 def test_image_folder_reads_only_images_by_name_and_size(image_folder, tmp_path):
     with open(image_folder / "train" / "cat" / "notes.bin", "wb") as handle:
         handle.truncate(6 * 1024**3)  # skipped by name, never read
@@ -198,6 +238,7 @@ def _nested_labels(depth: int) -> list:
 PICKLE_SETUP = "from cifar_core.data.pickles import parse_batch\n"
 
 
+@pytest.mark.measured
 @pytest.mark.parametrize("batch,message", [
     ({b"data": _DeclaredArray((700_000, 3072), "u1", b"x"), b"labels": [0]}, "declares 2150400000 values"),
     ({b"data": _DeclaredArray((2, 3072), "u1", b"x"), b"labels": [0, 1]}, "holds 1 bytes"),
@@ -252,6 +293,7 @@ def _input(size=32):
             "config": {"batch_shape": [None, size, size, 3], "name": "input"}}
 
 
+@pytest.mark.measured
 @pytest.mark.parametrize("config,message", [
     (functional(_input(), layer("Dense", {"units": 10**9}, [None, 3])), "units 1000000000"),
     (functional(_input(), layer("Resizing", {"height": 20000, "width": 20000})), "height 20000"),

@@ -75,7 +75,34 @@ def test_16_bit_images_are_scaled_not_clipped():
     values = np.array([[0, 1000, 32768, 65535]], dtype=np.uint16)
     image = Image.fromarray(values)
     decoded = decode_image(encode(image, "PNG"))
+    assert decoded.shape == (1, 4, 3) and decoded.dtype == np.uint8
     assert decoded[0, :, 0].tolist() == [0, 4, 128, 255]
+    assert (decoded[..., 0] == decoded[..., 1]).all() and (decoded[..., 0] == decoded[..., 2]).all()
+
+
+@pytest.mark.parametrize("values,expected", [
+    (np.array([[0, 1000, 32768, 65535]], np.int32), [0, 4, 128, 255]),  # 32-bit ints on a 16-bit scale
+    (np.array([[-100, 0, 100, 50]], np.int32), [0, 128, 255, 191]),  # outside it: stretched
+    (np.array([[0, 70000, 35000, 7000]], np.int32), [0, 255, 128, 26]),
+    (np.array([[0.0, 0.5, 1.0, 0.25]], np.float32), [0, 128, 255, 64]),  # floats: stretched
+    (np.array([[7.0, 7.0, 7.0, 7.0]], np.float32), [0, 0, 0, 0]),  # flat: black, not a division by zero
+    (np.array([[0.0, np.nan, 1.0, 0.5]], np.float32), [0, 0, 255, 128]),  # NaN counts as 0
+])
+def test_wide_greyscale_modes_map_to_bytes(values, expected):
+    image = Image.fromarray(values)
+    assert image.mode in ("I", "F")
+    rgb = imaging._to_rgb_array(image)
+    assert rgb.shape == (1, 4, 3) and rgb.dtype == np.uint8
+    assert rgb[0, :, 0].tolist() == expected and (rgb[..., 2] == rgb[..., 0]).all()
+
+
+def test_errors_are_one_short_line():
+    from cifar_core.errors import one_line
+
+    assert one_line(ValueError("first line\nsecond line")) == "first line"
+    assert one_line(ValueError("  padded  ")) == "padded"
+    assert one_line(KeyError()) == "KeyError" and one_line(OSError("   ")) == "OSError"
+    assert one_line(ValueError("x" * 500)) == "x" * 160 and one_line(ValueError("x" * 500), 10) == "x" * 10
 
 
 def test_animated_gif_gives_its_first_frame():
@@ -94,6 +121,9 @@ def test_huge_jpeg_is_reduced_while_decoding():
 def test_file_errors_are_project_errors(tmp_path):
     with pytest.raises(ImageDecodeError, match="no such file"):
         decode_image_file(tmp_path / "missing.png")
+    (tmp_path / "holiday.jpg").write_bytes(b"text, not a photo")
+    with pytest.raises(ImageDecodeError, match="^holiday.jpg: not an image"):  # named by its file name
+        decode_image_file(tmp_path / "holiday.jpg")
     with pytest.raises(ImageDecodeError, match="folder"):
         decode_image_file(tmp_path)
 

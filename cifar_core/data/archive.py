@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from ..errors import DataSourceError, UnsafeArchiveError
+from ..errors import DataSourceError, UnsafeArchiveError, one_line
 
 
 @dataclass(frozen=True)
@@ -133,7 +133,7 @@ def _iter_tar(path: Path, limits: ArchiveLimits, wanted: Wanted) -> Iterator[tup
                 content = handle.read() if handle is not None else b""
                 yield name, content
     except (tarfile.TarError, EOFError, OSError, ValueError, RuntimeError, MemoryError) as exc:
-        raise DataSourceError(f"{path.name}: corrupt or unreadable archive ({_one_line(exc)})") from None
+        raise DataSourceError(f"{path.name}: corrupt or unreadable archive ({one_line(exc)})") from None
 
 
 def _check_zip_member(info: zipfile.ZipInfo, limits: ArchiveLimits) -> None:
@@ -173,12 +173,8 @@ def _iter_zip(path: Path, limits: ArchiveLimits, wanted: Wanted) -> Iterator[tup
                 yield name, content
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, NotImplementedError,
             RuntimeError, MemoryError) as exc:
-        raise DataSourceError(f"{path.name}: corrupt or unreadable archive ({_one_line(exc)})") from None
+        raise DataSourceError(f"{path.name}: corrupt or unreadable archive ({one_line(exc)})") from None
 
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:160]
 
 
 def safe_extract(path: Path | str, destination: Path | str, limits: ArchiveLimits = DEFAULT_LIMITS) -> list[Path]:

@@ -10,11 +10,12 @@ refused before it can be called.
 from __future__ import annotations
 
 import io
+import math
 import pickle
 
 import numpy as np
 
-from ..errors import UnsafePickleError
+from ..errors import UnsafePickleError, one_line
 
 # A batch holds 10,000 images; a few more for hand-made ones, never gigabytes.
 MAX_BATCH_IMAGES = 60_000
@@ -25,6 +26,10 @@ _INTEGER_DTYPES = frozenset({"u1", "i1", "u2", "i2", "u4", "i4", "u8", "i8"})
 _BYTE_ORDERS = frozenset({"|", "<", ">", "="})
 
 
+def _text(value):
+    return value.decode("latin1") if isinstance(value, bytes) else value
+
+
 class _NdarrayMarker:
     """Stands for numpy.ndarray in a pickle: nothing is built while unpickling."""
 
@@ -32,17 +37,18 @@ class _NdarrayMarker:
 class _DtypeRecipe:
     """What a pickle says about a dtype, resolved only if it is a plain integer type."""
 
-    def __init__(self, name, align=False, copy=False):
-        self.name = name.decode("latin1") if isinstance(name, bytes) else name
-        self.byte_order = "|"
+    byte_order = "|"  # until __setstate__ says otherwise
+
+    def __init__(self, name, *_flags):  # numpy passes (name, align, copy); only the name matters
+        self.name = _text(name)
 
     def __setstate__(self, state):
-        if isinstance(state, tuple) and len(state) > 1 and isinstance(state[1], (str, bytes)):
-            order = state[1]
-            self.byte_order = order.decode("latin1") if isinstance(order, bytes) else order
+        # numpy's dtype state: (version, byte order, ...); Python 2 pickles give bytes.
+        if isinstance(state, tuple) and len(state) > 1:
+            self.byte_order = _text(state[1])
 
     def resolve(self, name: str) -> np.dtype:
-        if not isinstance(self.name, str) or self.name not in _INTEGER_DTYPES or self.byte_order not in _BYTE_ORDERS:
+        if self.name not in _INTEGER_DTYPES or self.byte_order not in _BYTE_ORDERS:
             raise UnsafePickleError(f"{name}: arrays must hold integers (uint8 images, integer labels); "
                                   f"found dtype {self.name!r}")
         return np.dtype(self.byte_order + self.name)
@@ -53,8 +59,7 @@ class _ArrayRecipe:
     shape, dtype and raw bytes. Kept as a recipe until the declared shape is
     checked against the bytes actually present."""
 
-    def __init__(self):
-        self.state = None
+    state = None  # until __setstate__ gives (version, shape, dtype, fortran order, raw bytes)
 
     def __setstate__(self, state):
         self.state = state
@@ -63,23 +68,21 @@ class _ArrayRecipe:
         if not (isinstance(self.state, tuple) and len(self.state) == 5):
             raise UnsafePickleError(f"{name}: an array without its shape and data")
         _, shape, dtype, fortran_order, raw = self.state
-        if not isinstance(shape, tuple) or not all(type(n) is int and n >= 0 for n in shape) or len(shape) > 4:
+        if not isinstance(shape, tuple) or not all(type(n) is int and n >= 0 for n in shape) or len(shape) > 2:
             raise UnsafePickleError(f"{name}: an array declares the shape {shape!r}")
         if not isinstance(dtype, _DtypeRecipe):
             raise UnsafePickleError(f"{name}: an array without a dtype")
         dtype = dtype.resolve(name)
         if not isinstance(raw, bytes):
             raise UnsafePickleError(f"{name}: array data must be raw bytes; found {type(raw).__name__}")
-        count = 1
-        for n in shape:
-            count *= n
+        count = math.prod(shape)
         if count > max_elements:
             raise UnsafePickleError(f"{name}: an array declares {count} values; a CIFAR batch has at most "
                                     f"{max_elements}")
         if count * dtype.itemsize != len(raw):
             raise UnsafePickleError(f"{name}: an array declares {shape} {dtype} ({count * dtype.itemsize} bytes) "
                                     f"but holds {len(raw)} bytes")
-        return np.frombuffer(raw, dtype).reshape(shape, order="F" if fortran_order is True else "C")
+        return np.frombuffer(raw, dtype).reshape(shape, order="F" if fortran_order else "C")
 
 
 def _reconstruct(subtype, shape, dtype):
@@ -123,8 +126,7 @@ def restricted_loads(data: bytes, name: str = "pickle"):
     except UnsafePickleError:
         raise
     except Exception as exc:  # noqa: BLE001 - any malformed pickle is the same user error
-        text = str(exc).splitlines()[0][:160] if str(exc) else ""
-        raise UnsafePickleError(f"{name}: not a readable CIFAR batch ({type(exc).__name__}: {text})") from None
+        raise UnsafePickleError(f"{name}: not a readable CIFAR batch ({type(exc).__name__}: {one_line(exc)})") from None
 
 
 def _field(batch: dict, key: str):
@@ -142,7 +144,7 @@ def parse_batch(data: bytes, name: str = "batch", n_classes: int = 10) -> tuple[
     images = _images(_field(batch, "data"), name)
     labels = _labels(_field(batch, "labels"), len(images), name, n_classes)
     # Stored channel-first (N, 3, 32, 32); everything here is channels-last.
-    return images.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy(), labels
+    return images.reshape(len(images), 3, 32, 32).transpose(0, 2, 3, 1).copy(), labels
 
 
 def _images(value, name: str) -> np.ndarray:
@@ -166,10 +168,7 @@ def _labels(value, n_images: int, name: str, n_classes: int) -> np.ndarray:
             raise UnsafePickleError(f"{name}: need one label per image ({n_images} images, {len(value)} labels)")
         if not all(type(label) is int for label in value):
             raise UnsafePickleError(f"{name}: labels must be a flat list of integers")
-        try:
-            labels = np.array(value, dtype=np.int64)
-        except OverflowError:
-            raise UnsafePickleError(f"{name}: labels must be integers in [0, {n_classes - 1}]") from None
+        labels = np.array([min(max(label, -1), n_classes) for label in value])  # out of range stays out
     else:
         raise UnsafePickleError(f"{name}: labels must be a list of integers; found {type(value).__name__}")
     if labels.ndim != 1 or len(labels) != n_images:
