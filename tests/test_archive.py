@@ -104,3 +104,147 @@ def test_safe_extract_writes_regular_files_inside(tmp_path):
     written = safe_extract(archive, tmp_path / "out")
     assert [p.read_bytes() for p in written] == [PIXEL]
     assert written[0].is_relative_to((tmp_path / "out").resolve())
+
+
+# --- every boundary and message ---------------------------------------------------------------
+
+@pytest.mark.parametrize("name,message", [
+    ("../evil.png", "archive member escapes the destination: '../evil.png'"),
+    ("a\\..\\b.png", "archive member escapes the destination"),  # Windows separators count
+    ("/etc/evil.png", "archive member has an absolute path: '/etc/evil.png'"),
+    ("C:evil.png", "archive member has an absolute path"),
+    ("C:", "archive member has an absolute path: 'C:'"),
+    ("a\x00b.png", "archive member name contains a NUL byte: 'a\\x00b.png'"),
+])
+def test_unsafe_names_are_refused_with_the_reason(name, message):
+    with pytest.raises(UnsafeArchiveError) as caught:
+        safe_member_name(name)
+    assert str(caught.value) == message or str(caught.value).startswith(message)
+
+
+@pytest.mark.parametrize("name,clean", [("a", "a"), ("./train/cat/x.png", "train/cat/x.png"),
+                                        ("train//cat/./x.png", "train/cat/x.png"), ("dir\\x.png", "dir/x.png"),
+                                        ("a.b/c", "a.b/c")])
+def test_safe_names_are_normalised(name, clean):
+    assert safe_member_name(name) == clean
+
+
+def test_every_cap_is_exact():
+    from cifar_core.data.archive import _Budget
+
+    budget = _Budget(ArchiveLimits(max_members=2, max_member_bytes=10, max_total_bytes=15))
+    budget.charge("a", 10)  # at the member cap
+    budget.charge("b", 5)  # at the total cap, at the member count
+    assert (budget.members, budget.total) == (2, 15)
+    with pytest.raises(UnsafeArchiveError, match="^archive has more than 2 members$"):
+        budget.charge("c", 0)
+    budget = _Budget(ArchiveLimits(max_members=10, max_member_bytes=10, max_total_bytes=15))
+    with pytest.raises(UnsafeArchiveError, match="^archive member 'big' is 11 bytes; the limit is 10$"):
+        budget.charge("big", 11)
+    budget = _Budget(ArchiveLimits(max_members=10, max_member_bytes=10, max_total_bytes=15))
+    budget.charge("a", 10)
+    budget.charge("negative", -5)  # a negative size never buys room
+    budget.charge("empty", 0)
+    assert budget.total == 10
+    with pytest.raises(UnsafeArchiveError, match="^archive unpacks to more than 15 bytes$"):
+        budget.charge("b", 6)
+
+
+def _pax_tar(path, name_length=300):
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as archive:
+        info = tarfile.TarInfo("d/" + "x" * name_length + ".png")
+        info.size = len(PIXEL)
+        archive.addfile(info, io.BytesIO(PIXEL))
+    header_size = int(path.read_bytes()[124:136].rstrip(b"\0 ").decode(), 8)  # the pax header's own size
+    return path, header_size
+
+
+def test_extended_headers_are_capped_exactly(tmp_path):
+    path, header_size = _pax_tar(tmp_path / "pax.tar")
+    assert [len(c) for _, c in iter_archive_files(path, ArchiveLimits(max_header_bytes=header_size))] == [len(PIXEL)]
+    with pytest.raises(UnsafeArchiveError, match=f"archive has a {header_size}-byte extended header; "
+                                                 f"the limit is {header_size - 1}"):
+        list(iter_archive_files(path, ArchiveLimits(max_header_bytes=header_size - 1)))
+    # The cap is for headers only: a regular member far larger than it is read.
+    plain = _tar(tmp_path / "plain.tar.gz", [(_regular("d/train/cat/0.png"), PIXEL)])
+    assert len(list(iter_archive_files(plain, ArchiveLimits(max_header_bytes=1)))) == 1
+
+
+def test_folders_and_skipped_members_do_not_end_the_walk(tmp_path):
+    members = [(_special("d", tarfile.DIRTYPE), None), (_regular("d/notes.txt"), b"skip me"),
+               (_special("d/train", tarfile.DIRTYPE), None), (_regular("d/train/cat/0.png"), PIXEL),
+               (_regular("d/train/cat/1.png"), PIXEL)]
+    archive = _tar(tmp_path / "mixed.tar.gz", members)
+    found = list(iter_archive_files(archive, wanted=lambda name: name.endswith(".png")))
+    assert found == [("d/train/cat/0.png", PIXEL), ("d/train/cat/1.png", PIXEL)]
+    assert [name for name, _ in iter_archive_files(archive)] == ["d/notes.txt", "d/train/cat/0.png",
+                                                                   "d/train/cat/1.png"]
+    zipped = tmp_path / "mixed.zip"
+    with zipfile.ZipFile(zipped, "w") as handle:
+        handle.writestr("d/", b"")
+        handle.writestr("d/notes.txt", b"skip me")
+        handle.writestr("d/train/cat/0.png", PIXEL)
+    assert list(iter_archive_files(zipped, wanted=lambda name: name.endswith(".png"))) == [
+        ("d/train/cat/0.png", PIXEL)]
+
+
+@pytest.mark.parametrize("kind,message", [(tarfile.SYMTYPE, "is a link; links are not allowed"),
+                                          (tarfile.LNKTYPE, "is a link; links are not allowed"),
+                                          (tarfile.CHRTYPE, "is a device or special file"),
+                                          (tarfile.FIFOTYPE, "is a device or special file")])
+def test_each_special_tar_member_is_named(tmp_path, kind, message):
+    archive = _tar(tmp_path / "special.tar.gz", [(_special("d/x.png", kind, "target"), None)])
+    with pytest.raises(UnsafeArchiveError, match=f"^archive member 'd/x.png' {message}$"):
+        list(iter_archive_files(archive))
+
+
+def test_zip_flags_ratio_and_messages(tmp_path):
+    path = tmp_path / "z.zip"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as handle:
+        handle.writestr("train/cat/zeros.png", b"\0" * 100_000)
+    [info] = zipfile.ZipFile(path).infolist()
+    ratio = info.file_size / info.compress_size
+    assert len(list(iter_archive_files(path, ArchiveLimits(max_compression_ratio=ratio)))) == 1  # at the limit
+    with pytest.raises(UnsafeArchiveError, match=f"^archive member 'train/cat/zeros.png' compresses {ratio:.0f}:1 "
+                                                 r"\(limit \d+:1\); refusing a possible zip bomb$"):
+        list(iter_archive_files(path, ArchiveLimits(max_compression_ratio=ratio - 0.5)))
+    from helpers import set_zip_flag
+
+    described = tmp_path / "descriptor.zip"  # bit 3: sizes in a data descriptor, an ordinary zip
+    described.write_bytes(set_zip_flag(path.read_bytes(), 0x8))
+    assert len(list(iter_archive_files(described, ArchiveLimits(max_compression_ratio=ratio)))) == 1
+    locked = tmp_path / "locked.zip"
+    locked.write_bytes(set_zip_flag(path.read_bytes(), 0x1))
+    with pytest.raises(UnsafeArchiveError, match="^archive member 'train/cat/zeros.png' is encrypted; use an "
+                                                 "unencrypted archive$"):
+        list(iter_archive_files(locked))
+
+
+def test_unreadable_archives_name_the_file(tmp_path):
+    from cifar_core.errors import DataSourceError
+
+    for name in ("broken.tar.gz", "broken.zip"):
+        (tmp_path / name).write_bytes(b"\x1f\x8b\x08\x00 not really an archive")
+        with pytest.raises(DataSourceError, match=f"^{name}: corrupt or unreadable archive \\(.+\\)$"):
+            list(iter_archive_files(tmp_path / name))
+    with pytest.raises(DataSourceError, match="^archive not found: "):
+        list(iter_archive_files(tmp_path / "missing.zip"))
+
+
+def test_safe_extract_into_an_existing_folder_and_never_through_a_symlink(tmp_path):
+    archive = _tar(tmp_path / "ok.tar.gz", [(_regular("d/train/cat/0.png"), PIXEL), (_regular("top.png"), PIXEL)])
+    destination = tmp_path / "out"
+    (destination / "d").mkdir(parents=True)  # already there: fine
+    written = safe_extract(archive, destination, ArchiveLimits(max_members=2))
+    assert sorted(p.relative_to(destination.resolve()).as_posix() for p in written) == ["d/train/cat/0.png",
+                                                                                        "top.png"]
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    trap = tmp_path / "trap"
+    trap.mkdir()
+    (trap / "d").symlink_to(outside)  # a link planted inside the destination
+    with pytest.raises(UnsafeArchiveError, match="^archive member 'd/train/cat/0.png' would be written outside "):
+        safe_extract(archive, trap)
+    assert not any(outside.rglob("*"))
+    with pytest.raises(UnsafeArchiveError, match="more than 1 members"):
+        safe_extract(archive, tmp_path / "capped", ArchiveLimits(max_members=1))
