@@ -83,8 +83,8 @@ def _check_members(infos: dict[str, zipfile.ZipInfo], name: str) -> None:
         if info.compress_type not in ALLOWED_COMPRESSION:
             raise ModelFileError(f"{name}: {info.filename} uses compression method {info.compress_type}; "
                                  "Keras writes stored or deflated members")
-    if infos["config.json"].file_size > MAX_CONFIG_BYTES or \
-            infos.get("model.weights.h5", infos["config.json"]).file_size > MAX_WEIGHTS_BYTES:
+    weights = infos.get("model.weights.h5")
+    if infos["config.json"].file_size > MAX_CONFIG_BYTES or (weights and weights.file_size > MAX_WEIGHTS_BYTES):
         raise ModelFileError(f"{name}: model file members are implausibly large")
 
 
@@ -145,19 +145,35 @@ def _layer_params(node: dict, name: str) -> int:
     return _declared_weights(class_name, config, channels)
 
 
+def _field(config: dict, key: str, default: int) -> int:
+    """An int field of a layer config; a tuple field (kernel_size) gives its product."""
+    values = _ints(config.get(key))
+    return math.prod(values) if values else default
+
+
+def _flag(config: dict, key: str) -> int:
+    return int(bool(config.get(key, True)))
+
+
 def _declared_weights(class_name: str, config: dict, channels: int) -> int:
-    kernel = math.prod(_ints(config.get("kernel_size")) or [1])
-    multiplier = max(_ints(config.get("depth_multiplier")) or [1])
+    """The weights Keras will create for the layer, counted as Keras' count_params counts them."""
+    bias = _flag(config, "use_bias")
+    kernel = _field(config, "kernel_size", 1)
+    multiplier = _field(config, "depth_multiplier", 1)
+    units = _field(config, "filters", 0) or _field(config, "units", 0)
     if class_name == "Dense":
-        return (channels + 1) * max(_ints(config.get("units")) or [0])
+        return channels * units + bias * units
     if class_name == "Conv2D":
-        groups = max(_ints(config.get("groups")) or [1], default=1) or 1
-        return kernel * (channels // groups + 1) * max(_ints(config.get("filters")) or [0])
+        return kernel * (channels // max(_field(config, "groups", 1), 1)) * units + bias * units
     if class_name == "DepthwiseConv2D":
-        return (kernel + 1) * channels * multiplier
+        return (kernel + bias) * channels * multiplier
     if class_name == "SeparableConv2D":
-        return kernel * channels * multiplier + (channels * multiplier + 1) * max(_ints(config.get("filters")) or [0])
-    return 4 * channels  # the normalisations: scale, offset, mean, variance
+        return kernel * channels * multiplier + channels * multiplier * units + bias * units
+    if class_name == "Normalization":
+        return 2 * channels + 1  # mean, variance and the count of adapted samples
+    if class_name == "LayerNormalization":
+        return channels * (_flag(config, "center") + _flag(config, "scale"))
+    return channels * (2 + _flag(config, "center") + _flag(config, "scale"))  # BatchNorm: + moving mean, var
 
 
 def _check_class(node: dict, name: str) -> None:
