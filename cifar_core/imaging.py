@@ -95,7 +95,7 @@ def resize_image(image: np.ndarray, size: int) -> np.ndarray:
 def _check_header(image: Image.Image, name: str) -> None:
     if image.format not in ACCEPTED_FORMATS:
         accepted = ", ".join(sorted(ACCEPTED_FORMATS))
-        raise ImageDecodeError(f"{name}: {image.format or 'unknown'} images are not accepted; use {accepted}")
+        raise ImageDecodeError(f"{name}: {image.format} images are not accepted; use {accepted}")
     width, height = image.size
     if width < 1 or height < 1:
         raise ImageDecodeError(f"{name}: image has no pixels ({width}x{height})")
@@ -118,8 +118,8 @@ def _check_decoded_size(image: Image.Image, name: str) -> None:
     decoded = width * height * _MODE_BYTES.get(image.mode, 4)
     if decoded > MAX_DECODED_BYTES:
         raise ImageDecodeError(
-            f"{name}: {width}x{height} {image.mode} decodes to {decoded / 2**20:.0f} MiB; "
-            f"the limit is {MAX_DECODED_BYTES / 2**20:.0f} MiB")
+            f"{name}: {width}x{height} {image.mode} decodes to {size_text(decoded)}; "
+            f"the limit is {size_text(MAX_DECODED_BYTES)}")
 
 
 def _to_rgb_array(image: Image.Image) -> np.ndarray:

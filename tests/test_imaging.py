@@ -147,3 +147,86 @@ def test_corrupted_real_images_only_raise_the_project_error(offset, noise):
         decode_image(bytes(data))
     except ImageDecodeError:
         pass
+
+
+# --- header checks, conversions and resizing, each pinned ------------------------------------
+
+from types import SimpleNamespace  # noqa: E402
+
+
+@pytest.mark.parametrize("size,message", [
+    ((0, 5), "x.png: image has no pixels (0x5)"), ((5, 0), "x.png: image has no pixels (5x0)"),
+    ((8000, 6000), "x.png: 8000x6000 is 48 megapixels; the limit is 40"),
+])
+def test_header_sizes_are_refused_with_their_reason(size, message):
+    with pytest.raises(ImageDecodeError) as caught:
+        imaging._check_header(SimpleNamespace(format="PNG", size=size), "x.png")
+    assert str(caught.value) == message
+
+
+def test_the_pixel_cap_is_exact(monkeypatch):
+    monkeypatch.setattr(imaging, "MAX_PIXELS", 40 * 10)
+    imaging._check_header(SimpleNamespace(format="PNG", size=(40, 10)), "x")
+    imaging._check_header(SimpleNamespace(format="PNG", size=(1, 1)), "x")
+    with pytest.raises(ImageDecodeError, match="41x10"):
+        imaging._check_header(SimpleNamespace(format="PNG", size=(41, 10)), "x")
+
+
+def test_unaccepted_formats_list_what_is_accepted():
+    with pytest.raises(ImageDecodeError) as caught:
+        decode_image(encode(RED, "TIFF"), "scan.tif")
+    assert str(caught.value) == "scan.tif: TIFF images are not accepted; use BMP, GIF, JPEG, MPO, PNG, WEBP"
+
+
+def test_the_decoded_size_cap_is_exact(monkeypatch):
+    monkeypatch.setattr(imaging, "MAX_DECODED_BYTES", 20 * 10 * 4)  # RGB decodes to 4 bytes a pixel
+    assert decode_image(encode(RED, "PNG")).shape == (10, 20, 3)
+    monkeypatch.setattr(imaging, "MAX_DECODED_BYTES", 20 * 10 * 4 - 1)
+    with pytest.raises(ImageDecodeError, match="^red.png: 20x10 RGB decodes to 800 bytes; the limit is 799 bytes$"):
+        decode_image(encode(RED, "PNG"), "red.png")
+    grey = Image.new("L", (20, 10), 9)
+    monkeypatch.setattr(imaging, "MAX_DECODED_BYTES", 20 * 10)  # greyscale: 1 byte a pixel
+    assert (decode_image(encode(grey, "PNG")) == 9).all()
+
+
+@pytest.mark.parametrize("mode,colour,expected", [
+    ("1", 1, (255, 255, 255)), ("L", 77, (77, 77, 77)), ("RGB", (10, 20, 30), (10, 20, 30)),
+    ("LA", (100, 0), (255, 255, 255)), ("LA", (100, 255), (100, 100, 100)),
+    ("RGBA", (200, 0, 0, 255), (200, 0, 0)), ("RGBA", (0, 0, 0, 0), (255, 255, 255)),
+    ("PA", (3, 255), (3, 3, 3)), ("CMYK", (0, 0, 0, 0), (255, 255, 255)),
+])
+def test_every_mode_becomes_rgb_composited_on_white(mode, colour, expected):
+    image = Image.new(mode, (3, 2), colour)
+    if mode == "PA":
+        image.putpalette([i for v in range(256) for i in (v, v, v)])
+    rgb = imaging._to_rgb_array(image)
+    assert rgb.shape == (2, 3, 3) and rgb.dtype == np.uint8
+    assert tuple(int(v) for v in rgb[1, 2]) == expected
+
+
+def test_half_transparent_pixels_blend_with_white():
+    rgb = imaging._to_rgb_array(Image.new("RGBA", (1, 1), (0, 0, 0, 128)))
+    assert abs(int(rgb[0, 0, 0]) - 127) <= 1
+
+
+def test_palette_images_with_and_without_transparency():
+    palette = Image.new("P", (2, 1), 1)
+    palette.putpalette([0, 0, 0, 250, 10, 10] + [0] * 762)
+    assert imaging._to_rgb_array(palette)[0, 0].tolist() == [250, 10, 10]
+    palette.info["transparency"] = 1
+    assert imaging._to_rgb_array(palette)[0, 0].tolist() == [255, 255, 255]
+
+
+def test_resizing_shrinks_by_area_and_enlarges_smoothly():
+    checker = np.zeros((4, 4, 3), np.uint8)
+    checker[::2, ::2] = checker[1::2, 1::2] = 255
+    small = imaging.resize_image(checker, 2)
+    assert small.shape == (2, 2, 3) and np.all(np.abs(small.astype(int) - 128) <= 1)  # an average, not a pick
+    tiny = np.array([[[0, 0, 0], [255, 255, 255]]], np.uint8)  # 1x2
+    big = imaging.resize_image(tiny, 8)
+    assert big.shape == (8, 8, 3) and big.dtype == np.uint8
+    assert len(np.unique(big[0, :, 0])) > 2  # smooth, not nearest-neighbour blocks
+    wide = np.zeros((2, 6, 3), np.uint8)
+    assert imaging.resize_image(wide, 4).shape == (4, 4, 3)  # both sides set, aspect not kept
+    square = np.zeros((5, 5, 3), np.uint8)
+    assert imaging.resize_image(square, 5) is square
