@@ -27,13 +27,14 @@ def read_regular_file(path: Path | str, max_bytes: int, error: type[CifarError] 
     path = Path(path)
     try:
         # O_NONBLOCK: opening a FIFO with no writer returns at once instead of hanging.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        # (os.open's descriptors are never inherited by child processes: PEP 446.)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         raise error(f"{path}: no such file") from None
     except PermissionError:
         raise error(f"{path}: permission denied") from None
     except OSError as exc:  # ELOOP (a symlink loop), ENAMETOOLONG, EIO...
-        raise error(f"{path}: cannot open ({exc.strerror or type(exc).__name__})") from None
+        raise error(f"{path}: cannot open ({exc.strerror})") from None
     try:
         info = os.fstat(fd)
         if stat.S_ISDIR(info.st_mode):
@@ -44,7 +45,7 @@ def read_regular_file(path: Path | str, max_bytes: int, error: type[CifarError] 
             raise error(f"{path.name}: {what} is {size_text(info.st_size)}; the limit is {size_text(max_bytes)}")
         data = _read_at_most(fd, max_bytes + 1)
     except OSError as exc:
-        raise error(f"{path}: cannot read ({exc.strerror or type(exc).__name__})") from None
+        raise error(f"{path}: cannot read ({exc.strerror})") from None
     finally:
         os.close(fd)
     if len(data) > max_bytes:  # it grew after fstat
@@ -90,7 +91,7 @@ def read_json_file(path: Path | str, max_bytes: int, error: type[CifarError] = C
                    max_depth: int = MAX_JSON_DEPTH) -> Any:
     path = Path(path)
     data = read_regular_file(path, max_bytes, error, what="JSON file")
-    return parse_json(data, f"{path.name} in {path.parent}", error, max_depth)
+    return parse_json(data, f"{path.name} in {path.parent.name}", error, max_depth)
 
 
 def nesting_depth(value: Any, stop_after: int) -> int:

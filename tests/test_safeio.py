@@ -1,0 +1,114 @@
+"""Bounded reading: regular files only, at most the cap plus one byte, JSON depth capped."""
+import os
+
+import pytest
+
+from cifar_core import safeio
+from cifar_core.errors import CifarError, RunFolderError
+from cifar_core.safeio import nesting_depth, parse_json, read_json_file, read_regular_file, size_text
+
+
+def test_a_file_at_the_cap_is_read_and_one_byte_more_is_refused(tmp_path):
+    (tmp_path / "at").write_bytes(b"x" * 10)
+    (tmp_path / "over").write_bytes(b"x" * 11)
+    assert read_regular_file(tmp_path / "at", 10) == b"x" * 10
+    with pytest.raises(CifarError) as caught:
+        read_regular_file(tmp_path / "over", 10)
+    assert str(caught.value) == "over: file is 11 bytes; the limit is 10 bytes"
+    with pytest.raises(RunFolderError, match="^over: history is 11 bytes"):
+        read_regular_file(tmp_path / "over", 10, RunFolderError, "history")
+
+
+def test_a_file_that_grows_after_stat_is_still_capped(tmp_path, monkeypatch):
+    real_fstat = os.fstat
+
+    def fstat_says_empty(fd):
+        info = real_fstat(fd)
+        return os.stat_result((info.st_mode,) + (0,) * 5 + (0,) + tuple(info)[7:])  # st_size 0
+
+    monkeypatch.setattr(safeio.os, "fstat", fstat_says_empty)
+    (tmp_path / "at").write_bytes(b"y" * 10)
+    (tmp_path / "over").write_bytes(b"y" * 11)
+    assert read_regular_file(tmp_path / "at", 10) == b"y" * 10
+    with pytest.raises(CifarError, match="^over: file is larger than the limit of 10 bytes$"):
+        read_regular_file(tmp_path / "over", 10)
+
+
+def test_large_files_are_read_whole_in_chunks(tmp_path):
+    data = os.urandom(3 * (1 << 20) + 17)
+    (tmp_path / "big").write_bytes(data)
+    assert read_regular_file(tmp_path / "big", len(data)) == data
+    fd = os.open(tmp_path / "big", os.O_RDONLY)
+    try:
+        assert safeio._read_at_most(fd, (1 << 20) + 5) == data[: (1 << 20) + 5]
+    finally:
+        os.close(fd)
+
+
+def test_everything_but_a_regular_file_is_refused_without_reading(tmp_path):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    locked = tmp_path / "locked"
+    locked.write_bytes(b"x")
+    cases = [(fifo, f"{fifo}: is a device, pipe or socket, not a photo"),
+             ("/dev/zero", "/dev/zero: is a device, pipe or socket, not a photo"),
+             (tmp_path, f"{tmp_path}: is a folder, not a photo"),
+             (tmp_path / "missing", f"{tmp_path / 'missing'}: no such file"),
+             (loop, f"{loop}: cannot open (Too many levels of symbolic links)")]
+    if os.geteuid() != 0:  # root reads anything
+        locked.chmod(0)
+        cases.append((locked, f"{locked}: permission denied"))
+    for path, message in cases:
+        with pytest.raises(CifarError) as caught:
+            read_regular_file(path, 100, what="photo")
+        assert str(caught.value) == message
+
+
+@pytest.mark.parametrize("n_bytes,text", [(0, "0 bytes"), (1023, "1023 bytes"), (1024, "1 KiB"), (5000, "5 KiB"),
+                                          ((1 << 20) - 1, "1024 KiB"), (1 << 20, "1 MiB"),
+                                          (50 * (1 << 20) + 1, "50 MiB")])
+def test_sizes_read_as_people_read_them(n_bytes, text):
+    assert size_text(n_bytes) == text
+
+
+@pytest.mark.parametrize("value,depth", [(3, 0), ("x", 0), ({}, 1), ([], 1), ([[]], 2), ({"a": [1, {"b": []}]}, 4),
+                                         ([[1], [[2]]], 3)])
+def test_nesting_depth(value, depth):
+    assert nesting_depth(value, 10) == depth
+
+
+def test_nesting_depth_stops_counting_once_past_the_limit():
+    deep = []
+    for _ in range(50):
+        deep = [deep]
+    assert nesting_depth(deep, 3) == 4
+
+
+def test_json_depth_is_capped_exactly():
+    assert parse_json("[" * 32 + "]" * 32, "ok.json") is not None
+    with pytest.raises(CifarError, match="^deep.json nests deeper than 32 levels$"):
+        parse_json("[" * 33 + "]" * 33, "deep.json")
+    with pytest.raises(CifarError, match="^deeper.json nests deeper than 5 levels$"):
+        parse_json("[" * 6 + "]" * 6, "deeper.json", max_depth=5)
+    with pytest.raises(RunFolderError, match="^huge.json nests deeper than 32 levels$"):
+        parse_json("[" * 200_000 + "]" * 200_000, "huge.json", RunFolderError)  # the parser's own recursion
+
+
+def test_json_errors_are_one_line_with_the_name():
+    with pytest.raises(CifarError) as caught:
+        parse_json("{half", "cfg.json")
+    assert str(caught.value).startswith("cfg.json is not valid JSON (Expecting property name")
+    with pytest.raises(CifarError, match="is not valid JSON"):
+        parse_json(b"\xff\xfe", "bytes.json")
+
+
+def test_json_files_are_bounded_and_named_by_their_folder(tmp_path):
+    (tmp_path / "m.json").write_text('{"a": 1}')
+    assert read_json_file(tmp_path / "m.json", 100) == {"a": 1}
+    with pytest.raises(CifarError, match=f"^m.json in {tmp_path.name} is not valid JSON"):
+        (tmp_path / "m.json").write_text("[")
+        read_json_file(tmp_path / "m.json", 100)
+    with pytest.raises(CifarError, match="^m.json: JSON file is 1 bytes; the limit is 0 bytes$"):
+        read_json_file(tmp_path / "m.json", 0)
