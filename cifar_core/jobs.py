@@ -67,8 +67,8 @@ def db_path() -> Path:
 
 
 @contextmanager
-def connect(path: Path | None = None):
-    path = Path(path or db_path())
+def connect():
+    path = db_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     connection = _open(path)
     try:
@@ -79,30 +79,43 @@ def connect(path: Path | None = None):
 
 def _open(path: Path) -> sqlite3.Connection:
     """A connection with the schema in place; a corrupt file is renamed aside and a new one started."""
-    for attempt in range(2):
-        connection = sqlite3.connect(path, timeout=30.0, isolation_level=None)
-        try:
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA busy_timeout=30000")
-            connection.execute(SCHEMA)
-            connection.execute(f"SELECT {COLUMNS} FROM jobs LIMIT 1").fetchall()
-            return connection
-        except sqlite3.DatabaseError as exc:
-            connection.close()
-            if attempt or isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
-                raise CifarError(f"the job registry {path} cannot be opened: {exc}") from None
-            _set_aside(path, exc)
-    raise AssertionError("unreachable")
+    try:
+        return _connect_with_schema(path)
+    except sqlite3.DatabaseError as exc:
+        if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+            raise CifarError(f"the job registry {path} is busy: {exc}") from None
+        _set_aside(path, exc)
+    try:
+        return _connect_with_schema(path)
+    except sqlite3.DatabaseError as exc:
+        raise CifarError(f"the job registry {path} cannot be opened: {exc}") from None
+
+
+def _connect_with_schema(path: Path) -> sqlite3.Connection:
+    # WAL: the dashboard reads while workers write; writers wait up to 30 s for each other.
+    connection = sqlite3.connect(path, timeout=30.0, isolation_level=None)
+    try:
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute(SCHEMA)
+        connection.execute(f"SELECT {COLUMNS} FROM jobs LIMIT 1").fetchall()
+    except BaseException:
+        connection.close()
+        raise
+    return connection
 
 
 def _set_aside(path: Path, exc: Exception) -> None:
-    aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+    stamp = f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}"
+    aside, copy = path.with_name(stamp), 1
+    while aside.exists():  # twice in one second: never overwrite the earlier copy
+        copy += 1
+        aside = path.with_name(f"{stamp}-{copy}")
     for suffix in ("", "-wal", "-shm"):
         source = Path(f"{path}{suffix}")
         if source.exists():
             os.replace(source, Path(f"{aside}{suffix}"))
     warnings.warn(f"the job registry was unreadable ({exc}); it was moved to {aside.name} and a new one "
-                  "started (run folders are untouched)", stacklevel=3)
+                  "started (run folders are untouched)", stacklevel=2)
 
 
 def _row_to_job(row) -> Job:
@@ -117,44 +130,47 @@ def _row_to_job(row) -> Job:
 COLUMNS = "id, run_dir, config, state, pid, pid_started, created_at, updated_at, message"
 
 
-def create_job(config: TrainConfig, run_dir: Path | None = None, path: Path | None = None) -> Job:
+def create_job(config: TrainConfig, run_dir: Path | None = None) -> Job:
     run_dir = Path(run_dir) if run_dir else runs.create_run_dir(config.model)
     now = time.time()
-    with connect(path) as db:
+    with connect() as db:
         cursor = db.execute("INSERT INTO jobs (run_dir, config, state, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
                             (str(run_dir), config.to_json(), "queued", now, now))
         job_id = cursor.lastrowid
-    return get_job(job_id, path)
+    return get_job(job_id)
 
 
-def get_job(job_id: int, path: Path | None = None) -> Job:
-    with connect(path) as db:
+def get_job(job_id: int) -> Job:
+    with connect() as db:
         row = db.execute(f"SELECT {COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
     if row is None:
         raise CifarError(f"no job with id {job_id}")
     return _row_to_job(row)
 
 
-def update_job(job_id: int, path: Path | None = None, **fields) -> None:
+def update_job(job_id: int, **fields) -> None:
     fields["updated_at"] = time.time()
     assignments = ", ".join(f"{key} = ?" for key in fields)
-    with connect(path) as db:
+    with connect() as db:
         db.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*fields.values(), job_id))
 
 
-def list_jobs(path: Path | None = None, refresh: bool = True) -> list[Job]:
+def list_jobs(refresh: bool = True) -> list[Job]:
     """All jobs, newest first; dead workers are marked interrupted on the way."""
-    with connect(path) as db:
-        rows = db.execute(f"SELECT {COLUMNS} FROM jobs ORDER BY id DESC").fetchall()
-    jobs = [_row_to_job(row) for row in rows]
+    jobs = _all_jobs()
     if refresh:
-        for job in jobs:
-            if job.state in ACTIVE_STATES and not worker_alive(job):
-                mark_dead(job, path)
-        with connect(path) as db:
-            rows = db.execute(f"SELECT {COLUMNS} FROM jobs ORDER BY id DESC").fetchall()
-        jobs = [_row_to_job(row) for row in rows]
+        dead = [job for job in jobs if job.state in ACTIVE_STATES and not worker_alive(job)]
+        for job in dead:
+            mark_dead(job)
+        if dead:
+            jobs = _all_jobs()
     return jobs
+
+
+def _all_jobs() -> list[Job]:
+    with connect() as db:
+        rows = db.execute(f"SELECT {COLUMNS} FROM jobs ORDER BY id DESC").fetchall()
+    return [_row_to_job(row) for row in rows]
 
 
 # --- liveness -----------------------------------------------------------------------------
@@ -181,9 +197,9 @@ def worker_alive(job: Job, now: float | None = None) -> bool:
     return job.pid is not None and process_start_time(job.pid) == job.pid_started
 
 
-def mark_dead(job: Job, path: Path | None = None) -> None:
+def mark_dead(job: Job) -> None:
     message = "the worker stopped without finishing (killed or crashed); resume it to continue"
-    update_job(job.id, path, state="interrupted", message=message)
+    update_job(job.id, state="interrupted", message=message)
     try:
         status = runs.read_status(job.run_dir) or {}
         if status.get("state") in ("running", "queued"):
@@ -194,33 +210,33 @@ def mark_dead(job: Job, path: Path | None = None) -> None:
 
 # --- launching and stopping --------------------------------------------------------------------
 
-def launch(config: TrainConfig, run_dir: Path | None = None, path: Path | None = None) -> Job:
+def launch(config: TrainConfig, run_dir: Path | None = None) -> Job:
     """Create a job and start its worker process; returns at once."""
-    job = create_job(config, run_dir, path)
-    _spawn(job, resume=False, path=path)
-    return get_job(job.id, path)
+    job = create_job(config, run_dir)
+    _spawn(job, resume=False)
+    return get_job(job.id)
 
 
-def resume_job(job_id: int, path: Path | None = None) -> Job:
-    job = get_job(job_id, path)
+def resume_job(job_id: int) -> Job:
+    job = get_job(job_id)
     if job.config is None:
         raise CifarError(f"job {job_id} cannot be resumed: {job.message}")
     if worker_alive(job):
         raise CifarError(f"job {job_id} is still running (its worker holds the run folder)")
-    update_job(job_id, path, state="queued", pid=None, pid_started=None, message=None)
-    _spawn(get_job(job_id, path), resume=True, path=path)
-    return get_job(job_id, path)
+    update_job(job_id, state="queued", pid=None, pid_started=None, message=None)
+    _spawn(get_job(job_id), resume=True)
+    return get_job(job_id)
 
 
-def _spawn(job: Job, resume: bool, path: Path | None) -> None:
+def _spawn(job: Job, resume: bool) -> None:
     job.run_dir.mkdir(parents=True, exist_ok=True)
     log = open(job.run_dir / runs.LOG_FILE, "ab")
-    env = dict(os.environ, CIFAR_JOBS_DB=str(Path(path or db_path()).resolve()))
+    env = dict(os.environ, CIFAR_JOBS_DB=str(db_path().resolve()))
     command = [sys.executable, "-m", "cifar_core", "worker", str(job.id)] + (["--resume"] if resume else [])
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                cwd=Path(__file__).resolve().parent.parent, env=env, start_new_session=True)
     log.close()
-    update_job(job.id, path, pid=process.pid, pid_started=_wait_for_start_time(process.pid))
+    update_job(job.id, pid=process.pid, pid_started=_wait_for_start_time(process.pid))
 
 
 def _wait_for_start_time(pid: int) -> float | None:
@@ -232,18 +248,18 @@ def _wait_for_start_time(pid: int) -> float | None:
     return None
 
 
-def cancel(job_id: int, path: Path | None = None) -> Job:
+def cancel(job_id: int) -> Job:
     """Stop a job's worker (SIGTERM: it records 'interrupted' and stays resumable)."""
-    job = get_job(job_id, path)
+    job = get_job(job_id)
     # Record the cancel before signalling, so the worker sees it when it stops.
-    update_job(job_id, path, state="cancelled", message="cancelled by the user; resumable")
+    update_job(job_id, state="cancelled", message="cancelled by the user; resumable")
     if job.pid and process_start_time(job.pid) == job.pid_started:
         try:
             os.kill(job.pid, signal.SIGTERM)
             os.kill(job.pid, signal.SIGCONT)  # a stopped worker handles the SIGTERM only once continued
         except ProcessLookupError:
             pass
-    return get_job(job_id, path)
+    return get_job(job_id)
 
 
 def run_worker(job_id: int, resume: bool = False) -> int:

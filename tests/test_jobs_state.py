@@ -1,10 +1,12 @@
 """Every job-state transition, pinned on the registry alone: no training, stub workers."""
 import os
+import re
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -113,7 +115,7 @@ def test_listing_without_refresh_changes_nothing(db, sleeper):
 
 def test_resume_is_refused_while_the_worker_lives_and_spawns_one_after(db, sleeper, monkeypatch):
     spawned = []
-    monkeypatch.setattr(jobs, "_spawn", lambda job, resume, path: spawned.append((job.id, resume, job.state)))
+    monkeypatch.setattr(jobs, "_spawn", lambda job, resume: spawned.append((job.id, resume, job.state)))
     job = _as_worker(jobs.create_job(CONFIG), sleeper)
     jobs.update_job(job.id, state="interrupted")
     with pytest.raises(CifarError, match="still running"):
@@ -221,19 +223,19 @@ def test_the_worker_spawn_command_and_log(db, monkeypatch, sleeper):
 
     monkeypatch.setattr(jobs.subprocess, "Popen", fake_popen)
     job = jobs.create_job(CONFIG)
-    jobs._spawn(job, resume=True, path=None)
+    jobs._spawn(job, resume=True)
     assert seen["command"][1:] == ["-m", "cifar_core", "worker", str(job.id), "--resume"]
     assert seen["env"]["CIFAR_JOBS_DB"] == str(db.resolve()) and seen["start_new_session"] is True
     assert (job.run_dir / runs.LOG_FILE).exists()
     spawned = jobs.get_job(job.id)
     assert spawned.pid == sleeper.pid and spawned.pid_started == jobs.process_start_time(sleeper.pid)
-    jobs._spawn(job, resume=False, path=None)
+    jobs._spawn(job, resume=False)
     assert "--resume" not in seen["command"]
 
 
 def test_launch_creates_and_spawns(db, monkeypatch):
     spawned = []
-    monkeypatch.setattr(jobs, "_spawn", lambda job, resume, path: spawned.append((job.id, resume)))
+    monkeypatch.setattr(jobs, "_spawn", lambda job, resume: spawned.append((job.id, resume)))
     job = jobs.launch(CONFIG)
     assert spawned == [(job.id, False)] and job.state == "queued"
 
@@ -270,3 +272,150 @@ def test_a_row_whose_config_no_longer_validates_is_kept_and_named(db, fake_train
     with pytest.raises(CifarError, match="n_epochs"):
         jobs.run_worker(job.id)
     assert jobs.get_job(job.id).state == "failed" and fake_training[0] == []
+
+
+# --- the registry file, the worker's calls and the launcher, pinned ---------------------------
+
+def test_the_registry_is_wal_with_a_30_second_wait(db):
+    with jobs.connect() as connection:
+        assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert connection.execute("PRAGMA busy_timeout").fetchone()[0] == 30000
+
+
+def test_setting_aside_moves_the_journal_too_and_names_the_copy(db):
+    db.write_bytes(b"not a database" * 300)
+    with pytest.warns(UserWarning) as caught:
+        jobs.list_jobs()
+    [aside] = db.parent.glob("jobs.sqlite.corrupt-*")
+    assert re.fullmatch(r"jobs\.sqlite\.corrupt-\d{8}-\d{6}", aside.name)
+    assert str(caught[0].message) == (f"the job registry was unreadable (file is not a database); it was moved to "
+                                      f"{aside.name} and a new one started (run folders are untouched)")
+    for suffix in ("", "-wal", "-shm"):  # the journal files go with the database
+        Path(f"{db}{suffix}").write_bytes(suffix.encode() or b"db")
+    with pytest.warns(UserWarning):
+        jobs._set_aside(db, ValueError("x"))
+    moved = sorted(p.name for p in db.parent.glob("jobs.sqlite.corrupt-*"))
+    assert len(moved) == 4 and not db.exists() and not Path(f"{db}-wal").exists()
+    assert any(name.endswith("-wal") for name in moved) and any(name.endswith("-shm") for name in moved)
+
+
+def test_a_busy_registry_is_an_error_not_a_corrupt_one(db, monkeypatch):
+    jobs.create_job(CONFIG)
+
+    def busy(*args, **kwargs):
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(jobs, "_connect_with_schema", busy)
+    with pytest.raises(CifarError, match=f"^the job registry {re.escape(str(db))} is busy: database is locked$"):
+        jobs.list_jobs()
+    assert not list(db.parent.glob("*.corrupt-*"))  # a busy file is never moved aside
+
+
+def test_a_registry_that_fails_twice_is_reported(db, monkeypatch):
+    def broken(*args, **kwargs):
+        raise sqlite3.DatabaseError("disk image is malformed")
+
+    monkeypatch.setattr(jobs, "_connect_with_schema", broken)
+    with pytest.warns(UserWarning), pytest.raises(CifarError, match="cannot be opened: disk image is malformed$"):
+        jobs.list_jobs()
+
+
+def test_creation_stores_the_config_and_the_times(db, tmp_path):
+    job = jobs.create_job(CONFIG, str(tmp_path / "chosen"))
+    assert job.run_dir == tmp_path / "chosen" and isinstance(job.run_dir, Path)
+    assert job.created_at == job.updated_at and job.pid is None and job.pid_started is None
+    with sqlite3.connect(db) as connection:
+        stored = connection.execute("SELECT config, state FROM jobs WHERE id = ?", (job.id,)).fetchone()
+    assert TrainConfig.from_json(stored[0]) == CONFIG and stored[1] == "queued"
+
+
+def test_the_launching_grace_ends_exactly(db):
+    job = jobs.create_job(CONFIG)
+    assert not jobs.worker_alive(job, now=job.created_at + jobs.STALE_SECONDS)
+
+
+def test_marking_dead_records_why_in_the_registry_and_the_run(db):
+    for state in ("queued", "running", "completed"):
+        job = jobs.create_job(CONFIG)
+        runs.write_status(job.run_dir, state, epoch=1)
+        jobs.mark_dead(job)
+        listed = jobs.get_job(job.id)
+        assert listed.state == "interrupted"
+        assert listed.message == "the worker stopped without finishing (killed or crashed); resume it to continue"
+        status = runs.read_status(job.run_dir)
+        expected = "completed" if state == "completed" else "interrupted"
+        assert status["state"] == expected and status["epoch"] == 1
+        if expected == "interrupted":
+            assert status["message"] == listed.message
+    jobs.mark_dead(jobs.create_job(CONFIG))  # no status.json yet: the registry alone
+
+
+def test_cancel_continues_a_stopped_worker_so_it_can_stop(db, sleeper):
+    job = _as_worker(jobs.create_job(CONFIG), sleeper)
+    os.kill(sleeper.pid, signal.SIGSTOP)
+    cancelled = jobs.cancel(job.id)
+    assert cancelled.message == "cancelled by the user; resumable"
+    assert sleeper.wait(timeout=10) == -signal.SIGTERM
+
+
+def test_the_worker_runs_with_its_own_config_folder_and_quiet_logs(db, monkeypatch):
+    from cifar_core import training
+
+    job = jobs.create_job(CONFIG)
+    runs.atomic_write_text(job.run_dir / runs.CONFIG_FILE, CONFIG.to_json())  # a run exists, yet no --resume
+    seen = []
+
+    def fake_train(config, run_dir, **kwargs):
+        seen.append((config, run_dir, kwargs, jobs.get_job(job.id).state))
+
+    monkeypatch.setattr(training, "train", fake_train)
+    assert jobs.run_worker(job.id) == 0
+    assert seen == [(CONFIG, job.run_dir, {"verbose": 2}, "running")]
+
+    def fake_resume(run_dir, **kwargs):
+        seen.append((run_dir, kwargs))
+
+    monkeypatch.setattr(training, "resume", fake_resume)
+    assert jobs.run_worker(job.id, resume=True) == 0 and seen[-1] == (job.run_dir, {"verbose": 2})
+
+    def fail_loudly(*args, **kwargs):
+        raise ValueError("x" * 1000)
+
+    monkeypatch.setattr(training, "train", fail_loudly)
+    with pytest.raises(ValueError):
+        jobs.run_worker(job.id)
+    assert len(jobs.get_job(job.id).message) == 500
+
+
+def test_spawning_appends_to_the_log_in_the_package_root(db, monkeypatch, sleeper):
+    seen = {}
+
+    def fake_popen(command, **kwargs):
+        seen.update(kwargs)
+        kwargs["stdout"].write(b"worker output\n")
+        return sleeper
+
+    monkeypatch.setattr(jobs.subprocess, "Popen", fake_popen)
+    job = jobs.create_job(CONFIG, db.parent / "new" / "run")
+    jobs._spawn(job, resume=False)  # makes the folder
+    (job.run_dir / runs.LOG_FILE).write_bytes(b"earlier\n")
+    jobs._spawn(job, resume=False)
+    assert (job.run_dir / runs.LOG_FILE).read_bytes() == b"earlier\nworker output\n"
+    assert seen["cwd"] == Path(jobs.__file__).resolve().parent.parent
+    assert seen["stdin"] == subprocess.DEVNULL and seen["stderr"] == subprocess.STDOUT
+
+
+def test_waiting_for_a_start_time_gives_up(monkeypatch):
+    calls = []
+    monkeypatch.setattr(jobs, "process_start_time", lambda pid: calls.append(pid))
+    monkeypatch.setattr(jobs.time, "sleep", lambda seconds: None)
+    assert jobs._wait_for_start_time(123) is None and calls == [123] * 50
+    monkeypatch.setattr(jobs, "process_start_time", lambda pid: 42.0)
+    assert jobs._wait_for_start_time(123) == 42.0
+
+
+def test_process_start_time_is_field_22_of_proc_stat():
+    with open(f"/proc/{os.getpid()}/stat") as handle:
+        expected = float(handle.read().rsplit(")", 1)[1].split()[19])
+    assert jobs.process_start_time(os.getpid()) == expected
+    assert jobs.process_start_time(-1) is None
