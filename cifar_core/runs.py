@@ -62,6 +62,9 @@ RECORD_FILES = (CONFIG_FILE, METRICS_FILE, HISTORY_FILE)
 
 HISTORY_COLUMNS = ("epoch", "stage", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds")
 
+_UMASK = os.umask(0)  # read once: files made here honour it like any other file
+os.umask(_UMASK)
+
 RUN_STATES = ("queued", "running", "completed", "failed", "interrupted", "cancelled")
 # No heartbeat for this long: whatever was writing the run is hung or gone.
 STALE_SECONDS = 300.0
@@ -119,31 +122,35 @@ class RunWriter:
 
     def __init__(self, run_dir: Path | str):
         self.run_dir = Path(run_dir)
-        self._handle = None
+        self._fd: int | None = None
 
     def __enter__(self) -> RunWriter:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        handle = open(self.run_dir / LOCK_FILE, "a+", encoding="utf-8")
+        lock = self.run_dir / LOCK_FILE
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
         try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read(32).strip() or "?"
-            handle.close()
-            raise RunFolderError(f"{self.run_dir.name} is being written by another process (pid {holder}); "
-                                 "wait for it to finish or cancel it first") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
-        self._handle = handle
+            os.close(fd)
+            raise RunFolderError(f"{self.run_dir.name} is being written by another process (pid "
+                                 f"{_lock_holder(lock)}); wait for it to finish or cancel it first") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
         return self
 
     def __exit__(self, *exc_info) -> None:
-        if self._handle is not None:
-            fcntl.flock(self._handle.fileno(), fcntl.LOCK_UN)
-            self._handle.close()
-            self._handle = None
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the lock
+            self._fd = None
+
+
+def _lock_holder(lock: Path) -> str:
+    """The pid its holder wrote into a lock file ('?' if it has not yet)."""
+    try:
+        return lock.read_text()[:20].strip() or "?"
+    except OSError:
+        return "?"
 
 
 def writer_alive(run_dir: Path | str) -> bool:
@@ -163,8 +170,6 @@ def writer_alive(run_dir: Path | str) -> bool:
 
 # --- atomic writes ---------------------------------------------------------------
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 def atomic_write_bytes(path: Path | str, data: bytes) -> None:
     path = Path(path)

@@ -78,3 +78,310 @@ def test_a_run_whose_heartbeat_stopped_is_not_running_forever(tmp_path):
     assert runs.effective_state(status) == "running"
     assert runs.effective_state(status, now=status["heartbeat"] + runs.STALE_SECONDS + 1) == "interrupted"
     assert runs.effective_state({"state": "completed", "heartbeat": 0}) == "completed"
+
+
+# --- ids, folders, locks, states, readers and shipping: fast tests, no training ----------------
+
+import os  # noqa: E402
+import re  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from cifar_core.config import TrainConfig  # noqa: E402
+
+CONFIG = TrainConfig(model="demo")
+
+
+def test_run_ids_say_when_what_and_a_random_part():
+    now = time.mktime((2026, 11, 27, 9, 8, 7, 0, 0, -1))
+    run_id = runs.new_run_id("lite0/../x y", now=now)
+    assert re.fullmatch(r"20261127-090807-lite0_.._x_y-[0-9a-f]{6}", run_id)
+    assert len(runs.new_run_id("m" * 100, now=now)) == len("20261127-090807-") + 40 + 7
+    assert runs.new_run_id("demo").startswith(time.strftime("%Y%m%d-%H%M"))
+
+
+def test_new_run_folders_go_under_the_runs_root(tmp_path, monkeypatch):
+    monkeypatch.setenv("CIFAR_RUNS_DIR", str(tmp_path / "deep" / "runs"))
+    assert runs.runs_root() == tmp_path / "deep" / "runs"
+    made = runs.create_run_dir("demo")
+    assert made.parent == tmp_path / "deep" / "runs" and made.is_dir() and not any(made.iterdir())
+    monkeypatch.delenv("CIFAR_RUNS_DIR")
+    assert runs.runs_root() == runs.DEFAULT_RUNS_ROOT
+
+
+def test_a_clash_of_ids_tries_again_and_gives_up_in_the_end(tmp_path, monkeypatch):
+    ids = iter(["taken", "taken", "free"])
+    (tmp_path / "taken").mkdir()
+    monkeypatch.setattr(runs, "new_run_id", lambda model: next(ids))
+    assert runs.create_run_dir("demo", tmp_path) == tmp_path / "free"
+    monkeypatch.setattr(runs, "new_run_id", lambda model: "taken")
+    with pytest.raises(RunFolderError, match=f"^could not create a new run folder under {tmp_path}$"):
+        runs.create_run_dir("demo", tmp_path)
+
+
+def test_only_empty_or_launcher_folders_take_a_new_run(tmp_path):
+    runs.check_new_run_dir(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    runs.check_new_run_dir(tmp_path / "empty")
+    launched = tmp_path / "launched"
+    launched.mkdir()
+    (launched / runs.LOG_FILE).write_text("log")
+    (launched / runs.LOCK_FILE).write_text("1")
+    runs.check_new_run_dir(launched)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    for name in ("a", "b", "c", "d", "e", "f"):
+        (mine / name).write_text(name)
+    with pytest.raises(RunFolderError) as caught:
+        runs.check_new_run_dir(mine)
+    assert str(caught.value) == (f"{mine} is not empty and not a run folder (it holds a, b, c, d, e, ...); "
+                                 "pick an empty or new folder")
+    (launched / runs.CONFIG_FILE).write_text("{}")
+    with pytest.raises(RunFolderError, match="already holds a run; use --resume"):
+        runs.check_new_run_dir(launched)
+
+
+def test_the_writer_lock_is_exclusive_names_its_holder_and_is_released(tmp_path):
+    run_dir = tmp_path / "new" / "run"
+    assert not runs.writer_alive(run_dir)
+    with runs.RunWriter(run_dir):
+        assert (run_dir / runs.LOCK_FILE).read_text() == str(os.getpid())
+        assert runs.writer_alive(run_dir)
+        with pytest.raises(RunFolderError) as caught:
+            runs.RunWriter(run_dir).__enter__()
+        assert str(caught.value) == (f"run is being written by another process (pid {os.getpid()}); "
+                                     "wait for it to finish or cancel it first")
+    assert not runs.writer_alive(run_dir)
+    (run_dir / runs.LOCK_FILE).write_text("")
+    with runs.RunWriter(run_dir), pytest.raises(RunFolderError, match=r"\(pid \d+\)"):
+        runs.RunWriter(run_dir).__enter__()
+    assert runs._lock_holder(tmp_path / "nothing") == "?"
+    (tmp_path / "blank").write_text("  ")
+    assert runs._lock_holder(tmp_path / "blank") == "?"
+
+
+def test_effective_state_follows_the_lock_when_there_is_one(tmp_path):
+    status = {"state": "running", "heartbeat": time.time()}
+    assert runs.effective_state(status, run_dir=tmp_path) == "running"  # no lock file: the heartbeat decides
+    with runs.RunWriter(tmp_path):
+        assert runs.effective_state({"state": "queued", "heartbeat": 0}, run_dir=tmp_path) == "queued"
+    assert runs.effective_state(status, run_dir=tmp_path) == "interrupted"
+    for state in ("completed", "failed", "cancelled", "interrupted"):
+        assert runs.effective_state({"state": state}, run_dir=tmp_path) == state
+    assert runs.effective_state({}) == "unknown"
+
+
+@pytest.mark.parametrize("age,state", [(runs.STALE_SECONDS - 1, "running"), (runs.STALE_SECONDS, "running"),
+                                       (runs.STALE_SECONDS + 1, "interrupted")])
+def test_without_a_lock_a_heartbeat_goes_stale_after_the_limit(age, state):
+    status = {"state": "running", "heartbeat": 1000.0}
+    assert runs.effective_state(status, now=1000.0 + age) == state
+    assert runs.effective_state({"state": "queued", "heartbeat": 1000.0}, now=1000.0 + age) == \
+        state.replace("running", "queued")
+    assert runs.effective_state({"state": "running"}, now=1e12) == "running"  # no heartbeat at all
+
+
+def test_status_writes_validate_the_state_and_keep_progress(tmp_path):
+    with pytest.raises(ValueError, match="^state must be one of .*; received 'done'$"):
+        runs.write_status(tmp_path, "done")
+    written = runs.write_status(tmp_path, "running", epoch=3, n_epochs=9, progress=0.3, stage="train")
+    assert written["pid"] == os.getpid() and written["heartbeat"] == pytest.approx(time.time(), abs=5)
+    assert runs.read_status(tmp_path) == written
+    updated = runs.update_status(tmp_path, "interrupted", message="stopped")
+    assert {k: updated[k] for k in ("state", "epoch", "n_epochs", "progress", "message")} == {
+        "state": "interrupted", "epoch": 3, "n_epochs": 9, "progress": 0.3, "message": "stopped"}
+    assert "stage" not in updated  # only the progress fields carry over
+    (tmp_path / runs.STATUS_FILE).write_text("{broken")
+    assert runs.update_status(tmp_path, "failed")["state"] == "failed"  # a corrupt status is replaced
+
+
+def _run_folder(root, name, config=CONFIG, **files):
+    run_dir = root / name
+    run_dir.mkdir(parents=True)
+    runs.atomic_write_text(run_dir / runs.CONFIG_FILE, config.to_json())
+    for file_name, data in files.items():
+        target = run_dir / file_name
+        if isinstance(data, (dict, list)):
+            runs.atomic_write_json(target, data)
+        else:
+            target.write_bytes(data if isinstance(data, bytes) else data.encode())
+    return run_dir
+
+
+def test_load_run_validates_and_fills_in_what_is_missing(tmp_path):
+    bare = _run_folder(tmp_path, "bare")
+    run = runs.load_run(bare)
+    assert run.run_id == "bare" and run.path == bare and run.config == CONFIG.to_dict()
+    assert run.status == {"state": "unknown"} and run.metrics is None and run.data is None and not run.has_model
+    full = _run_folder(tmp_path, "full", **{runs.METRICS_FILE: {"test_accuracy": 0.5},
+                                            runs.DATA_FILE: {"class_names": ["a", "b"]},
+                                            runs.STATUS_FILE: {"state": "completed"}, runs.MODEL_FILE: b"zip"})
+    run = runs.load_run(full)
+    assert run.metrics == {"test_accuracy": 0.5} and run.data["class_names"] == ["a", "b"] and run.has_model
+    assert run.status == {"state": "completed"}
+    bad = _run_folder(tmp_path, "bad", **{runs.CONFIG_FILE: '{"model": "demo", "n_epochs": 0}'})
+    with pytest.raises(RunFolderError, match="^config.json in bad: n_epochs must be between 1 and 10000"):
+        runs.load_run(bad)
+    (tmp_path / "no-config").mkdir()
+    with pytest.raises(RunFolderError, match="^missing config.json in "):
+        runs.load_run(tmp_path / "no-config")
+
+
+def test_listing_is_newest_first_and_skips_hidden_files_and_launches(tmp_path):
+    for name in ("20260101-a", "20261231-b", "20260601-c"):
+        _run_folder(tmp_path, name)
+    (tmp_path / ".hidden").mkdir()
+    (tmp_path / "stray-file.txt").write_text("x")
+    launching = tmp_path / "20261232-launching"
+    launching.mkdir()
+    (launching / runs.LOG_FILE).write_text("starting")
+    found, problems = runs.list_runs(tmp_path)
+    assert [r.run_id for r in found] == ["20261231-b", "20260601-c", "20260101-a"] and problems == []
+    assert runs.list_runs(tmp_path / "nowhere") == ([], [])
+    half = tmp_path / "20261233-half"
+    half.mkdir()
+    (half / runs.LOG_FILE).write_text("x")
+    (half / "notes.txt").write_text("x")  # not just a launcher's files: a broken run, reported
+    with pytest.warns(UserWarning, match="skipped 20261233-half: missing config.json"):
+        assert len(runs.list_runs(tmp_path)[1]) == 1
+
+
+def test_read_json_reports_missing_and_bad_files_by_name(tmp_path):
+    with pytest.raises(RunFolderError, match=f"^missing metrics.json in {tmp_path}$"):
+        runs.read_json(tmp_path / "metrics.json")
+    (tmp_path / "metrics.json").mkdir()
+    with pytest.raises(RunFolderError, match="is a folder, not a JSON file"):
+        runs.read_json(tmp_path / "metrics.json")
+    (tmp_path / "data.json").write_text("[1,")
+    with pytest.raises(RunFolderError, match=f"^data.json in {tmp_path.name} is not valid JSON"):
+        runs.read_json(tmp_path / "data.json")
+    (tmp_path / "dangling.json").symlink_to(tmp_path / "gone")
+    with pytest.raises(RunFolderError, match="no such file"):
+        runs.read_json(tmp_path / "dangling.json")
+
+
+@pytest.mark.parametrize("reader,name,data,message", [
+    (runs.read_metrics, "metrics.json", {"test_accuracy": 1.01}, "test_accuracy has an unexpected value 1.01"),
+    (runs.read_metrics, "metrics.json", {"test_accuracy": -0.01}, "test_accuracy has an unexpected value -0.01"),
+    (runs.read_metrics, "metrics.json", {"test_accuracy": True}, "test_accuracy has an unexpected value True"),
+    (runs.read_metrics, "metrics.json", {"test_accuracy": 0.5, "n_params": -1}, "n_params"),
+    (runs.read_metrics, "metrics.json", {"test_accuracy": 0.5, "n_params": 2.5}, "n_params"),
+    (runs.read_metrics, "metrics.json", {"test_accuracy": 0.5, "class_names": ["a", 1]}, "class_names"),
+    (runs.read_metrics, "metrics.json", {"test_accuracy": 0.5, "class_names": "ab"}, "class_names"),
+    (runs.read_metrics, "metrics.json", {"test_accuracy": 0.5, "per_class": {"a": {"f1": 1}}}, "per_class"),
+    (runs.read_metrics, "metrics.json", {"test_accuracy": 0.5, "stage_seconds": {"head": "x"}}, "stage_seconds"),
+    (runs.read_metrics, "metrics.json", {"test_accuracy": 0.5, "model": 3}, "model has an unexpected value 3"),
+    (runs.read_metrics, "metrics.json", {"accuracy": 0.5}, "metrics.json in r has no test_accuracy"),
+    (runs.read_status, "status.json", {"state": "done"}, "state has an unexpected value 'done'"),
+    (runs.read_status, "status.json", {"state": "running", "heartbeat": float("inf")}, "heartbeat"),
+    (runs.read_status, "status.json", {"state": "running", "progress": 1.5}, "progress"),
+    (runs.read_data_info, "data.json", {"class_names": ["a", "b"], "image_size": 0}, "image_size"),
+    (runs.read_data_info, "data.json", {"class_names": ["a", "b"], "image_size": 513}, "image_size"),
+    (runs.read_data_info, "data.json", {"class_names": ["a"] * 1001}, "class_names"),
+    (runs.read_data_info, "data.json", {"class_names": ["a", "b"], "train_counts": [1, -1]}, "train_counts"),
+])
+def test_each_schema_refuses_a_wrong_value_by_name(tmp_path, reader, name, data, message):
+    run_dir = tmp_path / "r"
+    runs.atomic_write_json(run_dir / name, data)
+    with pytest.raises(RunFolderError) as caught:
+        reader(run_dir)
+    assert message in str(caught.value) and str(caught.value).startswith(f"{name} in r")
+
+
+def test_schemas_accept_the_edges_and_keep_unknown_fields(tmp_path):
+    runs.atomic_write_json(tmp_path / runs.METRICS_FILE, {"test_accuracy": 1, "test_loss": float("nan"),
+                                                          "per_class": {"a": {"precision": 1, "recall": 0.5,
+                                                                              "f1": 0.6, "support": 3}},
+                                                          "confusion_matrix": [[1, 0], [0, 2]], "new_field": [1]})
+    assert runs.read_metrics(tmp_path)["new_field"] == [1]
+    runs.atomic_write_json(tmp_path / runs.DATA_FILE, {"class_names": ["a", "b"], "image_size": 512})
+    assert runs.read_data_info(tmp_path)["image_size"] == 512
+    runs.atomic_write_json(tmp_path / runs.DATA_FILE, {"class_names": ["a", "b"], "image_size": 1})
+    assert runs.read_data_info(tmp_path)["image_size"] == 1
+    runs.atomic_write_json(tmp_path / runs.STATUS_FILE, {"state": "running", "progress": 0, "eta_seconds": None})
+    assert runs.read_status(tmp_path)["progress"] == 0
+    assert runs.read_metrics(tmp_path / "absent") is None and runs.read_status(tmp_path / "absent") is None
+
+
+def test_values_in_messages_are_shortened():
+    assert runs._preview("x" * 10) == "'xxxxxxxxxx'"
+    assert runs._preview("x" * 100) == "'" + "x" * 56 + "..."
+    assert len(runs._preview(list(range(100)))) == 60
+
+
+def test_one_reader_per_file_kind(tmp_path):
+    run_dir = _run_folder(tmp_path, "r", **{runs.METRICS_FILE: {"test_accuracy": 0.25}})
+    assert runs.read_run_file(run_dir, runs.METRICS_FILE) == {"test_accuracy": 0.25}
+    assert runs.read_run_file(run_dir, runs.CONFIG_FILE) == CONFIG.to_dict()
+    assert runs.read_run_file(run_dir, runs.DATA_FILE) is None
+    with pytest.raises(ValueError, match="no reader for 'notes.txt'"):
+        runs.read_run_file(run_dir, "notes.txt")
+
+
+@pytest.mark.parametrize("text,message", [
+    ("epoch,loss\nx,1.0\n", "corrupt history.csv in r, line 2: epoch is 'x'"),
+    ("epoch,loss\n1,1.0\n2,1.0\n3,oops\n", "line 4: loss is 'oops'"),
+    ("epoch,stage\n1,head\n2,fine_tune\n3,later\n", "line 4: stage is 'later'"),
+    ("epoch\n-1\n", "epoch is '-1'"),
+])
+def test_history_errors_name_the_line_and_the_field(tmp_path, text, message):
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / runs.HISTORY_FILE).write_text(text)
+    with pytest.raises(RunFolderError) as caught:
+        runs.read_history(tmp_path / "r")
+    assert message in str(caught.value)
+
+
+def test_history_writes_every_column_and_reads_types_back(tmp_path):
+    rows = [{"epoch": 1, "stage": "head", "loss": 2.0, "accuracy": 0.25, "val_loss": 1.5, "val_accuracy": 0.5,
+             "learning_rate": 0.001, "seconds": 12.0, "extra": "ignored"},
+            {"epoch": 2, "stage": "train", "loss": None, "accuracy": 1, "val_loss": None, "val_accuracy": None,
+             "learning_rate": 0.0001234567, "seconds": 0.5}]
+    runs.write_history(tmp_path, rows)
+    assert (tmp_path / runs.HISTORY_FILE).read_text().splitlines()[0] == ",".join(runs.HISTORY_COLUMNS)
+    back = runs.read_history(tmp_path)
+    assert back[0] == {key: rows[0][key] for key in runs.HISTORY_COLUMNS}
+    assert back[1]["learning_rate"] == pytest.approx(0.000123457) and back[1]["loss"] is None
+    assert back[1]["accuracy"] == 1.0 and type(back[1]["epoch"]) is int
+    assert runs.read_history(tmp_path / "none") == []
+
+
+def _shippable(root, name="good"):
+    run_dir = _run_folder(root, name, **{runs.METRICS_FILE: {"test_accuracy": 0.5},
+                                         runs.DATA_FILE: {"class_names": ["a", "b"]},
+                                         runs.STATUS_FILE: {"state": "completed"},
+                                         runs.HISTORY_FILE: "epoch,loss\n1,0.5\n",
+                                         runs.PREDICTIONS_FILE: b"npz", runs.MODEL_FILE: b"zip"})
+    (run_dir / runs.CHECKPOINT_DIR).mkdir()
+    (run_dir / runs.CHECKPOINT_DIR / "state.json").write_text("{}")
+    (run_dir / runs.LOCK_FILE).write_text("1")
+    (run_dir / runs.LOG_FILE).write_text("log")
+    return run_dir
+
+
+def test_shipping_copies_exactly_the_shipped_files(tmp_path):
+    run_dir = _shippable(tmp_path / "work")
+    shipped = runs.ship(run_dir, tmp_path / "shipped", "preset-run")
+    assert shipped == tmp_path / "shipped" / "preset-run"
+    assert sorted(p.name for p in shipped.iterdir()) == sorted(runs.SHIPPED_FILES)
+    assert (shipped / runs.MODEL_FILE).read_bytes() == b"zip"
+    with pytest.raises(RunFolderError, match="already exists"):
+        runs.ship(run_dir, tmp_path / "shipped", "preset-run")
+    record = runs.keep_record(run_dir, tmp_path / "records")
+    assert sorted(p.name for p in record.iterdir()) == sorted(runs.RECORD_FILES) and record.name == "good"
+    assert not list((tmp_path / "shipped").glob(".*"))  # no staging folder left behind
+
+
+def test_only_finished_complete_runs_ship(tmp_path):
+    unfinished = _shippable(tmp_path, "unfinished")
+    runs.atomic_write_json(unfinished / runs.STATUS_FILE, {"state": "running"})
+    with pytest.raises(RunFolderError, match="^unfinished has not completed; only finished runs ship$"):
+        runs.ship(unfinished, tmp_path / "out")
+    lacking = _shippable(tmp_path, "lacking")
+    (lacking / runs.PREDICTIONS_FILE).unlink()
+    with pytest.raises(RunFolderError, match=r"^lacking lacks \['predictions.npz'\]$"):
+        runs.ship(lacking, tmp_path / "out")
+    broken = _shippable(tmp_path, "broken")
+    (broken / runs.HISTORY_FILE).write_text("epoch\nx\n")
+    with pytest.raises(RunFolderError, match="history.csv"):
+        runs.ship(broken, tmp_path / "out")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
