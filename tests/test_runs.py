@@ -84,7 +84,6 @@ def test_a_run_whose_heartbeat_stopped_is_not_running_forever(tmp_path):
 
 import os  # noqa: E402
 import re  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 from cifar_core.config import TrainConfig  # noqa: E402
 
