@@ -76,9 +76,8 @@ class TrainConfig:
         _check(not unknown, "augmentations", unknown, f"a subset of {AUGMENTATIONS}")
         _check(not {"flip", "altflip"} <= set(self.augmentations), "augmentations", list(self.augmentations),
                "at most one of flip and altflip")
-        for name, (low, high, expected) in RANGES.items():
-            value = getattr(self, name)
-            _check(value is None or low(value) and high(value), name, value, expected)
+        for name in RANGES:
+            _check_range(name, getattr(self, name))
         _check(bool(self.model) and len(self.model) <= 64, "model", self.model, "a registry name")
         _check(self.data is None or 0 < len(self.data) <= 4096, "data", self.data, "a source or path")
         _check(_plain_json(self.model_options), "model_options", self.model_options,
@@ -146,54 +145,40 @@ _KIND_NAMES = {"str": "a string", "int": "an integer", "float": "a finite number
 
 def _check_kind(name: str, value: Any, kind: str) -> None:
     optional = kind.endswith("?")
-    kind = kind.rstrip("?")
+    kind = kind.removesuffix("?")
     if value is None and optional:
         return
     _check(_KIND_CHECKS[kind](value), name, value, _KIND_NAMES[kind] + (" or null" if optional else ""))
 
 
-def _at_least(low):
-    return lambda v: v >= low
-
-
-def _at_most(high):
-    return lambda v: v <= high
-
-
-def _below(high):
-    return lambda v: v < high
-
-
-def _above(low):
-    return lambda v: v > low
-
-
-# Ranges after the types: (lower test, upper test, what the message asks for).
+# Ranges after the types, as data: (low, high, ends), where ends says whether each end
+# is included ("[]", "[)", "(]", "()"). The message shows the interval itself.
 RANGES = {
-    "n_epochs": (_at_least(1), _at_most(10_000), "between 1 and 10000"),
-    "batch_size": (_at_least(1), _at_most(8192), "between 1 and 8192"),
-    "limit": (_at_least(2), _at_most(10_000_000), "at least 2"),
-    "image_size": (_at_least(16), _at_most(512), "between 16 and 512"),
-    "val_fraction": (_at_least(0.0), _below(0.9), "in [0, 0.9)"),
-    "learning_rate": (_above(0.0), _at_most(10.0), "in (0, 10]"),
-    "fine_tune_learning_rate": (_above(0.0), _at_most(10.0), "in (0, 10]"),
-    "weight_decay": (_at_least(0.0), _at_most(1.0), "in [0, 1]"),
-    "momentum": (_at_least(0.0), _below(1.0), "in [0, 1)"),
-    "muon_scale": (_above(0.0), _at_most(10.0), "in (0, 10]"),
-    "warmup_fraction": (_at_least(0.0), _at_most(1.0), "in [0, 1]"),
-    "plateau_patience": (_at_least(1), _at_most(1000), "between 1 and 1000"),
-    "plateau_factor": (_above(0.0), _below(1.0), "in (0, 1)"),
-    "early_stopping_patience": (_at_least(1), _at_most(1000), "between 1 and 1000, or null"),
-    "label_smoothing": (_at_least(0.0), _below(1.0), "in [0, 1)"),
-    "ema_momentum": (_above(0.0), _below(1.0), "in (0, 1)"),
-    "translate_fraction": (_at_least(0.0), _at_most(0.5), "in [0, 0.5]"),
-    "rotate_fraction": (_at_least(0.0), _at_most(0.5), "in [0, 0.5]"),
-    "zoom_fraction": (_at_least(0.0), _below(1.0), "in [0, 1)"),
-    "cutout_size": (_at_least(1), _at_most(512), "between 1 and 512"),
-    "random_state": (_at_least(0), _below(2**32), "in [0, 2**32)"),
-    "fine_tune_epochs": (_at_least(0), _at_most(10_000), "between 0 and 10000"),
-    "fine_tune_layers": (_at_least(0), _at_most(100_000), "between 0 and 100000"),
+    "n_epochs": (1, 10_000, "[]"), "batch_size": (1, 8192, "[]"), "limit": (2, 10_000_000, "[]"),
+    "image_size": (16, 512, "[]"), "val_fraction": (0.0, 0.9, "[)"), "learning_rate": (0.0, 10.0, "(]"),
+    "fine_tune_learning_rate": (0.0, 10.0, "(]"), "weight_decay": (0.0, 1.0, "[]"), "momentum": (0.0, 1.0, "[)"),
+    "muon_scale": (0.0, 10.0, "(]"), "warmup_fraction": (0.0, 1.0, "[]"), "plateau_patience": (1, 1000, "[]"),
+    "plateau_factor": (0.0, 1.0, "()"), "early_stopping_patience": (1, 1000, "[]"),
+    "label_smoothing": (0.0, 1.0, "[)"), "ema_momentum": (0.0, 1.0, "()"), "translate_fraction": (0.0, 0.5, "[]"),
+    "rotate_fraction": (0.0, 0.5, "[]"), "zoom_fraction": (0.0, 1.0, "[)"), "cutout_size": (1, 512, "[]"),
+    "random_state": (0, 2**32, "[)"), "fine_tune_epochs": (0, 10_000, "[]"), "fine_tune_layers": (0, 100_000, "[]"),
 }
+
+
+def _in_range(value, low, high, ends: str) -> bool:
+    above = value >= low if ends[0] == "[" else value > low
+    below = value <= high if ends[1] == "]" else value < high
+    return above and below
+
+
+def _check_range(name: str, value) -> None:
+    low, high, ends = RANGES[name]
+    interval = f"{ends[0]}{_number_text(low)}, {_number_text(high)}{ends[1]}"
+    _check(value is None or _in_range(value, low, high, ends), name, value, f"in {interval}")
+
+
+def _number_text(number) -> str:
+    return f"{number:g}" if isinstance(number, float) else str(number)
 
 
 def _scalar(value) -> bool:

@@ -248,8 +248,37 @@ def _object(value) -> bool:
     return isinstance(value, dict)
 
 
-def _list_of(check: Check) -> Check:
-    return lambda value: isinstance(value, list) and all(check(item) for item in value)
+def _all(check: Check, items) -> bool:
+    return all(check(item) for item in items)
+
+
+def _texts(value) -> bool:
+    return isinstance(value, list) and _all(_text, value)
+
+
+def _counts(value) -> bool:
+    return isinstance(value, list) and _all(_count, value)
+
+
+def _matrix(value) -> bool:
+    return isinstance(value, list) and _all(_counts, value)
+
+
+def _seconds_by_stage(value) -> bool:
+    return isinstance(value, dict) and _all(_number, value.values())
+
+
+def _run_state(value) -> bool:
+    return value in RUN_STATES
+
+
+def _stored_size(value) -> bool:
+    # The stored resolution the model saw: every source here is resized to at most this.
+    return type(value) is int and 1 <= value <= 512
+
+
+def _class_names(value) -> bool:
+    return _texts(value) and 2 <= len(value) <= 1000
 
 
 def _per_class(value) -> bool:
@@ -261,24 +290,22 @@ def _per_class(value) -> bool:
 METRICS_SCHEMA: dict[str, Check] = {
     "test_accuracy": _fraction, "test_accuracy_tta": _fraction, "test_accuracy_head": _fraction,
     "test_loss": _number, "test_loss_tta": _number, "train_seconds": _number, "eval_seconds": _number,
-    "stage_seconds": lambda v: isinstance(v, dict) and all(_number(x) for x in v.values()),
+    "stage_seconds": _seconds_by_stage,
     "train_images_per_second": _number, "peak_memory_mb": _number,
     "n_params": _count, "n_train": _count, "n_test": _count, "epochs_run": _count, "input_size": _count,
     "model": _text, "data": _text, "measured_at": _text, "transfer": _flag, "machine": _object,
-    "class_names": _list_of(_text), "confusion_matrix": _list_of(_list_of(_count)), "per_class": _per_class,
+    "class_names": _texts, "confusion_matrix": _matrix, "per_class": _per_class,
 }
 METRICS_REQUIRED = ("test_accuracy",)
 STATUS_SCHEMA: dict[str, Check] = {
-    "state": lambda v: v in RUN_STATES, "heartbeat": _finite, "pid": _count, "epoch": _count,
+    "state": _run_state, "heartbeat": _finite, "pid": _count, "epoch": _count,
     "n_epochs": _count, "progress": _fraction, "eta_seconds": _number, "message": _text, "stage": _text,
     "test_accuracy": _fraction, "batch": _count, "steps_per_epoch": _count, "last": _object,
 }
 STATUS_REQUIRED = ("state",)
 DATA_SCHEMA: dict[str, Check] = {
-    # The stored resolution the model saw: every source here is resized to at most this.
-    "image_size": lambda v: type(v) is int and 1 <= v <= 512,
-    "class_names": lambda v: _list_of(_text)(v) and 2 <= len(v) <= 1000,
-    "n_train": _count, "n_test": _count, "train_counts": _list_of(_count), "test_counts": _list_of(_count),
+    "image_size": _stored_size, "class_names": _class_names,
+    "n_train": _count, "n_test": _count, "train_counts": _counts, "test_counts": _counts,
     "source": _text, "description": _text, "load_seconds": _number,
 }
 DATA_REQUIRED = ("class_names",)

@@ -96,7 +96,7 @@ def test_resume_from_the_cli(image_folder, tmp_path, capsys):
 @pytest.mark.parametrize("argv,message", [
     (["train", "--model", "nope", "--data", "x"], "unknown model 'nope'"),
     (["train", "--model", "demo", "--data", "/no/such/archive.tar.gz"], "data source not found"),
-    (["train", "--model", "demo", "--data", "keras", "--epochs", "0"], "n_epochs must be between 1 and 10000"),
+    (["train", "--model", "demo", "--data", "keras", "--epochs", "0"], "n_epochs must be in [1, 10000]"),
     (["train", "--model", "demo", "--augment", "flip,warp"], "augmentations"),
     (["train", "--resume"], "--resume needs --run-dir"),
     (["train"], "train needs --preset NAME, --model NAME or --config FILE"),

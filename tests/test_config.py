@@ -120,3 +120,91 @@ def test_inference_batches_shrink_with_the_input():
     assert inference_batch_size(32) == 256
     assert inference_batch_size(128) == 64
     assert 8 <= inference_batch_size(224) < 32
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("optimizer", "rmsprop", "optimizer must be one of ('adamw', 'adam', 'sgd', 'muon'); received 'rmsprop'"),
+    ("schedule", "exp", "schedule must be one of ('constant', 'plateau', 'onecycle', 'cosine'); received 'exp'"),
+    ("precision", "float16", "precision must be one of ('float32', 'mixed_bfloat16'); received 'float16'"),
+    ("augmentations", ("flip", "mixup"), "augmentations must be a subset of ('flip', 'altflip', 'translate', "
+     "'crop', 'rotate', 'zoom', 'contrast', 'cutout'); received ['mixup']"),
+    ("augmentations", ("flip", "altflip"), "augmentations must be at most one of flip and altflip; "
+     "received ['flip', 'altflip']"),
+    ("model", "m" * 65, "model must be a registry name; received '" + "m" * 64),
+    ("data", "d" * 4097, "data must be a source or path; received '" + "d" * 76 + "..."),
+    ("model_options", {"a": [[1]]}, "model_options must be an object of names to numbers, strings, booleans or "
+     "short lists of them; received {'a': [[1]]}"),
+    ("val_fraction", 0.9, "val_fraction must be in [0, 0.9); received 0.9"),
+    ("random_state", 2**32, "random_state must be in [0, 4294967296); received 4294967296"),
+    ("ema_momentum", 1.0, "ema_momentum must be in (0, 1); received 1.0"),
+    ("learning_rate", 0, "learning_rate must be in (0, 10]; received 0"),
+])
+def test_every_refusal_says_what_was_expected_and_received(field, value, message):
+    with pytest.raises(ConfigError) as caught:
+        TrainConfig(**{field: value})
+    assert str(caught.value).startswith(message), str(caught.value)
+
+
+def test_long_received_values_are_shortened_to_80_characters():
+    with pytest.raises(ConfigError) as caught:
+        TrainConfig(optimizer="x" * 200)
+    received = str(caught.value).split("; received ")[1]
+    assert received == "'" + "x" * 76 + "..." and len(received) == 80
+    with pytest.raises(ConfigError) as caught:
+        TrainConfig(optimizer="y" * 78)  # its repr is exactly 80 characters: kept whole
+    assert str(caught.value).endswith("received '" + "y" * 78 + "'")
+
+
+def test_the_edges_of_names_paths_and_options():
+    assert TrainConfig(model="m" * 64).model == "m" * 64
+    assert TrainConfig(data="d" * 4096).data == "d" * 4096
+    assert TrainConfig(data="d").data == "d"
+    for bad in ({"model": ""}, {"data": ""}):
+        with pytest.raises(ConfigError):
+            TrainConfig(**bad)
+    assert TrainConfig(model_options={f"k{i}": i for i in range(32)}).model_options["k31"] == 31
+    with pytest.raises(ConfigError, match="model_options"):
+        TrainConfig(model_options={f"k{i}": i for i in range(33)})
+    assert TrainConfig(model_options={"widths": list(range(64))}).model_options["widths"][-1] == 63
+    for bad in ({"widths": list(range(65))}, {1: 2}, {"x": float("nan")}, {"x": {"y": 1}}):
+        with pytest.raises(ConfigError, match="model_options"):
+            TrainConfig(model_options=bad)
+    assert TrainConfig(model_options={"a": None, "b": "s", "c": True, "d": 1.5}).model_options["d"] == 1.5
+
+
+def test_the_saved_json_is_sorted_and_indented():
+    text = TrainConfig(model="demo").to_json()
+    lines = text.splitlines()
+    assert lines[0] == "{" and lines[1] == '  "augmentations": [' and lines[2] == '    "flip",'
+    keys = [line.split('"')[1] for line in lines if line.startswith('  "')]
+    assert keys == sorted(keys)
+
+
+def test_config_errors_name_the_config():
+    with pytest.raises(ConfigError, match=r"^config is not valid JSON \("):
+        TrainConfig.from_json("{nope")
+    with pytest.raises(ConfigError, match="^config must be a JSON object, got list$"):
+        TrainConfig.from_dict([])
+
+
+def test_recipes_apply_only_to_their_models():
+    from cifar_core.config import TRANSFER_RECIPE
+
+    plain = recipe_config("not-a-registered-model")
+    assert plain.optimizer == TrainConfig().optimizer and plain.n_epochs == TrainConfig().n_epochs
+    assert recipe_config("lite0").optimizer == TRANSFER_RECIPE["optimizer"]
+    assert recipe_config("lite0", image_size=160).batch_size == TRANSFER_RECIPE["batch_size"]  # 160: not above
+    assert recipe_config("lite0", image_size=161).batch_size == TRANSFER_RECIPE["batch_size"] // 2
+    assert recipe_config("fastnet", image_size=224).batch_size == RECIPES["fastnet"]["batch_size"]
+
+
+def test_presets_are_recipes_with_settings_on_top():
+    from cifar_core.config import PRESETS, preset_config
+
+    assert preset_config("lite0-224") == recipe_config("lite0", image_size=224, fine_tune_epochs=4)
+    assert preset_config("lite0-224", fine_tune_epochs=None).fine_tune_epochs == 4  # None overrides nothing
+    assert preset_config("demo", n_epochs=2) == recipe_config("demo", n_epochs=2)
+    with pytest.raises(ConfigError, match="^unknown preset 'nope'; choose one of demo, g3, fastnet, lite0-128, "
+                                          "lite0-224$"):
+        preset_config("nope")
+    assert set(PRESETS) == {"demo", "g3", "fastnet", "lite0-128", "lite0-224"}

@@ -218,7 +218,7 @@ def test_load_run_validates_and_fills_in_what_is_missing(tmp_path):
     assert run.metrics == {"test_accuracy": 0.5} and run.data["class_names"] == ["a", "b"] and run.has_model
     assert run.status == {"state": "completed"}
     bad = _run_folder(tmp_path, "bad", **{runs.CONFIG_FILE: '{"model": "demo", "n_epochs": 0}'})
-    with pytest.raises(RunFolderError, match="^config.json in bad: n_epochs must be between 1 and 10000"):
+    with pytest.raises(RunFolderError, match=r"^config.json in bad: n_epochs must be in \[1, 10000\]"):
         runs.load_run(bad)
     (tmp_path / "no-config").mkdir()
     with pytest.raises(RunFolderError, match="^missing config.json in "):
