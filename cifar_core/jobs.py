@@ -29,6 +29,7 @@ from .errors import CifarError, ConfigError
 DEFAULT_DB = runs.DEFAULT_RUNS_ROOT.parent / "jobs.sqlite"
 STALE_SECONDS = runs.STALE_SECONDS
 ACTIVE_STATES = ("queued", "running")
+LOCKED_RETRIES = 50  # x 0.1 s
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -79,12 +80,22 @@ def connect():
 
 def _open(path: Path) -> sqlite3.Connection:
     """A connection with the schema in place; a corrupt file is renamed aside and a new one started."""
-    try:
-        return _connect_with_schema(path)
-    except sqlite3.DatabaseError as exc:
-        if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
-            raise CifarError(f"the job registry {path} is busy: {exc}") from None
-        _set_aside(path, exc)
+    for _ in range(LOCKED_RETRIES):
+        try:
+            return _connect_with_schema(path)
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc):
+                _set_aside(path, exc)
+                break
+            # Switching a new file to WAL needs the whole file: SQLite answers "locked" at
+            # once, without its busy wait, when another process is doing the same.
+            busy = exc
+            time.sleep(0.1)
+        except sqlite3.DatabaseError as exc:
+            _set_aside(path, exc)
+            break
+    else:
+        raise CifarError(f"the job registry {path} is busy: {busy}") from None
     try:
         return _connect_with_schema(path)
     except sqlite3.DatabaseError as exc:

@@ -47,9 +47,18 @@ def test_train_page_launches_a_job(studio):
 
 
 def test_compare_page_pairs_predictions(studio):
+    import numpy as np
+
+    from cifar_core import runs
+
     app = open_page("pages/4_Compare.py")
-    labels = [m.label for m in app.metric]
-    assert "Only A right" in labels and "Both wrong" in labels
+    shown = {m.label: int(m.value) for m in app.metric}
+    first, second = app.selectbox(key="compare_a").value, app.selectbox(key="compare_b").value
+    a, b = (runs.read_predictions(studio["runs"] / name) for name in (first, second))
+    right_a = a["probs"].astype(np.float32).argmax(1) == a["y_true"]
+    right_b = b["probs"].astype(np.float32).argmax(1) == b["y_true"]
+    assert shown == {"Only A right": int((right_a & ~right_b).sum()), "Only B right": int((right_b & ~right_a).sum()),
+                     "Both wrong": int((~right_a & ~right_b).sum())}
 
 
 def test_evaluate_page_shows_matrix_and_report(studio):

@@ -144,9 +144,10 @@ def test_corrupted_real_images_only_raise_the_project_error(offset, noise):
     data = bytearray(encode(Image.new("RGB", (16, 16), (1, 2, 3)), "PNG"))
     data[offset:offset + len(noise)] = noise
     try:
-        decode_image(bytes(data))
+        decoded = decode_image(bytes(data))
     except ImageDecodeError:
-        pass
+        return
+    assert decoded.dtype == np.uint8 and decoded.ndim == 3 and decoded.shape[2] == 3
 
 
 # --- header checks, conversions and resizing, each pinned ------------------------------------

@@ -306,9 +306,25 @@ def test_a_busy_registry_is_an_error_not_a_corrupt_one(db, monkeypatch):
         raise sqlite3.OperationalError("database is locked")
 
     monkeypatch.setattr(jobs, "_connect_with_schema", busy)
+    naps = []
+    monkeypatch.setattr(jobs.time, "sleep", naps.append)
     with pytest.raises(CifarError, match=f"^the job registry {re.escape(str(db))} is busy: database is locked$"):
         jobs.list_jobs()
+    assert naps == [0.1] * jobs.LOCKED_RETRIES
     assert not list(db.parent.glob("*.corrupt-*"))  # a busy file is never moved aside
+
+
+def test_a_registry_busy_for_a_moment_opens_after_a_retry(db, monkeypatch):
+    real, answers = jobs._connect_with_schema, iter(["locked", "locked", None])
+
+    def busy_twice(path):
+        if next(answers):
+            raise sqlite3.OperationalError("database is locked")
+        return real(path)
+
+    monkeypatch.setattr(jobs, "_connect_with_schema", busy_twice)
+    monkeypatch.setattr(jobs.time, "sleep", lambda seconds: None)
+    assert jobs.list_jobs() == []
 
 
 def test_a_registry_that_fails_twice_is_reported(db, monkeypatch):

@@ -29,7 +29,8 @@ def test_homebrew_models_output_probabilities_and_name_their_gradcam_layer(name)
     probs = np.asarray(model(np.random.default_rng(0).integers(0, 255, (2, 32, 32, 3)).astype("float32")))
     assert probs.shape == (2, 7)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
-    assert model.get_layer(get_spec(name).last_conv_layer) is not None
+    # Grad-CAM needs a spatial feature map at that name: (batch, height, width, channels).
+    assert len(model.get_layer(get_spec(name).last_conv_layer).output.shape) == 4
 
 
 def test_whitening_layer_is_frozen_and_decorrelates_patches():

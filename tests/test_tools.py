@@ -27,7 +27,13 @@ def test_checkpoint_accuracy_uses_the_best_weights_then_the_last_checkpoint(tiny
     best_epoch = 1 + int(np.argmin([row["val_loss"] for row in history]))
     weights_from, measured = tool.checkpoint_accuracy(run_dir, tiny_dataset)
     assert weights_from == f"epoch {best_epoch} (early-stopping best)"
-    assert 0.0 <= measured["test_accuracy"] <= 1.0 and "test_accuracy_tta" in measured
+    best = checkpoint.load_model(run_dir, checkpoint.load_state(run_dir))
+    from cifar_core.training.callbacks import read_best_weights
+
+    best.set_weights(read_best_weights(checkpoint.checkpoint_dir(run_dir) / BEST_WEIGHTS_NAME)[1])
+    predicted = best.predict(tiny_dataset.x_test.astype("float32"), verbose=0).argmax(1)
+    assert measured["test_accuracy"] == pytest.approx(np.mean(predicted == tiny_dataset.y_test))
+    assert "test_accuracy_tta" in measured
 
     (checkpoint.checkpoint_dir(run_dir) / BEST_WEIGHTS_NAME).unlink()
     weights_from, measured = tool.checkpoint_accuracy(run_dir, tiny_dataset)

@@ -44,7 +44,7 @@ def test_every_backbone_builds_frozen_with_a_new_head(name):
     assert probs.shape == (1, 10)
     trainable = {layer.name for layer in model.layers if layer.trainable and layer.weights}
     assert trainable == {"predictions"}
-    assert model.get_layer(get_spec(name).last_conv_layer) is not None
+    assert len(model.get_layer(get_spec(name).last_conv_layer).output.shape) == 4  # a spatial map for Grad-CAM
 
 
 def test_unfreeze_top_keeps_batchnorm_frozen():
