@@ -251,7 +251,7 @@ class Preset:
 # What a user can train by name (`train --preset NAME`, the Train page). Each ships one run;
 # a preset a newer one supersedes leaves with its run (its record stays in docs/experiments/).
 PRESETS: dict[str, Preset] = {
-    "demo": Preset("demo", {}, "demo-cifar10", "small CNN on an 8,000-image subset: about a minute"),
+    "demo": Preset("demo", {}, "demo-cifar10", "small CNN on an 8,000-image subset, for live demos"),
     "g3": Preset("g3", {}, "g3-v2-cifar10", "the original study's 416k-parameter CNN, early stopping"),
     "fastnet": Preset("fastnet", {}, "fastnet-muon-altflip-cifar10",
                       "airbench-style net, Muon + alternating flip, 22 epochs"),

@@ -258,6 +258,21 @@ def upscale(image: np.ndarray, size: int = 160) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.NEAREST))
 
 
+def preset_label(name: str) -> str:
+    """'fastnet — airbench-style net ..., about 57 min' from the preset and its shipped run's metrics."""
+    from .config import PRESETS
+
+    if name not in PRESETS:
+        return "custom (the fields below)"
+    preset = PRESETS[name]
+    metrics = run_json(str(ROOT / "artifacts" / "runs" / preset.shipped_run), runs.METRICS_FILE) or {}
+    seconds = metrics.get("train_seconds")
+    if seconds is None:
+        return f"{name} — {preset.summary}"
+    took = f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+    return f"{name} — {preset.summary}, about {took}"
+
+
 def registered_models() -> set[str]:
     from .models import model_names
 

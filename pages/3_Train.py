@@ -7,7 +7,7 @@ import plotly.express as px
 import streamlit as st
 
 from cifar_core import jobs, runs, ui
-from cifar_core.config import AUGMENTATIONS, OPTIMIZERS, recipe_config
+from cifar_core.config import AUGMENTATIONS, OPTIMIZERS, PRESETS, preset_config, recipe_config
 from cifar_core.errors import CifarError
 from cifar_core.models import model_names
 
@@ -16,7 +16,11 @@ st.caption("Each job runs in its own worker process and writes a run folder; thi
            "Jobs survive a restart of the dashboard.")
 
 sources = ui.candidate_sources()
+preset_names = ["custom", *PRESETS]
 with st.form("train_form"):
+    preset = st.selectbox("Preset", preset_names, key="train_preset", format_func=ui.preset_label,
+                          help="A preset trains exactly the recipe of one shipped run; 'custom' uses the fields "
+                               "below. The time is what the shipped run took on the machine it was measured on.")
     left, right = st.columns(2)
     model = left.selectbox("Model", model_names(), index=model_names().index("demo"), key="train_model")
     source = right.text_input("Data source", value=sources[0] if sources else "keras", key="train_source")
@@ -29,9 +33,12 @@ with st.form("train_form"):
     submitted = st.form_submit_button("Start training", type="primary")
 if submitted:
     try:
-        config = recipe_config(model, data=source, n_epochs=int(epochs), limit=int(limit) or None,
-                               optimizer=optimizer, learning_rate=float(learning_rate),
-                               augmentations=tuple(augmentations))
+        if preset != "custom":
+            config = preset_config(preset, data=source)
+        else:
+            config = recipe_config(model, data=source, n_epochs=int(epochs), limit=int(limit) or None,
+                                   optimizer=optimizer, learning_rate=float(learning_rate),
+                                   augmentations=tuple(augmentations))
         job = jobs.launch(config)
         st.session_state.train_watch = job.id
         st.success(f"Started job {job.id}: {job.run_dir.name}")

@@ -118,3 +118,18 @@ def test_sample_examples_never_repeat_an_image():
         assert sorted(example_indices(3, seed=seed)) == [0, 1, 2]
     assert len(example_indices(100)) == 3
     assert sorted(example_indices(2)) == [0, 1]
+
+
+def test_train_page_launches_a_preset(studio):
+    from cifar_core import jobs
+    from cifar_core.config import preset_config
+
+    app = open_page("pages/3_Train.py")
+    assert "demo — small CNN on an 8,000-image subset, for live demos, about 38 s" in \
+        app.selectbox(key="train_preset").options
+    app.selectbox(key="train_preset").set_value("demo")
+    app.button[0].click().run()
+    assert not app.exception and any("Started job" in s.value for s in app.success)
+    [job] = jobs.list_jobs()
+    assert job.config == preset_config("demo", data=str(studio["data"]))
+    jobs.cancel(job.id)
