@@ -29,6 +29,19 @@ def grad_cam(model, batch: np.ndarray, layer_name: str, class_index: int | None 
     return cam / peak if peak > 0 else cam
 
 
+def explain_image(run, image: np.ndarray) -> np.ndarray | None:
+    """Grad-CAM of a loaded run on one photo, as the model sees it (its training resolution,
+    resized to its input); None for a model without a named last convolution."""
+    from .data.pipeline import make_inference_dataset
+    from .inference import model_view
+    from .models import get_spec, model_names
+
+    if run.config.model not in model_names() or not get_spec(run.config.model).last_conv_layer:
+        return None
+    batch = next(iter(make_inference_dataset(model_view(run, image)[None], 1, run.input_size))).numpy()
+    return grad_cam(run.model, batch, get_spec(run.config.model).last_conv_layer)
+
+
 def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45) -> np.ndarray:
     """The heatmap, resized to the image, blended over it as a red-yellow glow."""
     from PIL import Image

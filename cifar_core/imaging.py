@@ -158,3 +158,21 @@ def _stretch_to_bytes(values: np.ndarray) -> np.ndarray:
     if high <= low:
         return np.zeros(values.shape, np.uint8)
     return np.rint((values - low) * np.float32(255.0 / (high - low))).astype(np.uint8)
+
+
+# --- pixels for display ---------------------------------------------------------------------
+
+def mosaic(images: np.ndarray, columns: int, scale: int = 3, gap: int = 2) -> np.ndarray:
+    """Tile uint8 images into one picture (one st.image call renders far faster than many)."""
+    n, h, w, _ = images.shape
+    rows = int(np.ceil(n / columns))
+    canvas = np.full((rows * (h + gap), columns * (w + gap), 3), 255, np.uint8)
+    for i, image in enumerate(images):
+        r, c = divmod(i, columns)
+        canvas[r * (h + gap): r * (h + gap) + h, c * (w + gap): c * (w + gap) + w] = image
+    pil = Image.fromarray(canvas)
+    return np.asarray(pil.resize((pil.width * scale, pil.height * scale), Image.Resampling.NEAREST))
+
+
+def upscale(image: np.ndarray, size: int = 160) -> np.ndarray:
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.NEAREST))

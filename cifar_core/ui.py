@@ -238,26 +238,6 @@ def default_dataset():
     return sample_dataset()
 
 
-def mosaic(images: np.ndarray, columns: int, scale: int = 3, gap: int = 2) -> np.ndarray:
-    """Tile uint8 images into one picture (one st.image call renders far faster than many)."""
-    from PIL import Image
-
-    n, h, w, _ = images.shape
-    rows = int(np.ceil(n / columns))
-    canvas = np.full((rows * (h + gap), columns * (w + gap), 3), 255, np.uint8)
-    for i, image in enumerate(images):
-        r, c = divmod(i, columns)
-        canvas[r * (h + gap): r * (h + gap) + h, c * (w + gap): c * (w + gap) + w] = image
-    pil = Image.fromarray(canvas)
-    return np.asarray(pil.resize((pil.width * scale, pil.height * scale), Image.Resampling.NEAREST))
-
-
-def upscale(image: np.ndarray, size: int = 160) -> np.ndarray:
-    from PIL import Image
-
-    return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.NEAREST))
-
-
 def preset_label(name: str) -> str:
     """'fastnet — airbench-style net ..., about 57 min' from the preset and its shipped run's metrics."""
     from .config import PRESETS

@@ -6,6 +6,7 @@ import streamlit as st
 
 from cifar_core import ui
 from cifar_core.errors import CifarError
+from cifar_core.imaging import mosaic
 
 ui.page("Dataset", "📚")
 
@@ -44,7 +45,7 @@ for index, name in enumerate(data.class_names):
         continue
     label, row = st.columns([1, 7], vertical_alignment="center")
     label.markdown(f"**{name}**  \n{len(members):,} train")
-    row.image(ui.mosaic(data.x_train[rng.choice(members, min(per_class, len(members)), replace=False)],
+    row.image(mosaic(data.x_train[rng.choice(members, min(per_class, len(members)), replace=False)],
                         columns=per_class, scale=2))
 
 balance = pd.DataFrame({"class": list(data.class_names) * 2,

@@ -5,6 +5,7 @@ import streamlit as st
 from cifar_core import ui
 from cifar_core.config import AUGMENTATIONS, TrainConfig, recipe_config
 from cifar_core.errors import ConfigError
+from cifar_core.imaging import mosaic
 from cifar_core.models import model_names
 
 ui.page("Augmentation preview", "🎲")
@@ -45,4 +46,4 @@ from cifar_core.data.pipeline import augment_preview  # noqa: E402  (imports Ten
 
 views = [augment_preview(images, config, seed=int(st.session_state.aug_seed) * 10 + k) for k in range(3)]
 st.markdown("**Original** (top row), then three augmented draws")
-st.image(ui.mosaic(np.concatenate([images, *views]), columns=count, scale=4), clamp=True)
+st.image(mosaic(np.concatenate([images, *views]), columns=count, scale=4), clamp=True)

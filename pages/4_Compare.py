@@ -5,6 +5,7 @@ import plotly.express as px
 import streamlit as st
 
 from cifar_core import ui
+from cifar_core.imaging import mosaic
 
 ui.page("Compare runs", "📈")
 
@@ -85,6 +86,6 @@ if data is not None and data.source != "sample" and len(data.y_test) == len(trut
     only_b = np.flatnonzero(right_b & ~right_a)[:24]
     if len(only_b):
         st.markdown(f"**Test images B ({second}) gets right and A gets wrong** (first {len(only_b)})")
-        st.image(ui.mosaic(data.x_test[only_b], columns=12, scale=3))
+        st.image(mosaic(data.x_test[only_b], columns=12, scale=3))
 else:
     st.caption("Point CIFAR10_SOURCE at the dataset to see the images themselves.")

@@ -5,6 +5,7 @@ import plotly.express as px
 import streamlit as st
 
 from cifar_core import ui
+from cifar_core.imaging import mosaic
 
 ui.page("Evaluate a run", "🧮")
 
@@ -55,7 +56,7 @@ if predictions is not None:
     cell = cell[np.argsort(-confidence)][:30]
     if data is not None and data.source != "sample" and len(data.y_test) == len(truth):
         if len(cell):
-            st.image(ui.mosaic(data.x_test[cell], columns=10, scale=3),
+            st.image(mosaic(data.x_test[cell], columns=10, scale=3),
                      caption="most confident mistakes first")
     else:
         st.caption("Point CIFAR10_SOURCE at the dataset to see these images; their test indices: "

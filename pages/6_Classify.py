@@ -1,14 +1,13 @@
 """Classify: drop photos (or use the camera); each chosen model gives its top 3, what it saw, and where it looked."""
 import time
 
-import numpy as np
 import pandas as pd
 import plotly.express as px
 import streamlit as st
 
 from cifar_core import ui
 from cifar_core.errors import CifarError
-from cifar_core.imaging import ACCEPTED_FORMATS, decode_image
+from cifar_core.imaging import ACCEPTED_FORMATS, decode_image, upscale
 
 ui.page("Classify your photos", "📷")
 
@@ -39,9 +38,8 @@ if not files or not chosen:
     st.stop()
 
 from cifar_core.evaluation import top_k  # noqa: E402
-from cifar_core.explain import grad_cam, overlay  # noqa: E402
+from cifar_core.explain import explain_image, overlay  # noqa: E402
 from cifar_core.inference import classify_arrays, model_view  # noqa: E402
-from cifar_core.models import get_spec  # noqa: E402
 
 loaded = []
 for record in chosen:
@@ -77,13 +75,8 @@ for position, (name, data) in enumerate(files):
                 st.warning(f"Not confident: the top class has only {top[0][1]:.0%}. "
                            f"This model knows only: {', '.join(run.class_names)}.")
             view, cam = st.columns(2)
-            view.image(ui.upscale(seen), caption=f"what it sees ({seen.shape[0]}×{seen.shape[1]})")
-            layer = get_spec(run.config.model).last_conv_layer if run.config.model in ui.registered_models() else None
-            if layer:
-                from cifar_core.data.pipeline import make_dataset
-
-                batch = next(iter(make_dataset(seen[None], np.zeros(1, np.int32), 1, 1, run.input_size,
-                                               one_hot=False)))[0].numpy()
-                heat = grad_cam(run.model, batch, layer)
-                cam.image(overlay(ui.upscale(seen), heat), caption="where it looked (Grad-CAM)")
+            view.image(upscale(seen), caption=f"what it sees ({seen.shape[0]}×{seen.shape[1]})")
+            heat = explain_image(run, image)
+            if heat is not None:
+                cam.image(overlay(upscale(seen), heat), caption="where it looked (Grad-CAM)")
     st.caption(f"classified by {len(loaded)} model(s) in {ui.elapsed(started)}")

@@ -231,3 +231,19 @@ def test_resizing_shrinks_by_area_and_enlarges_smoothly():
     assert imaging.resize_image(wide, 4).shape == (4, 4, 3)  # both sides set, aspect not kept
     square = np.zeros((5, 5, 3), np.uint8)
     assert imaging.resize_image(square, 5) is square
+
+
+def test_mosaic_tiles_images_in_rows_with_white_gaps():
+    images = np.stack([np.full((2, 2, 3), value, np.uint8) for value in (10, 20, 30)])
+    tiled = imaging.mosaic(images, columns=2, scale=1, gap=1)
+    assert tiled.shape == (2 * 3, 2 * 3, 3)
+    assert (tiled[0:2, 0:2] == 10).all() and (tiled[0:2, 3:5] == 20).all() and (tiled[3:5, 0:2] == 30).all()
+    assert (tiled[2, :] == 255).all() and (tiled[3:5, 3:5] == 255).all()  # gaps and the empty cell stay white
+    assert imaging.mosaic(images, columns=3, scale=2, gap=0).shape == (4, 12, 3)
+
+
+def test_upscale_keeps_pixels_sharp():
+    image = np.array([[[0, 0, 0], [255, 255, 255]]], np.uint8)  # 1x2
+    big = imaging.upscale(image, 4)
+    assert big.shape == (4, 4, 3) and set(np.unique(big)) == {0, 255}  # nearest neighbour: no blending
+    assert imaging.upscale(np.zeros((3, 3, 3), np.uint8)).shape == (160, 160, 3)
