@@ -48,6 +48,11 @@ MODEL_FILE = "model.keras"
 CHECKPOINT_DIR = "checkpoint"
 TENSORBOARD_DIR = "tb"
 LOG_FILE = "train.log"
+# Inside checkpoint/ (written while training, never shipped): the resume state, the transfer
+# head's own figures, early stopping's best weights and the frozen-feature caches.
+CHECKPOINT_STATE_FILE = "state.json"
+HEAD_STATS_FILE = "head.json"
+BEST_WEIGHTS_FILE = "best-weights.npz"
 LOCK_FILE = ".writer.lock"
 # What a job launcher may have put in a folder before its writer starts.
 LAUNCH_FILES = frozenset({LOG_FILE, LOCK_FILE})
@@ -68,6 +73,14 @@ os.umask(_UMASK)
 RUN_STATES = ("queued", "running", "completed", "failed", "interrupted", "cancelled")
 # No heartbeat for this long: whatever was writing the run is hung or gone.
 STALE_SECONDS = 300.0
+
+
+def checkpoint_file(run_dir: Path | str, name: str) -> Path:
+    return Path(run_dir) / CHECKPOINT_DIR / name
+
+
+def feature_cache_file(run_dir: Path | str, split: str, flip: bool = False) -> Path:
+    return checkpoint_file(run_dir, f"features-{split}{'-flip' if flip else ''}.npy")
 
 
 def runs_root() -> Path:

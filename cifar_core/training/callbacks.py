@@ -12,7 +12,7 @@ from .. import runs
 from . import checkpoint
 
 HEARTBEAT_SECONDS = 5.0
-BEST_WEIGHTS_NAME = "best-weights.npz"
+BEST_WEIGHTS_NAME = runs.BEST_WEIGHTS_FILE
 
 
 def read_best_weights(path: Path) -> tuple[int, list[np.ndarray]] | None:

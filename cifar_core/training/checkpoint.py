@@ -11,7 +11,7 @@ import keras
 from .. import runs
 from ..errors import RunFolderError
 
-STATE_NAME = "state.json"
+STATE_NAME = runs.CHECKPOINT_STATE_FILE
 
 
 def checkpoint_dir(run_dir: Path) -> Path:

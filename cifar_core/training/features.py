@@ -18,24 +18,24 @@ from .callbacks import PredictHeartbeat
 
 def extract_features(model, images: np.ndarray, image_size: int, flip: bool = False,
                      run_dir: Path | None = None) -> np.ndarray:
-    from ..data.pipeline import make_dataset
+    from ..data.pipeline import make_inference_dataset
     from ..evaluation import inference_batch_size
     from ..models.transfer import feature_model
 
     batch_size = inference_batch_size(image_size)
     trunk = feature_model(model)
     source = images[:, :, ::-1, :] if flip else images
-    dataset = make_dataset(source, np.zeros(len(images), np.int32), 1, batch_size, image_size, one_hot=False)
+    dataset = make_inference_dataset(source, batch_size, image_size)
     # Minutes of predicting: keep the heartbeat fresh so the job registry
     # does not take a busy worker for a dead one.
     callbacks = [PredictHeartbeat(run_dir, "features")] if run_dir else []
-    return np.asarray(trunk.predict(dataset.map(lambda x, y: x), verbose=0, callbacks=callbacks), dtype=np.float32)
+    return np.asarray(trunk.predict(dataset, verbose=0, callbacks=callbacks), dtype=np.float32)
 
 
 def cached_features(model, run_dir: Path, name: str, images: np.ndarray, image_size: int,
                     flip: bool = False) -> np.ndarray:
     """Features for `images`, kept in the run's checkpoint folder so a resume reuses them."""
-    path = Path(run_dir) / runs.CHECKPOINT_DIR / f"features-{name}{'-flip' if flip else ''}.npy"
+    path = runs.feature_cache_file(run_dir, name, flip)
     if path.is_file():
         features = np.load(path, allow_pickle=False)
         if len(features) == len(images):

@@ -1,8 +1,11 @@
-"""The fit loop: config + data -> a complete, resumable run folder."""
+"""Training's API: config + data -> a complete, resumable run folder, one writer at a time.
+
+train() and resume() own the run folder (its lock, its failures recorded in
+status.json); stages.py runs the epochs, finish.py measures and saves the result.
+"""
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,8 +18,9 @@ from ..data.pipeline import AlternatingFlip, build_augmenter, make_dataset, spli
 from ..errors import CifarError, RunFolderError
 from ..models import build_model, get_spec
 from . import checkpoint
-from .callbacks import PredictHeartbeat, ResumableEarlyStopping, ResumablePlateau, RunRecorder
+from .finish import finish_run, input_size
 from .optimizers import compile_model
+from .stages import FitContext, fit_stage, train_transfer
 
 
 @dataclass
@@ -30,10 +34,6 @@ class Split:
 def make_split(dataset: Dataset, config: TrainConfig) -> Split:
     train, val = split_train_val(dataset.y_train, config.val_fraction, config.random_state, config.limit)
     return Split(dataset.x_train[train], dataset.y_train[train], dataset.x_train[val], dataset.y_train[val])
-
-
-def input_size(config: TrainConfig) -> int:
-    return config.image_size or get_spec(config.model).input_size
 
 
 def train(config: TrainConfig, run_dir: Path | str | None = None, dataset: Dataset | None = None,
@@ -149,44 +149,19 @@ def _train(config: TrainConfig, run_dir: Path, dataset: Dataset, verbose, extra_
                               seed=config.random_state + completed, alternating_flip=alternating_flip)
     val_data = (make_dataset(split.x_val, split.y_val, n_classes, config.batch_size, size)
                 if len(split.y_val) else None)
-    common = dict(train_data=train_data, val_data=val_data, verbose=verbose, history=history,
-                  extra_callbacks=extra_callbacks, steps_per_epoch=steps_per_epoch,
-                  total_epochs=_total_epochs(config), run_dir=run_dir, split=split)
+    context = FitContext(run_dir, split, history, train_data, val_data, steps_per_epoch, _total_epochs(config),
+                         verbose, extra_callbacks)
     if state and state.get("training_done"):
         pass  # killed while finishing: the checkpoint holds the final weights, train no further
     elif spec.transfer:
-        _train_transfer(model, config, dataset, size, **common)
+        train_transfer(model, config, dataset, size, context)
     elif completed < config.n_epochs:
-        _fit_stage(model, config, "train", 0, config.n_epochs, completed, **common)
+        fit_stage(model, config, context, "train", 0, config.n_epochs, completed)
     if not (state and state.get("training_done")):
         # The final weights (early stopping's best restored), so a kill from here
         # on resumes straight to finishing instead of training another epoch.
         checkpoint.save(run_dir, model, history, training_done=True)
     finish_run(model, config, run_dir, dataset, history, n_train=len(split.y_train))
-
-
-def _train_transfer(model, config: TrainConfig, dataset: Dataset, size: int, **common) -> None:
-    """Stage 1: head on cached frozen features. Stage 2: fine-tune the top of the backbone."""
-    from ..models import transfer
-    from .features import cached_features, train_head
-
-    history, run_dir, split = common["history"], common["run_dir"], common["split"]
-    if not any(row.get("stage") == "head" for row in history):
-        seconds = train_head(model, config, run_dir, split, len(dataset.class_names), size, history)
-        test_features = cached_features(model, run_dir, "test", dataset.x_test, size)
-        weights, bias = model.get_layer("predictions").get_weights()
-        head_accuracy = float(np.mean((test_features @ weights + bias).argmax(axis=1) == dataset.y_test))
-        runs.atomic_write_json(run_dir / runs.CHECKPOINT_DIR / "head.json",
-                               {"test_accuracy_head": head_accuracy, "stage_seconds": seconds})
-        checkpoint.save(run_dir, model, history)
-        runs.write_history(run_dir, history)
-    if config.fine_tune_epochs:
-        if not any(row.get("stage") == "fine_tune" for row in history):
-            transfer.unfreeze_top(model, config.fine_tune_layers)
-            compile_model(model, config, config.fine_tune_learning_rate,
-                          common["steps_per_epoch"] * config.fine_tune_epochs, schedule="cosine")
-        done = len(history) - config.n_epochs
-        _fit_stage(model, config, "fine_tune", config.n_epochs, config.fine_tune_epochs, done, **common)
 
 
 def _initialise(model, config: TrainConfig, split: Split) -> None:
@@ -196,83 +171,3 @@ def _initialise(model, config: TrainConfig, split: Split) -> None:
         init_whitening(model, split.x_train)
 
 
-def _fit_stage(model, config: TrainConfig, stage: str, offset: int, n_epochs: int, completed: int, *,
-               train_data, val_data, verbose, history, steps_per_epoch, total_epochs, run_dir, split,
-               extra_callbacks) -> None:
-    import keras
-
-    recorder = RunRecorder(run_dir, n_epochs, steps_per_epoch, history, stage=stage,
-                           epoch_offset=offset, total_epochs=total_epochs)
-    callbacks = [recorder, keras.callbacks.TensorBoard(log_dir=str(run_dir / runs.TENSORBOARD_DIR),
-                                                       write_graph=False, profile_batch=0)]
-    monitor = "val_loss" if val_data is not None else "loss"
-    # This stage's epochs run before a resume, numbered as this fit() counts them.
-    past = [{**row, "epoch": int(row["epoch"]) - offset} for row in history if row.get("stage", stage) == stage]
-    if config.schedule == "plateau" and stage == "train":
-        callbacks.append(ResumablePlateau(past, monitor=monitor, factor=config.plateau_factor,
-                                          patience=config.plateau_patience, min_lr=1e-6))
-    if config.early_stopping_patience and val_data is not None:
-        callbacks.append(ResumableEarlyStopping(run_dir, past, monitor="val_loss",
-                                                patience=config.early_stopping_patience))
-    callbacks.extend(extra_callbacks)
-    class_weight = _class_weights(split.y_train) if config.class_weights else None
-    model.fit(train_data, validation_data=val_data, epochs=n_epochs, initial_epoch=completed,
-              callbacks=callbacks, class_weight=class_weight, verbose=verbose)
-
-
-def _class_weights(labels: np.ndarray) -> dict[int, float]:
-    counts = np.bincount(labels)
-    weights = len(labels) / (len(counts) * np.maximum(counts, 1))
-    return {i: float(w) for i, w in enumerate(weights)}
-
-
-def finish_run(model, config: TrainConfig, run_dir: Path, dataset: Dataset, history: list[dict],
-               n_train: int) -> dict:
-    """Save the inference model, measure it on the test split, write metrics."""
-    import keras
-
-    from ..evaluation import measure_on_test
-    from .checkpoint import save_model_atomically
-
-    runs.write_status(run_dir, "running", stage="evaluate", epoch=len(history), n_epochs=len(history),
-                      progress=1.0, eta_seconds=None)
-    # An uncompiled clone of the graph: the saved file holds no optimizer and no
-    # custom schedule, so it loads with safe_mode and plain Keras layers.
-    inference = keras.Model(model.inputs, model.outputs, name=model.name)
-    save_model_atomically(inference, run_dir / runs.MODEL_FILE)
-    size = input_size(config)
-    started = time.perf_counter()
-    heartbeat = [PredictHeartbeat(run_dir, "evaluate")]
-    metrics, probs, probs_tta = measure_on_test(model, dataset.x_test, dataset.y_test, dataset.class_names, size,
-                                                config.tta, callbacks=heartbeat)
-    eval_seconds = time.perf_counter() - started
-    train_seconds = float(sum(row.get("seconds") or 0 for row in history))
-    metrics.update(measurement_context(model, config, dataset, history, n_train, train_seconds, eval_seconds))
-    head_file = run_dir / runs.CHECKPOINT_DIR / "head.json"
-    if head_file.is_file():  # transfer runs: the frozen-feature head's own accuracy and stage times
-        metrics.update(runs.read_json(head_file))
-    runs.write_predictions(run_dir, dataset.y_test, probs, probs_tta)
-    runs.atomic_write_json(run_dir / runs.METRICS_FILE, metrics)
-    runs.write_status(run_dir, "completed", epoch=len(history), n_epochs=len(history), progress=1.0,
-                      eta_seconds=0, test_accuracy=metrics["test_accuracy"])
-    return metrics
-
-
-def measurement_context(model, config: TrainConfig, dataset: Dataset, history, n_train: int,
-                        train_seconds: float, eval_seconds: float) -> dict:
-    images_seen = n_train * len(history)
-    return {
-        "model": config.model,
-        "transfer": bool(get_spec(config.model).transfer),
-        "data": dataset.description,
-        "input_size": input_size(config),
-        "n_params": int(model.count_params()),
-        "n_train": int(n_train),
-        "epochs_run": len(history),
-        "train_seconds": round(train_seconds, 2),
-        "train_images_per_second": round(images_seen / train_seconds, 1) if train_seconds else None,
-        "eval_seconds": round(eval_seconds, 2),
-        "peak_memory_mb": backend.peak_memory_mb(),
-        "machine": backend.machine_description(),
-        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
