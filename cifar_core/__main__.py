@@ -11,7 +11,7 @@ import signal
 import sys
 from pathlib import Path
 
-from .config import AUGMENTATIONS, OPTIMIZERS, PRECISIONS, PRESETS, SCHEDULES, TrainConfig
+from .config import AUGMENTATIONS, FIELD_KINDS, OPTIMIZERS, PRECISIONS, PRESETS, SCHEDULES, TrainConfig
 from .errors import CifarError
 
 EXIT_USER_ERROR = 2
@@ -27,19 +27,20 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--preset", help=f"a named recipe whose run ships with the studio: {', '.join(PRESETS)}")
     train.add_argument("--data", help="'keras', a CIFAR python tarball/folder, or an image folder/archive "
                                       "(default: $CIFAR10_SOURCE or keras)")
-    train.add_argument("--epochs", type=int, dest="n_epochs")
+    train.add_argument("--n-epochs", "--epochs", type=int, dest="n_epochs")
     train.add_argument("--limit", type=int, help="train on a seeded, stratified subset of N images")
     train.add_argument("--run-dir", type=Path, help="run folder (default: artifacts/runs/<new id>)")
     train.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
     train.add_argument("--batch-size", type=int)
-    train.add_argument("--lr", type=float, dest="learning_rate")
+    train.add_argument("--learning-rate", "--lr", type=float, dest="learning_rate")
     train.add_argument("--optimizer", choices=OPTIMIZERS)
     train.add_argument("--muon-scale", type=float,
                        help="muon: conv kernels step by lr x this, relative to their norm "
                             f"(default {TrainConfig.muon_scale})")
     train.add_argument("--schedule", choices=SCHEDULES)
     train.add_argument("--image-size", type=int, help="model input size; images are resized on the fly")
-    train.add_argument("--augment", help=f"comma-separated, from {','.join(AUGMENTATIONS)}; or 'none'")
+    train.add_argument("--augmentations", "--augment", dest="augment",
+                       help=f"comma-separated, from {','.join(AUGMENTATIONS)}; or 'none'")
     train.add_argument("--cutout-size", type=int, help="side of the cutout square in pixels (default 12)")
     train.add_argument("--label-smoothing", type=float)
     train.add_argument("--val-fraction", type=float)
@@ -47,10 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--fine-tune-layers", type=int,
                        help="transfer: how many weighted backbone layers, counted from the top, fine-tuning trains")
     train.add_argument("--class-weights", action="store_true", default=None)
-    train.add_argument("--seed", type=int, dest="random_state")
+    train.add_argument("--random-state", "--seed", type=int, dest="random_state")
     train.add_argument("--precision", choices=PRECISIONS,
                        help="mixed_bfloat16 computes in bf16 (faster on CPUs with bf16 instructions)")
     train.add_argument("--config", type=Path, help="a config.json to start from (e.g. a shipped run's)")
+    _add_remaining_config_flags(train)
 
     evaluate = commands.add_parser("evaluate", help="re-measure a saved run on the test split")
     evaluate.add_argument("run_dir", type=Path)
@@ -81,9 +83,23 @@ def cmd_worker(args) -> int:
     return run_worker(args.job_id, resume=args.resume)
 
 
-_TRAIN_OVERRIDES = ("data", "n_epochs", "limit", "batch_size", "learning_rate", "optimizer", "schedule",
-                    "image_size", "label_smoothing", "val_fraction", "fine_tune_epochs", "fine_tune_layers",
-                    "class_weights", "random_state", "precision", "cutout_size", "muon_scale")
+# Every config field is a flag of the same name (--n-epochs for n_epochs); these are not.
+_NOT_FLAGS = ("model", "augmentations", "model_options")
+_FLAG_TYPES = {"int": int, "int?": int, "float": float, "float?": float, "str": str, "str?": str}
+_TRAIN_OVERRIDES = tuple(name for name in FIELD_KINDS if name not in _NOT_FLAGS)
+
+
+def _add_remaining_config_flags(parser: argparse.ArgumentParser) -> None:
+    """A flag for each config field the explicit flags above do not cover, named after the field."""
+    covered = {action.dest for action in parser._actions}
+    for name, kind in FIELD_KINDS.items():
+        if name in covered or name in _NOT_FLAGS:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if kind == "bool":
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, dest=name)
+        else:
+            parser.add_argument(flag, type=_FLAG_TYPES[kind], dest=name)
 
 
 def config_from_args(args):

@@ -68,8 +68,8 @@ def _run_records(root: str) -> tuple[list[dict], list[str]]:
         records.append({
             "run": run.run_id, "path": str(run.path), "model": config.get("model", "?"),
             "transfer": bool(metrics.get("transfer", False)),
-            "test accuracy": metrics.get("test_accuracy"), "with flip TTA": metrics.get("test_accuracy_tta"),
-            "train minutes": (metrics.get("train_seconds") or 0) / 60 or None,
+            "test_accuracy": metrics.get("test_accuracy"), "test_accuracy_tta": metrics.get("test_accuracy_tta"),
+            "train_minutes": (metrics.get("train_seconds") or 0) / 60 or None,
             "params": metrics.get("n_params"), "epochs": metrics.get("epochs_run"),
             "state": runs.effective_state(status, run_dir=run.path), "progress": status.get("progress"),
             "date": (metrics.get("measured_at") or "")[:10] or None, "data": metrics.get("data"),
@@ -78,26 +78,30 @@ def _run_records(root: str) -> tuple[list[dict], list[str]]:
     return records, problems
 
 
+# Record keys are data names; these are what a page shows for them.
+LABELS = {"test_accuracy": "test accuracy", "test_accuracy_tta": "with flip TTA", "train_minutes": "train minutes"}
+
+
 def run_records() -> tuple[list[dict], list[str]]:
     return _run_records(str(runs.runs_root()))
 
 
 def leaderboard() -> tuple[pd.DataFrame, list[str]]:
     records, problems = run_records()
-    frame = pd.DataFrame(records, columns=["run", "model", "transfer", "test accuracy", "with flip TTA",
-                                           "train minutes", "params", "epochs", "state", "date", "data",
+    frame = pd.DataFrame(records, columns=["run", "model", "transfer", "test_accuracy", "test_accuracy_tta",
+                                           "train_minutes", "params", "epochs", "state", "date", "data",
                                            "path", "has_model", "progress"])
     if not frame.empty:
-        frame = frame.sort_values("test accuracy", ascending=False, na_position="last").reset_index(drop=True)
+        frame = frame.sort_values("test_accuracy", ascending=False, na_position="last").reset_index(drop=True)
     return frame, problems
 
 
 def finished_runs() -> list[dict]:
-    return [r for r in run_records()[0] if r["state"] == "completed" and r["test accuracy"] is not None]
+    return [r for r in run_records()[0] if r["state"] == "completed" and r["test_accuracy"] is not None]
 
 
 def run_label(record: dict) -> str:
-    accuracy = record.get("test accuracy")
+    accuracy = record.get("test_accuracy")
     score = f"{accuracy:.1%}" if accuracy is not None else record.get("state", "")
     return f"{record['run']}  ({record['model']}, {score})"
 
@@ -106,7 +110,7 @@ def best_run_per_model(records: list[dict]) -> list[dict]:
     """The most accurate run of each model, best first: a default selection that
     shows different networks side by side rather than two runs of one."""
     best: dict[str, dict] = {}
-    for record in sorted(records, key=lambda r: -(r["test accuracy"] or 0)):
+    for record in sorted(records, key=lambda r: -(r["test_accuracy"] or 0)):
         best.setdefault(record["model"], record)
     return list(best.values())
 
@@ -116,7 +120,7 @@ def pick_runs(label: str, key: str, multiple: bool = False, default_count: int =
     if not records:
         st.info("No finished runs yet: train one on the Train page, or check artifacts/runs/.")
         return [] if multiple else None
-    records.sort(key=lambda r: -(r["test accuracy"] or 0))
+    records.sort(key=lambda r: -(r["test_accuracy"] or 0))
     labels = {run_label(r): r for r in records}
     if multiple:
         defaults = [run_label(r) for r in best_run_per_model(records)[:default_count]]

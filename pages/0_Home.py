@@ -19,21 +19,21 @@ else:
     if not finished.empty:
         best = finished.iloc[0]
         left, middle, right = st.columns(3)
-        left.metric("Best test accuracy", f"{best['test accuracy']:.1%}", best["model"])
+        left.metric("Best test accuracy", f"{best['test_accuracy']:.1%}", best["model"])
         middle.metric("Finished runs", len(finished))
         transfer = finished[finished["transfer"]]
-        right.metric("Best transfer model", f"{transfer.iloc[0]['test accuracy']:.1%}" if not transfer.empty else "—",
+        right.metric("Best transfer model", f"{transfer.iloc[0]['test_accuracy']:.1%}" if not transfer.empty else "—",
                      transfer.iloc[0]["model"] if not transfer.empty else None)
-        chart = px.bar(finished, x="run", y="test accuracy", color="transfer", hover_data=["model", "train minutes"],
-                       labels={"transfer": "transfer learning"}, range_y=[0, 1], height=320)
+        chart = px.bar(finished, x="run", y="test_accuracy", color="transfer", hover_data=["model", "train_minutes"],
+                       labels={"transfer": "transfer learning", **ui.LABELS}, range_y=[0, 1], height=320)
         chart.update_layout(margin=dict(t=10, b=10), xaxis_title=None, yaxis_tickformat=".0%")
         st.plotly_chart(chart, width="stretch")
     st.dataframe(
         board.drop(columns=["path", "has_model", "progress"]), hide_index=True, width="stretch",
         column_config={
-            "test accuracy": st.column_config.NumberColumn(format="percent"),
-            "with flip TTA": st.column_config.NumberColumn(format="percent"),
-            "train minutes": st.column_config.NumberColumn(format="%.1f"),
+            "test_accuracy": st.column_config.NumberColumn(ui.LABELS["test_accuracy"], format="percent"),
+            "test_accuracy_tta": st.column_config.NumberColumn(ui.LABELS["test_accuracy_tta"], format="percent"),
+            "train_minutes": st.column_config.NumberColumn(ui.LABELS["train_minutes"], format="%.1f"),
             "params": st.column_config.NumberColumn(format="localized"),
         })
 

@@ -168,3 +168,32 @@ def test_train_flags_reach_the_config(tmp_path):
     assert (cutout.augmentations, cutout.cutout_size) == (("flip", "cutout"), 8)
     muon = config_for("--model", "fastnet", "--optimizer", "muon", "--muon-scale", "0.3")
     assert (muon.optimizer, muon.muon_scale) == ("muon", 0.3)
+
+
+FLAG_VALUES = {  # field -> (what the command line says, what the config then holds)
+    "data": ("x.tar.gz", "x.tar.gz"), "image_size": ("64", 64), "n_epochs": ("3", 3), "batch_size": ("16", 16),
+    "limit": ("100", 100), "val_fraction": ("0.2", 0.2), "optimizer": ("sgd", "sgd"),
+    "learning_rate": ("0.5", 0.5), "weight_decay": ("0.01", 0.01), "momentum": ("0.8", 0.8),
+    "nesterov": (None, True), "muon_scale": ("0.3", 0.3), "schedule": ("cosine", "cosine"),
+    "warmup_fraction": ("0.1", 0.1), "plateau_patience": ("4", 4), "plateau_factor": ("0.3", 0.3),
+    "early_stopping_patience": ("5", 5), "label_smoothing": ("0.05", 0.05), "class_weights": (None, True),
+    "ema_momentum": ("0.99", 0.99), "translate_fraction": ("0.2", 0.2), "rotate_fraction": ("0.1", 0.1),
+    "zoom_fraction": ("0.2", 0.2), "cutout_size": ("6", 6), "tta": (None, True), "random_state": ("9", 9),
+    "precision": ("mixed_bfloat16", "mixed_bfloat16"), "fine_tune_epochs": ("2", 2),
+    "fine_tune_learning_rate": ("0.001", 0.001), "fine_tune_layers": ("7", 7),
+}
+
+
+def test_every_config_field_is_a_flag_of_the_same_name():
+    from cifar_core.__main__ import _NOT_FLAGS, build_parser, config_from_args
+    from cifar_core.config import FIELD_KINDS
+
+    assert set(FLAG_VALUES) == set(FIELD_KINDS) - set(_NOT_FLAGS)
+    for name, (given, expected) in FLAG_VALUES.items():
+        flag = "--" + name.replace("_", "-")
+        argv = ["train", "--model", "demo", flag] + ([] if given is None else [given])
+        assert getattr(config_from_args(build_parser().parse_args(argv)), name) == expected, name
+    config = config_from_args(build_parser().parse_args(["train", "--model", "demo", "--no-tta", "--seed", "7",
+                                                         "--lr", "0.5", "--epochs", "2", "--augment", "crop"]))
+    assert (config.tta, config.random_state, config.learning_rate, config.n_epochs) == (False, 7, 0.5, 2)
+    assert config.augmentations == ("crop",)

@@ -102,10 +102,10 @@ def test_navigation_declares_every_page_with_a_title_in_a_section(studio):
 def test_default_selection_shows_different_models_best_first():
     from cifar_core.ui import best_run_per_model
 
-    records = [{"run": "a", "model": "lite0", "test accuracy": 0.91},
-               {"run": "b", "model": "fastnet", "test accuracy": 0.89},
-               {"run": "c", "model": "lite0", "test accuracy": 0.92},
-               {"run": "d", "model": "demo", "test accuracy": None}]
+    records = [{"run": "a", "model": "lite0", "test_accuracy": 0.91},
+               {"run": "b", "model": "fastnet", "test_accuracy": 0.89},
+               {"run": "c", "model": "lite0", "test_accuracy": 0.92},
+               {"run": "d", "model": "demo", "test_accuracy": None}]
     assert [r["run"] for r in best_run_per_model(records)] == ["c", "b", "d"]
 
 
