@@ -208,3 +208,29 @@ def test_label_names_decode_bytes_and_keep_text():
     names = parse_label_names(pickle.dumps({b"label_names": [b"cat", "dog", b"bad\xff"]}, protocol=2))
     assert names == ["cat", "dog", "bad\ufffd"]
     assert parse_label_names(pickle.dumps({"label_names": ["a"]}, protocol=2)) == ["a"]  # str keys too
+
+
+def test_names_reach_every_message():
+    with pytest.raises(UnsafePickleError) as caught:
+        parse_batch(b"\x80\x02", "data_batch_3")
+    assert str(caught.value) == "data_batch_3: not a readable CIFAR batch (EOFError: Ran out of input)"
+    with pytest.raises(UnsafePickleError) as caught:
+        parse_batch(pickle.dumps([1], protocol=2), "data_batch_4")
+    assert str(caught.value) == "data_batch_4: expected a dict, found list"
+    with pytest.raises(UnsafePickleError, match="^test_batch: arrays must hold integers"):
+        parse_batch(_batch(labels=np.array([0.0, 1.0])), "test_batch")
+    from cifar_core.data.pickles import parse_label_names
+
+    with pytest.raises(UnsafePickleError, match=r"^batches.meta: not a readable CIFAR batch \(EOFError"):
+        parse_label_names(b"\x80\x02")
+
+
+def test_the_image_cap_is_exact_and_an_empty_batch_is_empty(monkeypatch):
+    from cifar_core.data import pickles
+
+    x, y = parse_batch(_batch(data=IMAGES[:0], labels=[]))
+    assert x.shape == (0, 32, 32, 3) and y.shape == (0,)
+    monkeypatch.setattr(pickles, "MAX_BATCH_IMAGES", 2)
+    assert parse_batch(_batch())[0].shape == (2, 32, 32, 3)  # exactly at the cap
+    with pytest.raises(UnsafePickleError, match="declares 9216 values; a CIFAR batch has at most 6144"):
+        parse_batch(_batch(data=np.concatenate([IMAGES, IMAGES[:1]]), labels=(1, 2, 3)))
