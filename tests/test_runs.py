@@ -384,3 +384,42 @@ def test_only_finished_complete_runs_ship(tmp_path):
     with pytest.raises(RunFolderError, match="history.csv"):
         runs.ship(broken, tmp_path / "out")
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_edges_of_folder_checks_and_listing(tmp_path):
+    five = tmp_path / "five"
+    five.mkdir()
+    for name in "abcde":
+        (five / name).write_text(name)
+    with pytest.raises(RunFolderError, match=r"\(it holds a, b, c, d, e\); pick"):
+        runs.check_new_run_dir(five)
+    tmp_path = tmp_path / "runs"
+    launched = tmp_path / "20260101-launched"
+    launched.mkdir(parents=True)
+    for name in runs.LAUNCH_FILES:
+        (launched / name).write_text("x")
+    hidden = _run_folder(tmp_path, ".hidden-run")
+    assert runs._being_created(launched) and not runs._being_created(hidden)
+    assert runs.list_runs(tmp_path) == ([], [])  # a launch in progress and a hidden folder: nothing to show
+    with runs.RunWriter(tmp_path / "perm"):
+        mode = (tmp_path / "perm" / runs.LOCK_FILE).stat().st_mode & 0o777
+    assert mode == 0o666 & ~runs._UMASK
+
+
+def test_schema_edges(tmp_path):
+    for value, ok in (([[1, 0], [0, 1]], True), ({}, False), ([["1"]], False), ("[[1]]", False)):
+        assert runs._matrix(value) is ok, value
+    assert runs._class_names(["c"] * 1000) and not runs._class_names(["c"] * 1001)
+    assert runs._preview("x" * 58) == "'" + "x" * 58 + "'"  # 60 characters: kept whole
+    (tmp_path / runs.HISTORY_FILE).mkdir()
+    with pytest.raises(RunFolderError, match="is a folder, not a history file"):
+        runs.read_history(tmp_path)
+
+
+def test_shipping_a_run_with_a_folder_where_a_file_belongs_fails_cleanly(tmp_path):
+    run_dir = _shippable(tmp_path / "work")
+    (run_dir / runs.PREDICTIONS_FILE).unlink()
+    (run_dir / runs.PREDICTIONS_FILE).mkdir()
+    with pytest.raises(RunFolderError, match="predictions.npz"):
+        runs.ship(run_dir, tmp_path / "shipped")
+    assert not (tmp_path / "shipped").exists() or not any((tmp_path / "shipped").iterdir())
