@@ -37,7 +37,7 @@ _MODE_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N
 # Big photos are reduced while decoding (JPEG draft mode) to about this size:
 # every model here looks at 224 pixels or fewer.
 DECODE_TARGET = 1024
-BACKGROUND = (255, 255, 255)
+OPAQUE_BACKGROUND = (255, 255, 255, 255)  # transparent pixels become white
 
 
 def decode_image(data: bytes | bytearray | memoryview, name: str = "image") -> np.ndarray:
@@ -89,7 +89,7 @@ def resize_image(image: np.ndarray, size: int) -> np.ndarray:
     pil = Image.fromarray(image)
     shrinking = pil.width > size or pil.height > size
     pil = pil.resize((size, size), Image.Resampling.BOX if shrinking else Image.Resampling.BICUBIC)
-    return np.asarray(pil, dtype=np.uint8)
+    return np.asarray(pil)
 
 
 def _check_header(image: Image.Image, name: str) -> None:
@@ -123,19 +123,16 @@ def _check_decoded_size(image: Image.Image, name: str) -> None:
 
 
 def _to_rgb_array(image: Image.Image) -> np.ndarray:
-    mode = image.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
         return _high_depth_to_rgb(image)
-    if mode == "P":
-        image = image.convert("RGBA") if "transparency" in image.info else image.convert("RGB")
-        mode = image.mode
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = image.convert("RGBA")
-        canvas = Image.new("RGBA", rgba.size, BACKGROUND + (255,))
-        canvas.alpha_composite(rgba)
+    if image.mode == "P":  # a palette may carry transparency: resolve it to real alpha first
+        image = image.convert("RGBA")
+    if {"A", "a"} & set(image.getbands()):  # any alpha: composited on white, not dropped
+        canvas = Image.new("RGBA", image.size, OPAQUE_BACKGROUND)
+        canvas.alpha_composite(image.convert("RGBA"))
         image = canvas
     # Handles L, 1, CMYK, YCbCr, LAB, HSV and the composited RGBA.
-    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    return np.asarray(image.convert("RGB"))
 
 
 # 16-bit value -> 8-bit, rounded: one table lookup instead of float copies of the image.

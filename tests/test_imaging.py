@@ -247,3 +247,43 @@ def test_upscale_keeps_pixels_sharp():
     big = imaging.upscale(image, 4)
     assert big.shape == (4, 4, 3) and set(np.unique(big)) == {0, 255}  # nearest neighbour: no blending
     assert imaging.upscale(np.zeros((3, 3, 3), np.uint8)).shape == (160, 160, 3)
+
+
+def test_non_square_images_are_always_resized_to_a_square():
+    for shape in ((5, 8, 3), (8, 5, 3)):
+        assert imaging.resize_image(np.zeros(shape, np.uint8), 8).shape == (8, 8, 3)
+
+
+def test_the_filter_depends_on_either_side_shrinking():
+    columns = np.zeros((2, 8, 3), np.uint8)
+    columns[:, ::2] = 255  # 2 rows x 8 alternating columns: shrinking the width averages them
+    assert np.all(np.abs(imaging.resize_image(columns, 4).astype(int) - 128) <= 1)
+    rows = np.zeros((8, 2, 3), np.uint8)
+    rows[::2] = 255
+    assert np.all(np.abs(imaging.resize_image(rows, 4).astype(int) - 128) <= 1)
+    stripes = np.zeros((2, 4, 3), np.uint8)
+    stripes[1] = 255  # width already 4, height 2 -> 4: enlarging, so smooth (bicubic), not replicated
+    assert len(np.unique(imaging.resize_image(stripes, 4)[:, 0, 0])) > 2
+    assert len(np.unique(imaging.resize_image(stripes.transpose(1, 0, 2).copy(), 4)[0, :, 0])) > 2
+
+
+@pytest.mark.parametrize("values,expected", [
+    ([[0, 1000, 2000]], [0, 4, 8]),  # integers from 0 up to 65535: the 16-bit scale, not stretched
+    ([[30000, 65535, 40000]], [117, 255, 156]),
+    ([[0, 65536, 32768]], [0, 255, 128]),  # beyond 16 bits: stretched
+    ([[1, 1000, 2000]], [0, 4, 8]),
+])
+def test_integer_greyscale_uses_the_16_bit_scale_exactly_when_it_fits(values, expected):
+    rgb = imaging._to_rgb_array(Image.fromarray(np.array(values, np.int32)))
+    assert rgb[0, :, 0].tolist() == expected
+
+
+def test_transparent_modes_of_every_kind_become_white():
+    for mode, colour in (("PA", (3, 0)), ("LA", (9, 0)), ("RGBA", (9, 9, 9, 0))):
+        image = Image.new(mode, (2, 2), colour)
+        if mode == "PA":
+            image.putpalette([0] * 768)
+        assert (imaging._to_rgb_array(image) == 255).all(), mode
+    opaque_palette = Image.new("P", (2, 2), 0)
+    opaque_palette.putpalette([7, 8, 9] + [0] * 765)
+    assert imaging._to_rgb_array(opaque_palette)[0, 0].tolist() == [7, 8, 9]
