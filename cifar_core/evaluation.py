@@ -64,8 +64,8 @@ def per_class_report(y_true: np.ndarray, y_pred: np.ndarray, class_names) -> dic
 
 def top_k(probs: np.ndarray, class_names, k: int = 3) -> list[list[tuple[str, float]]]:
     """The k most likely classes per row, most likely first."""
-    order = np.argsort(-probs, axis=1)[:, :k]
-    return [[(class_names[j], float(row[j])) for j in indices] for row, indices in zip(probs, order, strict=True)]
+    order = np.argsort(-probs)[:, :k]
+    return [[(class_names[j], float(probs[i, j])) for j in order[i]] for i in range(len(probs))]
 
 
 def compute_metrics(y_true: np.ndarray, probs: np.ndarray, class_names,

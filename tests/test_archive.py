@@ -248,3 +248,26 @@ def test_safe_extract_into_an_existing_folder_and_never_through_a_symlink(tmp_pa
     assert not any(outside.rglob("*"))
     with pytest.raises(UnsafeArchiveError, match="more than 1 members"):
         safe_extract(archive, tmp_path / "capped", ArchiveLimits(max_members=1))
+
+
+def test_size_refusals_name_the_member_and_zip_devices_are_refused(tmp_path):
+    archive = _tar(tmp_path / "big.tar.gz", [(_regular("d/train/cat/big.png"), b"x" * 20)])
+    with pytest.raises(UnsafeArchiveError, match="^archive member 'd/train/cat/big.png' is 20 bytes; the limit is 10$"):
+        list(iter_archive_files(archive, ArchiveLimits(max_member_bytes=10)))
+    zipped = tmp_path / "big.zip"
+    with zipfile.ZipFile(zipped, "w") as handle:
+        handle.writestr("d/train/cat/big.png", b"x" * 20)
+    with pytest.raises(UnsafeArchiveError, match="^archive member 'd/train/cat/big.png' is 20 bytes"):
+        list(iter_archive_files(zipped, ArchiveLimits(max_member_bytes=10)))
+    device = tmp_path / "device.zip"
+    with zipfile.ZipFile(device, "w") as handle:
+        info = zipfile.ZipInfo("d/train/cat/dev")
+        info.external_attr = (stat.S_IFCHR | 0o666) << 16
+        handle.writestr(info, b"")
+    with pytest.raises(UnsafeArchiveError, match="^archive member 'd/train/cat/dev' is a device or special file$"):
+        list(iter_archive_files(device))
+    (tmp_path / "not.zip").write_bytes(b"plain text")
+    from cifar_core.errors import DataSourceError
+
+    with pytest.raises(DataSourceError, match=r"^not.zip: corrupt or unreadable archive \(File is not a zip file\)$"):
+        list(iter_archive_files(tmp_path / "not.zip"))

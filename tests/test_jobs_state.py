@@ -435,3 +435,48 @@ def test_process_start_time_is_field_22_of_proc_stat():
         expected = float(handle.read().rsplit(")", 1)[1].split()[19])
     assert jobs.process_start_time(os.getpid()) == expected
     assert jobs.process_start_time(-1) is None
+
+
+def test_set_asides_in_one_second_are_numbered(db, monkeypatch):
+    monkeypatch.setattr(jobs.time, "strftime", lambda fmt: "20260101-000000")
+    for _ in range(3):
+        db.write_bytes(b"x")
+        with pytest.warns(UserWarning):
+            jobs._set_aside(db, ValueError("x"))
+    assert sorted(p.name for p in db.parent.glob("jobs.sqlite.corrupt-*")) == [
+        "jobs.sqlite.corrupt-20260101-000000", "jobs.sqlite.corrupt-20260101-000000-2",
+        "jobs.sqlite.corrupt-20260101-000000-3"]
+
+
+def test_launch_uses_the_given_folder(db, tmp_path, monkeypatch):
+    seen = {}
+    monkeypatch.setattr(jobs, "_spawn", lambda job, resume: seen.update(job=job))
+    job = jobs.launch(CONFIG, tmp_path / "mine")
+    assert job.run_dir == tmp_path / "mine" and seen["job"].run_dir == tmp_path / "mine"
+
+
+def test_the_worker_inherits_the_environment(db, tmp_path, monkeypatch, sleeper):
+    captured = {}
+
+    def fake_popen(command, **kwargs):
+        captured.update(kwargs)
+        return sleeper
+
+    monkeypatch.setattr(jobs.subprocess, "Popen", fake_popen)
+    monkeypatch.setenv("STUDIO_MARKER", "kept")
+    jobs._spawn(jobs.create_job(CONFIG, tmp_path / "run"), resume=False)
+    assert captured["env"]["STUDIO_MARKER"] == "kept" and captured["env"]["PATH"] == os.environ["PATH"]
+
+
+def test_waiting_for_a_start_time_polls_every_10_ms(monkeypatch):
+    naps = []
+    monkeypatch.setattr(jobs, "process_start_time", lambda pid: None)
+    monkeypatch.setattr(jobs.time, "sleep", naps.append)
+    jobs._wait_for_start_time(1)
+    assert naps == [0.01] * 50
+
+
+def test_completion_clears_an_earlier_message(db, fake_training):
+    job = jobs.create_job(CONFIG)
+    jobs.update_job(job.id, message="stopped; resumable")
+    assert jobs.run_worker(job.id) == 0 and jobs.get_job(job.id).message is None

@@ -112,3 +112,32 @@ def test_json_files_are_bounded_and_named_by_their_folder(tmp_path):
         read_json_file(tmp_path / "m.json", 100)
     with pytest.raises(CifarError, match="^m.json: JSON file is 1 bytes; the limit is 0 bytes$"):
         read_json_file(tmp_path / "m.json", 0)
+
+
+def test_open_and_read_failures_are_named(tmp_path, monkeypatch):
+    import errno
+
+    (tmp_path / "f").write_bytes(b"data")
+
+    def denied(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(safeio.os, "open", denied)
+    with pytest.raises(CifarError, match=f"^{tmp_path / 'f'}: permission denied$"):
+        read_regular_file(tmp_path / "f", 10)
+    monkeypatch.undo()
+
+    def broken_disk(fd, n):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(safeio.os, "read", broken_disk)
+    with pytest.raises(CifarError, match=f"^{tmp_path / 'f'}: cannot read \\(Input/output error\\)$"):
+        read_regular_file(tmp_path / "f", 10)
+
+
+def test_json_files_keep_the_callers_error_and_depth(tmp_path):
+    (tmp_path / "d.json").write_text("[[[]]]")
+    with pytest.raises(RunFolderError, match="nests deeper than 2 levels"):
+        read_json_file(tmp_path / "d.json", 100, RunFolderError, max_depth=2)
+    with pytest.raises(RunFolderError, match="JSON file is 6 bytes"):
+        read_json_file(tmp_path / "d.json", 5, RunFolderError)

@@ -48,7 +48,7 @@ def safe_member_name(name: str) -> str:
     normalized = name.replace("\\", "/")
     if normalized.startswith("/") or (len(normalized) > 1 and normalized[1] == ":"):
         raise UnsafeArchiveError(f"archive member has an absolute path: {name!r}")
-    parts = [part for part in PurePosixPath(normalized).parts if part not in ("", ".")]
+    parts = PurePosixPath(normalized).parts  # "a//b" and "./a" normalise away
     if ".." in parts:
         raise UnsafeArchiveError(f"archive member escapes the destination: {name!r}")
     return "/".join(parts)
