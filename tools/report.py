@@ -45,34 +45,40 @@ def _records(root: Path) -> list[runs.RunSummary]:
     return sorted(found, key=lambda run: run.run_id)
 
 
+def table(header: list[str], rows: list[list]) -> str:
+    """A markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
 def preset_table() -> str:
     by_run = {preset.shipped_run: name for name, preset in PRESETS.items()}
-    lines = ["| preset | run | model | test accuracy | with flip TTA | training | images/s | epochs | params | "
-             "command |", "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = []
     for run in _records(SHIPPED):
         m, preset = run.metrics, by_run.get(run.run_id, "—")
         kind = "transfer" if m.get("transfer") else "homebrew"
         size = f", {m['input_size']} px" if m.get("input_size") and m["input_size"] != 32 else ""
-        lines.append(
-            f"| `{preset}` | `{run.run_id}` | {m['model']} ({kind}{size}) | **{pct(m['test_accuracy'])}** | "
-            f"{pct(m.get('test_accuracy_tta'))} | {minutes(m.get('train_seconds'))} | "
-            f"{m.get('train_images_per_second') or '—'} | {m.get('epochs_run')} | {m.get('n_params'):,} | "
-            f"`python -m cifar_core train --preset {preset} --data <cifar10> --run-dir <dir>` |")
-    return "\n".join(lines) + "\n"
+        rows.append([f"`{preset}`", f"`{run.run_id}`", f"{m['model']} ({kind}{size})",
+                     f"**{pct(m['test_accuracy'])}**", pct(m.get("test_accuracy_tta")),
+                     minutes(m.get("train_seconds")), m.get("train_images_per_second") or "—", m.get("epochs_run"),
+                     f"{m.get('n_params'):,}",
+                     f"`python -m cifar_core train --preset {preset} --data <cifar10> --run-dir <dir>`"])
+    return table(["preset", "run", "model", "test accuracy", "with flip TTA", "training", "images/s", "epochs",
+                  "params", "command"], rows)
 
 
 def readme_table() -> str:
-    lines = ["| preset | what | test accuracy | with flip TTA | training |", "|---|---|---|---|---|"]
+    rows = []
     for name, preset in PRESETS.items():
         m = runs.read_metrics(SHIPPED / preset.shipped_run)
-        lines.append(f"| `{name}` | {preset.summary} | {pct(m['test_accuracy'])} | "
-                     f"{pct(m.get('test_accuracy_tta'))} | {minutes(m.get('train_seconds'))} |")
-    return "\n".join(lines) + "\n"
+        rows.append([f"`{name}`", preset.summary, pct(m["test_accuracy"]), pct(m.get("test_accuracy_tta")),
+                     minutes(m.get("train_seconds"))])
+    return table(["preset", "what", "test accuracy", "with flip TTA", "training"], rows)
 
 
 def transfer_table() -> str:
-    lines = ["| run | input | head only (frozen features) | after fine-tuning | with flip TTA | features | head | "
-             "fine-tune | peak memory |", "|---|---|---|---|---|---|---|---|---|"]
+    rows = []
     for root in (SHIPPED, EXPERIMENTS):
         for run in _records(root):
             m = run.metrics
@@ -81,23 +87,20 @@ def transfer_table() -> str:
             stages = m.get("stage_seconds") or {}
             fine_tune = (m.get("train_seconds") or 0) - sum(stages.values())
             where = "" if root == SHIPPED else " (record)"
-            lines.append(
-                f"| `{run.run_id}`{where} | {m.get('input_size')} px | {pct(m.get('test_accuracy_head'))} | "
-                f"**{pct(m['test_accuracy'])}** | {pct(m.get('test_accuracy_tta'))} | "
-                f"{minutes(stages.get('features'))} | {minutes(stages.get('head'))} | {minutes(fine_tune)} | "
-                f"{(m.get('peak_memory_mb') or 0) / 1024:.2f} GB |")
-    return "\n".join(lines) + "\n"
+            rows.append([f"`{run.run_id}`{where}", f"{m.get('input_size')} px", pct(m.get("test_accuracy_head")),
+                         f"**{pct(m['test_accuracy'])}**", pct(m.get("test_accuracy_tta")),
+                         minutes(stages.get("features")), minutes(stages.get("head")), minutes(fine_tune),
+                         f"{(m.get('peak_memory_mb') or 0) / 1024:.2f} GB"])
+    return table(["run", "input", "head only (frozen features)", "after fine-tuning", "with flip TTA", "features",
+                  "head", "fine-tune", "peak memory"], rows)
 
 
 def superseded_table() -> str:
-    lines = ["| run | model | test accuracy | with flip TTA | training | epochs | "
-             "what differed from the recipe today |", "|---|---|---|---|---|---|---|"]
-    for run in _records(EXPERIMENTS):
-        m = run.metrics
-        lines.append(f"| [`{run.run_id}`](experiments/{run.run_id}/) | {m['model']} | {pct(m['test_accuracy'])} | "
-                     f"{pct(m.get('test_accuracy_tta'))} | {minutes(m.get('train_seconds'))} | "
-                     f"{m.get('epochs_run')} | {_difference(run)} |")
-    return "\n".join(lines) + "\n"
+    rows = [[f"[`{run.run_id}`](experiments/{run.run_id}/)", run.metrics["model"], pct(run.metrics["test_accuracy"]),
+             pct(run.metrics.get("test_accuracy_tta")), minutes(run.metrics.get("train_seconds")),
+             run.metrics.get("epochs_run"), _difference(run)] for run in _records(EXPERIMENTS)]
+    return table(["run", "model", "test accuracy", "with flip TTA", "training", "epochs",
+                  "what differed from the recipe today"], rows)
 
 
 def _difference(run: runs.RunSummary) -> str:
