@@ -63,6 +63,9 @@ if predictions is not None:
                    + ", ".join(map(str, cell[:30])))
 
 st.subheader("Per-class precision, recall and F1")
+if not metrics.get("per_class"):
+    st.info("This run's metrics.json has no per-class report; `python -m cifar_core evaluate` re-measures it.")
+    st.stop()
 report = pd.DataFrame(metrics["per_class"]).T.reset_index(names="class")
 long = report.melt(id_vars="class", value_vars=["precision", "recall", "f1"], var_name="metric")
 st.plotly_chart(px.bar(long, x="class", y="value", color="metric", barmode="group", range_y=[0, 1], height=340),
