@@ -1,6 +1,7 @@
 """CIFAR-10 classification studio: data, models, training, evaluation.
 
-Everything here is UI-free; the Streamlit pages call into it.
+Everything here is UI-free but ui.py, the dashboard's Streamlit helpers (a test
+checks that no other module imports Streamlit); the pages call into it.
 """
 import os
 

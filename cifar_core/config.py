@@ -193,42 +193,43 @@ def _plain_json(options: dict) -> bool:
         for key, value in options.items())
 
 
-# One hyperparameter table per recipe. A model without an entry trains with
-# the TrainConfig defaults (the original study's AdamW + plateau + early stop).
+# One hyperparameter table per recipe (airbench style): what each setting means and its
+# unit; why each value was chosen, and what else was tried, is in docs/experiments.md.
+# A model without an entry trains with the TrainConfig defaults.
+#   optimizer, learning_rate   the update rule and its peak step (per batch, before the schedule)
+#   weight_decay               decoupled decay per step, as a fraction of the weight times the rate
+#   momentum, nesterov         SGD/Muon momentum (fraction of the last step kept), Nesterov look-ahead
+#   schedule, warmup_fraction  the rate's shape over all steps; onecycle rises for this share of them
+#   n_epochs                   passes over the training split (an upper bound with early stopping)
+#   batch_size                 images per step
+#   early_stopping_patience    epochs without a better validation loss before stopping (None: never)
+#   val_fraction               share of the training images held out for validation (0: none)
+#   label_smoothing            probability mass spread over the other classes in the targets
+#   augmentations              per-image changes while training (flip, altflip, crop: 2 px shifts, ...)
+#   limit                      train on a seeded subset of this many images
+#   precision                  mixed_bfloat16: bf16 compute, float32 weights and outputs
 RECIPES: dict[str, dict[str, Any]] = {
-    # The original study's optimizer set-up: AdamW 1e-3, ReduceLROnPlateau,
-    # EarlyStopping with best-weight restore. This 416k-parameter net is
-    # capacity-bound, so augmentation is light: with rotate and zoom it reached
-    # 81.4% validation; with flip + 4 px translate 84.75% test (g3-cifar10); with
-    # flip + 2 px crop, 5% validation and bf16 (1.35x faster) 85.08% (g3-v2-cifar10).
+    # The original study's set-up: AdamW, rate halved on a validation plateau, early stopping
+    # with the best epoch's weights restored.
     "g3": dict(optimizer="adamw", learning_rate=1e-3, weight_decay=1e-4, schedule="plateau",
                n_epochs=60, batch_size=128, early_stopping_patience=8, val_fraction=0.05,
                augmentations=("flip", "crop"), precision="mixed_bfloat16"),
-    # airbench-style: a fixed short schedule, so no validation-driven stopping.
-    # bf16 compute trains it 1.36-1.47x faster here (BENCHMARKS.md), which buys
-    # 25 epochs inside the 60-minute budget instead of 16. Cutout (airbench96's
-    # 12 px) measured worse here: 89.39% against 89.87% (BENCHMARKS.md).
-    # Keras applies weight decay decoupled (w -= lr * wd * w), outside the
-    # momentum buffer; 5e-3 here matches the usual coupled 5e-4 at momentum 0.9.
-    # Label smoothing 0.1, not airbench's 0.2: best of a GPU sweep of ten
-    # equal-cost variants (tools/research/fastnet_sweep.py, BENCHMARKS.md). Alternating
-    # flips, not random ones: +0.3 points at no cost in a second GPU sweep.
-    # Muon for the conv kernels (SGD keeps BatchNorm and the head): 22 epochs
-    # of it match 25 of SGD's, and with alternating flips it reached 91.24%
-    # with flip TTA in 57.2 minutes (fastnet-muon-altflip-cifar10).
+    # airbench-style: a fixed one-cycle schedule over all 50,000 images (no validation split),
+    # Muon for the conv kernels with SGD for BatchNorm and the head. Keras applies weight decay
+    # decoupled (w -= lr * wd * w), so 5e-3 here is the usual coupled 5e-4 at momentum 0.9.
     "fastnet": dict(optimizer="muon", learning_rate=0.2, momentum=0.9, nesterov=True,
                     weight_decay=5e-3, schedule="onecycle", warmup_fraction=0.2,
                     n_epochs=22, batch_size=256, early_stopping_patience=None,
                     label_smoothing=0.1, ema_momentum=None, val_fraction=0.0,
                     augmentations=("altflip", "crop"), precision="mixed_bfloat16"),
-    # Live demo: trains to something meaningful in about a minute on a subset.
+    # Live demo: something meaningful in about a minute, on an 8,000-image subset.
     "demo": dict(optimizer="adam", learning_rate=3e-3, weight_decay=0.0, schedule="onecycle",
                  n_epochs=8, batch_size=128, limit=8000, early_stopping_patience=None,
                  label_smoothing=0.1, augmentations=("flip",)),
 }
-# Transfer: n_epochs trains the head on frozen features (seconds per epoch, so
-# many); the fine-tune stage then trains every non-BatchNorm layer through the
-# image pipeline at a small learning rate, which is where the accuracy comes from.
+# Transfer: n_epochs trains the head on frozen features (seconds per epoch, so many); then
+# fine_tune_epochs train the top fine_tune_layers weighted backbone layers (1000: all but
+# BatchNorm) through the image pipeline at fine_tune_learning_rate.
 TRANSFER_RECIPE: dict[str, Any] = dict(
     optimizer="adam", learning_rate=1e-3, weight_decay=0.0, schedule="cosine", n_epochs=10,
     batch_size=64, early_stopping_patience=None, label_smoothing=0.1, val_fraction=0.05,

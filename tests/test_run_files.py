@@ -151,3 +151,15 @@ def test_data_paths_in_shared_runs_are_checked_not_scanned(studio, studio_copy, 
     sources = ui.candidate_sources()
     assert "/" not in sources and str(studio["data"]) in sources
     assert not looks_like_dataset(runs.Path("/")) and looks_like_dataset(studio["data"])
+
+
+def test_evaluate_page_explains_a_run_without_a_per_class_report(studio_copy):
+    import json
+
+    run_dir = _plant(studio_copy, "zz-no-report")
+    metrics = json.loads((run_dir / runs.METRICS_FILE).read_text())
+    metrics.pop("per_class")
+    metrics["test_accuracy"] = 0.999  # the best run: the page's default choice
+    runs.atomic_write_json(run_dir / runs.METRICS_FILE, metrics)
+    app = open_page("pages/5_Evaluate.py")
+    assert any("no per-class report" in info.value for info in app.info)
