@@ -50,7 +50,7 @@ def decode_image(data: bytes | bytearray | memoryview, name: str = "image") -> n
     try:
         with warnings.catch_warnings():
             # Pillow warns (not errors) between 1x and 2x its pixel limit.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # Pillow only warns up to 2x
             image = Image.open(io.BytesIO(data))
             _check_header(image, name)
             image.seek(0)  # animated GIF/WebP, MPO: the first frame
@@ -127,7 +127,7 @@ def _to_rgb_array(image: Image.Image) -> np.ndarray:
         return _high_depth_to_rgb(image)
     if image.mode == "P":  # a palette may carry transparency: resolve it to real alpha first
         image = image.convert("RGBA")
-    if {"A", "a"} & set(image.getbands()):  # any alpha: composited on white, not dropped
+    if "A" in image.getbands():  # any alpha: composited on white, not dropped
         canvas = Image.new("RGBA", image.size, OPAQUE_BACKGROUND)
         canvas.alpha_composite(image.convert("RGBA"))
         image = canvas
@@ -143,7 +143,7 @@ def _high_depth_to_rgb(image: Image.Image) -> np.ndarray:
     # 16-bit (and 32-bit) grayscale: scale the full range to 0..255 instead of
     # letting convert("L") clip everything above 255 to white.
     values = np.asarray(image)
-    if values.dtype.kind in "iu" and values.min() >= 0 and values.max() <= 65535:
+    if np.issubdtype(values.dtype, np.integer) and values.min() >= 0 and values.max() <= 65535:
         gray = _SIXTEEN_TO_EIGHT[values.astype(np.uint16)]  # a 16-bit scale: 65535 is white
     else:  # wider integers or floats: stretch what is there
         gray = _stretch_to_bytes(np.nan_to_num(values.astype(np.float32)))

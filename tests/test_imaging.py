@@ -287,3 +287,21 @@ def test_transparent_modes_of_every_kind_become_white():
     opaque_palette = Image.new("P", (2, 2), 0)
     opaque_palette.putpalette([7, 8, 9] + [0] * 765)
     assert imaging._to_rgb_array(opaque_palette)[0, 0].tolist() == [7, 8, 9]
+
+
+def test_messages_name_the_image_and_the_cause():
+    with pytest.raises(ImageDecodeError, match="^image: not an image"):
+        decode_image(b"plain text")
+    truncated = encode(NOISE, "PNG")[:2000]
+    with pytest.raises(ImageDecodeError) as caught:
+        decode_image(truncated, "cut.png")
+    assert str(caught.value).startswith("cut.png: corrupt or truncated image (") and "(None)" not in str(caught.value)
+    assert len(str(caught.value)) > len("cut.png: corrupt or truncated image ()") + 5
+
+
+def test_mosaic_defaults_and_sharp_scaling():
+    images = np.zeros((2, 2, 2, 3), np.uint8)
+    images[0, 0, 0] = 255
+    tiled = imaging.mosaic(images, columns=2)  # scale 3, gap 2
+    assert tiled.shape == ((2 + 2) * 3, (2 + 2) * 2 * 3, 3)
+    assert set(np.unique(tiled)) == {0, 255}  # nearest neighbour: no new values

@@ -1,4 +1,5 @@
 """Every job-state transition, pinned on the registry alone: no training, stub workers."""
+import json
 import os
 import re
 import signal
@@ -480,3 +481,39 @@ def test_completion_clears_an_earlier_message(db, fake_training):
     job = jobs.create_job(CONFIG)
     jobs.update_job(job.id, message="stopped; resumable")
     assert jobs.run_worker(job.id) == 0 and jobs.get_job(job.id).message is None
+
+
+def test_an_outdated_registry_schema_is_set_aside(db):
+    with sqlite3.connect(db) as connection:
+        connection.execute("CREATE TABLE jobs (id INTEGER PRIMARY KEY, run_dir TEXT)")  # an older layout
+    with pytest.warns(UserWarning, match="no such column"):
+        assert jobs.list_jobs() == []
+    assert len(list(db.parent.glob("jobs.sqlite.corrupt-*"))) == 1
+
+
+def test_rows_keep_creation_time_and_bounded_messages(db):
+    job = jobs.create_job(CONFIG)
+    time.sleep(0.01)
+    jobs.update_job(job.id, state="running")
+    listed = jobs.get_job(job.id)
+    assert listed.created_at == job.created_at and listed.updated_at > listed.created_at
+    with sqlite3.connect(db) as connection:
+        many_unknown = json.dumps({"model": "demo", **{f"unknown_key_{i}": i for i in range(100)}})
+        connection.execute("UPDATE jobs SET config = ? WHERE id = ?", (many_unknown, job.id))
+    assert len(jobs.get_job(job.id).message) == 500
+
+
+def test_a_process_name_with_a_parenthesis_is_parsed(tmp_path):
+    child = subprocess.Popen([sys.executable, "-c", (
+        "import ctypes, time; ctypes.CDLL(None).prctl(15, b'a) b (c', 0, 0, 0); print('named', flush=True); "
+        "time.sleep(30)")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "named"
+        with open(f"/proc/{child.pid}/stat") as handle:
+            text = handle.read()
+        assert "(a) b (c)" in text
+        after_name = text[text.rindex(")") + 2:].split()  # fields 3.. of proc(5); start time is field 22
+        assert jobs.process_start_time(child.pid) == float(after_name[19])
+    finally:
+        child.kill()
+        child.wait()
