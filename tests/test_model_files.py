@@ -272,3 +272,39 @@ def test_the_activation_cap_is_exact(tmp_path, monkeypatch):
     with pytest.raises(ModelFileError, match=rf"^demo.keras: layer \w+ outputs \(None, \d+, \d+, \d+\) per image; "
                                              f"the limit is {largest - 1:,} values$"):
         loading._check_activations(loaded, "demo.keras")
+
+
+def test_broken_archives_and_configs_keras_cannot_build_are_one_line(tmp_path):
+    build_model("demo", num_classes=3).save(tmp_path / "demo.keras")
+    config = zipfile.ZipFile(tmp_path / "demo.keras").read("config.json")
+    deflated = _keras_zip(tmp_path / "deflated.keras", {"config.json": config}, zipfile.ZIP_DEFLATED)
+    data = bytearray(deflated.read_bytes())
+    start = data.index(b"config.json") + len("config.json")  # the local header's name, then the deflate stream
+    data[start + 10:start + 40] = b"\xff" * 30
+    (tmp_path / "broken.keras").write_bytes(bytes(data))
+    with pytest.raises(ModelFileError, match=r"^broken.keras: (unreadable model file|not a readable .keras file) \("):
+        check_model_file(tmp_path / "broken.keras")
+
+    def drop_units(cfg):
+        dense = [layer for layer in cfg["config"]["layers"] if layer["class_name"] == "Dense"][-1]
+        dense["config"]["units"] = "ten"  # passes our size checks (not an int), fails in Keras
+        return cfg
+
+    _rewrite(tmp_path / "demo.keras", tmp_path / "odd.keras", drop_units)
+    with pytest.raises(ModelFileError, match=r"^odd.keras: Keras could not load it \(\w+: "):
+        load_model_file(tmp_path / "odd.keras")
+    with pytest.raises(ModelFileError, match="^custom.keras: refusing layer or object keras.layers.Lambda "):
+        check_model_file(_keras_zip(tmp_path / "custom.keras", {"config.json": json.dumps(
+            {"module": "keras", "class_name": "Functional", "registered_name": "Functional",
+             "config": {"layers": [{"module": "keras.layers", "class_name": "Lambda", "config": {}}]}})}))
+    with pytest.raises(ModelFileError, match=r"^big.keras: layer Dense declares units 9000; the limit is 8192$"):
+        check_model_file(_keras_zip(tmp_path / "big.keras", {"config.json": json.dumps(
+            {"module": "keras", "class_name": "Functional", "registered_name": "Functional",
+             "config": {"layers": [_layer(units=9000)]}})}))
+
+
+def test_a_spatial_output_is_refused_even_without_a_class_count(tmp_path):
+    inputs = keras.Input((8, 8, 3))
+    keras.Model(inputs, keras.layers.Conv2D(4, 3)(inputs)).save(tmp_path / "maps.keras")
+    with pytest.raises(ModelFileError, match=r"^maps.keras: expected N class outputs; found \(None, 6, 6, 4\)$"):
+        load_model_file(tmp_path / "maps.keras")
