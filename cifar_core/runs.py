@@ -62,6 +62,7 @@ MAX_HISTORY_BYTES = 4 * 1024 * 1024
 HISTORY_STAGES = ("train", "head", "fine_tune")
 # What a shipped run holds (artifacts/runs/): never checkpoints, caches, TensorBoard logs or locks.
 SHIPPED_FILES = (CONFIG_FILE, DATA_FILE, STATUS_FILE, HISTORY_FILE, METRICS_FILE, PREDICTIONS_FILE, MODEL_FILE)
+MAX_SHIPPED_FILE_BYTES = 1 << 30  # the largest shipped model is 14 MB
 # What a superseded run leaves behind (docs/experiments/): its record, not its weights.
 RECORD_FILES = (CONFIG_FILE, METRICS_FILE, HISTORY_FILE)
 
@@ -169,7 +170,7 @@ def _lock_holder(lock: Path) -> str:
 def writer_alive(run_dir: Path | str) -> bool:
     """True while some process holds the run's writer lock."""
     try:
-        fd = os.open(Path(run_dir) / LOCK_FILE, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(Path(run_dir) / LOCK_FILE, os.O_RDONLY)  # never inherited (PEP 446)
     except OSError:
         return False  # no lock file: no writer ever started here
     try:
@@ -571,7 +572,8 @@ def _copy_files(run_dir: Path, destination: Path, names: tuple[str, ...]) -> Pat
     staging.mkdir(parents=True)
     try:
         for name in names:
-            atomic_write_bytes(staging / name, read_regular_file(run_dir / name, 1 << 30, RunFolderError))
+            atomic_write_bytes(staging / name, read_regular_file(run_dir / name, MAX_SHIPPED_FILE_BYTES,
+                                                                 RunFolderError))
         os.replace(staging, destination)
     except BaseException:
         for leftover in staging.iterdir():

@@ -423,3 +423,72 @@ def test_shipping_a_run_with_a_folder_where_a_file_belongs_fails_cleanly(tmp_pat
     with pytest.raises(RunFolderError, match="predictions.npz"):
         runs.ship(run_dir, tmp_path / "shipped")
     assert not (tmp_path / "shipped").exists() or not any((tmp_path / "shipped").iterdir())
+
+
+def test_predictions_round_trip_as_compact_arrays(tmp_path):
+    import numpy as np
+
+    probs = np.array([[0.1, 0.9], [0.6, 0.4]], np.float64)
+    runs.write_predictions(tmp_path, [1, 0], probs)
+    back = runs.read_predictions(tmp_path)
+    assert sorted(back) == ["probs", "y_true"] and back["y_true"].dtype == np.int16
+    assert back["probs"].dtype == np.float16 and np.allclose(back["probs"], probs, atol=1e-3)
+    runs.write_predictions(tmp_path, [1, 0], probs, probs[:, ::-1])
+    assert np.allclose(runs.read_predictions(tmp_path)["probs_tta"], probs[:, ::-1], atol=1e-3)
+    assert not list(tmp_path.glob(".*.tmp"))
+    with pytest.raises(RunFolderError, match="^no predictions.npz in nothing$"):
+        runs.read_predictions(tmp_path / "nothing")
+    (tmp_path / runs.PREDICTIONS_FILE).write_bytes(b"not an npz")
+    with pytest.raises(RunFolderError, match=f"^corrupt predictions.npz in {tmp_path.name}: "):
+        runs.read_predictions(tmp_path)
+
+
+def test_atomic_writes_make_folders_share_files_and_leave_no_temporaries(tmp_path):
+    target = tmp_path / "a" / "b" / "status.json"
+    runs.atomic_write_bytes(target, b"one")
+    assert target.read_bytes() == b"one" and (target.stat().st_mode & 0o777) == 0o666 & ~runs._UMASK
+    seen = []
+    real_replace = os.replace
+
+    def spy(source, destination):
+        seen.append(source)
+        real_replace(source, destination)
+
+    import unittest.mock
+
+    with unittest.mock.patch.object(runs.os, "replace", spy):
+        runs.atomic_write_text(target, "twö")
+    assert target.read_text(encoding="utf-8") == "twö"
+    [temporary] = [runs.Path(p) for p in seen]
+    assert temporary.parent == target.parent and temporary.name.startswith(".status.json.")
+    assert temporary.name.endswith(".tmp") and not temporary.exists()
+
+
+def test_json_is_sorted_indented_and_takes_numpy_values(tmp_path):
+    import numpy as np
+
+    runs.atomic_write_json(tmp_path / "m.json", {"b": np.float32(0.5), "a": np.arange(2), "c": [np.int64(3)]})
+    expected = '{\n  "a": [\n    0,\n    1\n  ],\n  "b": 0.5,\n  "c": [\n    3\n  ]\n}\n'
+    assert (tmp_path / "m.json").read_text() == expected
+    with pytest.raises(TypeError, match="^not JSON serializable: object$"):
+        runs.atomic_write_json(tmp_path / "x.json", {"a": object()})
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_checkpoint_files_have_one_name_each(tmp_path):
+    assert runs.checkpoint_file(tmp_path, runs.HEAD_STATS_FILE) == tmp_path / "checkpoint" / "head.json"
+    assert runs.feature_cache_file(tmp_path, "train") == tmp_path / "checkpoint" / "features-train.npy"
+    assert runs.feature_cache_file(tmp_path, "val", flip=True) == tmp_path / "checkpoint" / "features-val-flip.npy"
+
+
+def test_listing_without_a_root_lists_the_runs_root(tmp_path, monkeypatch):
+    monkeypatch.setenv("CIFAR_RUNS_DIR", str(tmp_path))
+    _run_folder(tmp_path, "only")
+    assert [r.run_id for r in runs.list_runs()[0]] == ["only"]
+
+
+def test_history_encoding_errors_are_named(tmp_path):
+    (tmp_path / runs.HISTORY_FILE).write_bytes(b"epoch\n\xff\n")
+    with pytest.raises(RunFolderError) as caught:
+        runs.read_history(tmp_path)
+    assert str(caught.value).startswith(f"corrupt history.csv in {tmp_path.name}: 'utf-8' codec can't decode")
