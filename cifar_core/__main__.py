@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="muon: conv kernels step by lr x this, relative to their norm "
                             f"(default {TrainConfig.muon_scale})")
     train.add_argument("--schedule", choices=SCHEDULES)
-    train.add_argument("--image-size", type=int, help="model input size; images are resized on the fly")
+    train.add_argument("--input-size", "--image-size", type=int, dest="input_size",
+                       help="model input size in pixels; images are resized on the fly (default: the model's)")
     train.add_argument("--augmentations", "--augment", dest="augment",
                        help=f"comma-separated, from {','.join(AUGMENTATIONS)}; or 'none'")
     train.add_argument("--cutout-size", type=int, help="side of the cutout square in pixels (default 12)")

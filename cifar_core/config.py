@@ -30,7 +30,7 @@ PRECISIONS = ("float32", "mixed_bfloat16")
 class TrainConfig:
     model: str = "g3"
     data: str | None = None
-    image_size: int | None = None  # None: the model's default input size
+    input_size: int | None = None  # the model's input side in pixels; made the model's default when None
     n_epochs: int = 30
     batch_size: int = 128
     limit: int | None = None  # train on a seeded subset of this many images
@@ -65,6 +65,8 @@ class TrainConfig:
     fine_tune_layers: int = 0
 
     def __post_init__(self):
+        if self.input_size is None and isinstance(self.model, str):
+            object.__setattr__(self, "input_size", _default_input_size(self.model))
         if isinstance(self.augmentations, (list, tuple)):
             object.__setattr__(self, "augmentations", tuple(self.augmentations))
         for name, kind in FIELD_KINDS.items():
@@ -98,6 +100,8 @@ class TrainConfig:
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"config must be a JSON object, got {type(data).__name__}")
+        if "image_size" in data and "input_size" not in data:  # configs saved before the rename
+            data = {("input_size" if key == "image_size" else key): value for key, value in data.items()}
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -112,6 +116,15 @@ class TrainConfig:
         return cls.from_dict(parse_json(text, "config", ConfigError))
 
 
+def _default_input_size(model: str) -> int | None:
+    """The registry's input size for a known model; None for a name the registry lacks
+    (training refuses it with the list of models)."""
+    from .models.registry import REGISTRY
+
+    spec = REGISTRY.get(model)
+    return spec.input_size if spec else None
+
+
 def _check(ok: bool, name: str, received: Any, expected: str) -> None:
     if not ok:
         text = repr(received)
@@ -121,7 +134,7 @@ def _check(ok: bool, name: str, received: Any, expected: str) -> None:
 # The JSON type of every field; "?" marks one that may be null. A float field takes
 # an int (JSON writes 1.0 as 1) but never a bool, a string or a non-finite number.
 FIELD_KINDS = {
-    "model": "str", "data": "str?", "image_size": "int?", "n_epochs": "int", "batch_size": "int",
+    "model": "str", "data": "str?", "input_size": "int?", "n_epochs": "int", "batch_size": "int",
     "limit": "int?", "val_fraction": "float", "optimizer": "str", "learning_rate": "float",
     "weight_decay": "float", "momentum": "float", "nesterov": "bool", "muon_scale": "float",
     "schedule": "str", "warmup_fraction": "float", "plateau_patience": "int", "plateau_factor": "float",
@@ -155,7 +168,7 @@ def _check_kind(name: str, value: Any, kind: str) -> None:
 # is included ("[]", "[)", "(]", "()"). The message shows the interval itself.
 RANGES = {
     "n_epochs": (1, 10_000, "[]"), "batch_size": (1, 8192, "[]"), "limit": (2, 10_000_000, "[]"),
-    "image_size": (16, 512, "[]"), "val_fraction": (0.0, 0.9, "[)"), "learning_rate": (0.0, 10.0, "(]"),
+    "input_size": (16, 512, "[]"), "val_fraction": (0.0, 0.9, "[)"), "learning_rate": (0.0, 10.0, "(]"),
     "fine_tune_learning_rate": (0.0, 10.0, "(]"), "weight_decay": (0.0, 1.0, "[]"), "momentum": (0.0, 1.0, "[)"),
     "muon_scale": (0.0, 10.0, "(]"), "warmup_fraction": (0.0, 1.0, "[]"), "plateau_patience": (1, 1000, "[]"),
     "plateau_factor": (0.0, 1.0, "()"), "early_stopping_patience": (1, 1000, "[]"),
@@ -257,7 +270,7 @@ PRESETS: dict[str, Preset] = {
     "fastnet": Preset("fastnet", {}, "fastnet-muon-altflip-cifar10",
                       "airbench-style net, Muon + alternating flip, 22 epochs"),
     "lite0-128": Preset("lite0", {}, "lite0-128-cifar10", "EfficientNet-Lite0 transfer at 128 px"),
-    "lite0-224": Preset("lite0", {"image_size": 224, "fine_tune_epochs": 4}, "lite0-224-cifar10",
+    "lite0-224": Preset("lite0", {"input_size": 224, "fine_tune_epochs": 4}, "lite0-224-cifar10",
                         "EfficientNet-Lite0 transfer at 224 px, 4 fine-tune epochs"),
 }
 
@@ -279,7 +292,7 @@ def recipe_config(model: str, **overrides) -> TrainConfig:
         base = dict(TRANSFER_RECIPE)
         # Fine-tuning activations grow with the square of the input size: halve
         # the batch above 160 px to keep a 224 px run under 4 GB (BENCHMARKS.md).
-        if (overrides.get("image_size") or 0) > LARGE_INPUT:
+        if (overrides.get("input_size") or 0) > LARGE_INPUT:
             base["batch_size"] = TRANSFER_RECIPE["batch_size"] // 2
     settings = {"model": model, **(base or {})}
     settings.update({k: v for k, v in overrides.items() if v is not None})

@@ -157,13 +157,13 @@ def test_train_flags_reach_the_config(tmp_path):
         return config_from_args(build_parser().parse_args(["train", "--data", "keras", *argv]))
 
     config = config_for("--model", "lite0", "--image-size", "224", "--fine-tune-layers", "40")
-    assert (config.fine_tune_layers, config.image_size) == (40, 224)
+    assert (config.fine_tune_layers, config.input_size) == (40, 224)
     assert config.batch_size == 32  # the transfer recipe halves its batch above 160 px
     assert config_for("--model", "lite0").fine_tune_layers == 1000  # the recipe's default when the flag is absent
     saved = tmp_path / "config.json"
     saved.write_text(config.to_json())
     again = config_for("--config", str(saved), "--fine-tune-layers", "12", "--augment", "none")
-    assert (again.fine_tune_layers, again.image_size, again.augmentations) == (12, 224, ())
+    assert (again.fine_tune_layers, again.input_size, again.augmentations) == (12, 224, ())
     cutout = config_for("--model", "fastnet", "--augment", "flip,cutout", "--cutout-size", "8")
     assert (cutout.augmentations, cutout.cutout_size) == (("flip", "cutout"), 8)
     muon = config_for("--model", "fastnet", "--optimizer", "muon", "--muon-scale", "0.3")
@@ -171,7 +171,7 @@ def test_train_flags_reach_the_config(tmp_path):
 
 
 FLAG_VALUES = {  # field -> (what the command line says, what the config then holds)
-    "data": ("x.tar.gz", "x.tar.gz"), "image_size": ("64", 64), "n_epochs": ("3", 3), "batch_size": ("16", 16),
+    "data": ("x.tar.gz", "x.tar.gz"), "input_size": ("64", 64), "n_epochs": ("3", 3), "batch_size": ("16", 16),
     "limit": ("100", 100), "val_fraction": ("0.2", 0.2), "optimizer": ("sgd", "sgd"),
     "learning_rate": ("0.5", 0.5), "weight_decay": ("0.01", 0.01), "momentum": ("0.8", 0.8),
     "nesterov": (None, True), "muon_scale": ("0.3", 0.3), "schedule": ("cosine", "cosine"),

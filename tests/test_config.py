@@ -13,7 +13,7 @@ def test_json_round_trip_preserves_every_field():
 @pytest.mark.parametrize("field,value", [("optimizer", "rmsprop"), ("schedule", "exp"), ("n_epochs", 0),
                                          ("augmentations", ("flip", "mixup")), ("augmentations", ("flip", "altflip")),
                                          ("val_fraction", 0.95),
-                                         ("image_size", 8), ("learning_rate", -1.0)])
+                                         ("input_size", 8), ("learning_rate", -1.0)])
 def test_invalid_values_are_refused_with_what_was_received(field, value):
     with pytest.raises(ConfigError, match=field):
         TrainConfig(**{field: value})
@@ -43,7 +43,7 @@ def test_config_is_frozen():
 # Every range, pinned just inside and just outside each end that exists.
 BOUNDARIES = [
     ("n_epochs", [1, 10_000], [0, 10_001]), ("batch_size", [1, 8192], [0, 8193]),
-    ("limit", [2, None], [1, 10_000_001]), ("image_size", [16, 512, None], [15, 513]),
+    ("limit", [2, None], [1, 10_000_001]), ("input_size", [16, 512, None], [15, 513]),
     ("val_fraction", [0.0, 0.89], [-0.01, 0.9]), ("learning_rate", [1e-9, 10.0], [0.0, 10.01]),
     ("fine_tune_learning_rate", [1e-9, 10.0], [0.0, 10.5]), ("weight_decay", [0.0, 1.0], [-1, 1.01]),
     ("momentum", [0.0, 0.99], [-0.1, 1.0]), ("muon_scale", [0.01, 10], [0, 10.1]),
@@ -110,8 +110,8 @@ def test_large_transfer_inputs_get_a_smaller_batch_unless_asked():
     from cifar_core.config import TRANSFER_RECIPE
 
     assert recipe_config("lite0").batch_size == TRANSFER_RECIPE["batch_size"]
-    assert recipe_config("lite0", image_size=224).batch_size == TRANSFER_RECIPE["batch_size"] // 2
-    assert recipe_config("lite0", image_size=224, batch_size=48).batch_size == 48
+    assert recipe_config("lite0", input_size=224).batch_size == TRANSFER_RECIPE["batch_size"] // 2
+    assert recipe_config("lite0", input_size=224, batch_size=48).batch_size == 48
 
 
 def test_inference_batches_shrink_with_the_input():
@@ -193,15 +193,15 @@ def test_recipes_apply_only_to_their_models():
     plain = recipe_config("not-a-registered-model")
     assert plain.optimizer == TrainConfig().optimizer and plain.n_epochs == TrainConfig().n_epochs
     assert recipe_config("lite0").optimizer == TRANSFER_RECIPE["optimizer"]
-    assert recipe_config("lite0", image_size=160).batch_size == TRANSFER_RECIPE["batch_size"]  # 160: not above
-    assert recipe_config("lite0", image_size=161).batch_size == TRANSFER_RECIPE["batch_size"] // 2
-    assert recipe_config("fastnet", image_size=224).batch_size == RECIPES["fastnet"]["batch_size"]
+    assert recipe_config("lite0", input_size=160).batch_size == TRANSFER_RECIPE["batch_size"]  # 160: not above
+    assert recipe_config("lite0", input_size=161).batch_size == TRANSFER_RECIPE["batch_size"] // 2
+    assert recipe_config("fastnet", input_size=224).batch_size == RECIPES["fastnet"]["batch_size"]
 
 
 def test_presets_are_recipes_with_settings_on_top():
     from cifar_core.config import PRESETS, preset_config
 
-    assert preset_config("lite0-224") == recipe_config("lite0", image_size=224, fine_tune_epochs=4)
+    assert preset_config("lite0-224") == recipe_config("lite0", input_size=224, fine_tune_epochs=4)
     assert preset_config("lite0-224", fine_tune_epochs=None).fine_tune_epochs == 4  # None overrides nothing
     assert preset_config("demo", n_epochs=2) == recipe_config("demo", n_epochs=2)
     with pytest.raises(ConfigError, match="^unknown preset 'nope'; choose one of demo, g3, fastnet, lite0-128, "

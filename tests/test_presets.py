@@ -44,4 +44,4 @@ def test_the_cli_trains_a_preset_with_the_flags_on_top():
     args = build_parser().parse_args(["train", "--preset", "lite0-224", "--epochs", "2", "--data", "x.tar.gz"])
     config = config_from_args(args)
     assert config == preset_config("lite0-224", n_epochs=2, data="x.tar.gz")
-    assert config.image_size == 224 and config.fine_tune_epochs == 4 and config.n_epochs == 2
+    assert config.input_size == 224 and config.fine_tune_epochs == 4 and config.n_epochs == 2

@@ -73,7 +73,7 @@ def test_missing_imagenet_weights_offline_is_a_clear_error(monkeypatch):
 
 
 def test_two_stage_transfer_run(tiny_dataset, tmp_path):
-    config = recipe_config("lite0", n_epochs=2, fine_tune_epochs=1, fine_tune_layers=3, image_size=48,
+    config = recipe_config("lite0", n_epochs=2, fine_tune_epochs=1, fine_tune_layers=3, input_size=48,
                            batch_size=32, model_options={"weights": None})
     run_dir = train(config, tmp_path / "run", tiny_dataset, verbose=0)
     stages = [row["stage"] for row in runs.read_history(run_dir)]

@@ -107,7 +107,7 @@ def _difference(run: runs.RunSummary) -> str:
     from cifar_core.config import TrainConfig, recipe_config
 
     config = TrainConfig.from_dict(run.config)
-    recipe = recipe_config(config.model, image_size=config.image_size).to_dict()
+    recipe = recipe_config(config.model, input_size=config.input_size).to_dict()
     changed = [f"{key} {value}" for key, value in sorted(config.to_dict().items())
                if key != "data" and value != recipe[key] and not (isinstance(value, list)
                                                                    and tuple(value) == recipe[key])]

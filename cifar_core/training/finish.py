@@ -12,8 +12,8 @@ from .callbacks import PredictHeartbeat
 
 
 def input_size(config: TrainConfig) -> int:
-    """The model's input size: the config's, else the model's default."""
-    return config.image_size or get_spec(config.model).input_size
+    """The model's input size (the config resolves None to the model's default when it is made)."""
+    return config.input_size or get_spec(config.model).input_size
 
 
 def finish_run(model, config: TrainConfig, run_dir: Path, dataset: Dataset, history: list[dict],

@@ -16,7 +16,7 @@ from cifar_core.training import train
 def main(source: str, size: int, batch_size: int | None = None) -> None:
     dataset = load_dataset(source)  # all 60,000 images stay in memory, as in a real run
     dataset.x_test, dataset.y_test = dataset.x_test[:512], dataset.y_test[:512]
-    config = recipe_config("lite0", data=source, image_size=size, limit=1024, n_epochs=2, fine_tune_epochs=1,
+    config = recipe_config("lite0", data=source, input_size=size, limit=1024, n_epochs=2, fine_tune_epochs=1,
                            batch_size=batch_size)
     with tempfile.TemporaryDirectory() as folder:
         run_dir = train(config, Path(folder) / "run", dataset, verbose=0)
