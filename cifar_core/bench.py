@@ -113,9 +113,9 @@ def time_inference(run_dir: Path | None, model_name: str, repeats: int = 50) -> 
         classify_bytes(run, photo)
         latencies.append((time.perf_counter() - started) * 1000)
     batch = np.random.default_rng(1).integers(0, 255, (2048, 32, 32, 3), dtype=np.uint8)
-    predict_proba(run.model, batch[:256], image_size=run.input_size)
+    predict_proba(run.model, batch[:256], input_size=run.input_size)
     started = time.perf_counter()
-    predict_proba(run.model, batch, image_size=run.input_size)
+    predict_proba(run.model, batch, input_size=run.input_size)
     throughput = len(batch) / (time.perf_counter() - started)
     return {"model": run.config.model, "run": run_dir.name if run_dir else None,
             "single_image_ms_p50": round(float(np.percentile(latencies, 50)), 1),

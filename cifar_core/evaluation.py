@@ -13,25 +13,25 @@ EPSILON = 1e-7
 PREDICT_PIXEL_BUDGET = 256 * 64 * 64
 
 
-def inference_batch_size(image_size: int | None) -> int:
-    size = image_size or 32
+def inference_batch_size(input_size: int | None) -> int:
+    size = input_size or 32
     return max(8, min(256, PREDICT_PIXEL_BUDGET // (size * size)))
 
 
 def predict_proba(model, images: np.ndarray, batch_size: int | None = None, tta: bool = False,
-                  image_size: int | None = None, callbacks: list | None = None) -> np.ndarray:
+                  input_size: int | None = None, callbacks: list | None = None) -> np.ndarray:
     """Class probabilities for uint8 images; `tta` averages with the mirror image."""
-    predict = model_predictor(model, batch_size or inference_batch_size(image_size), image_size, callbacks)
+    predict = model_predictor(model, batch_size or inference_batch_size(input_size), input_size, callbacks)
     return flip_tta(predict, images)[1] if tta else predict(images)
 
 
-def model_predictor(model, batch_size: int, image_size: int | None,
+def model_predictor(model, batch_size: int, input_size: int | None,
                     callbacks: list | None = None) -> Callable[[np.ndarray], np.ndarray]:
     """images -> float32 probabilities, through the same tf.data pipeline as training."""
     from .data.pipeline import make_inference_dataset
 
     def predict(images: np.ndarray) -> np.ndarray:
-        dataset = make_inference_dataset(images, batch_size, image_size)
+        dataset = make_inference_dataset(images, batch_size, input_size)
         return model.predict(dataset, verbose=0, callbacks=callbacks).astype(np.float32)
 
     return predict
@@ -88,9 +88,9 @@ def compute_metrics(y_true: np.ndarray, probs: np.ndarray, class_names,
     return metrics
 
 
-def measure_on_test(model, images: np.ndarray, labels: np.ndarray, class_names, image_size: int | None,
+def measure_on_test(model, images: np.ndarray, labels: np.ndarray, class_names, input_size: int | None,
                     tta: bool, callbacks: list | None = None) -> tuple[dict, np.ndarray, np.ndarray | None]:
     """Test metrics plus the probabilities behind them; the plain pass is reused for TTA."""
-    predict = model_predictor(model, inference_batch_size(image_size), image_size, callbacks)
+    predict = model_predictor(model, inference_batch_size(input_size), input_size, callbacks)
     probs, probs_tta = flip_tta(predict, images) if tta else (predict(images), None)
     return compute_metrics(labels, probs, class_names, probs_tta), probs, probs_tta

@@ -46,7 +46,7 @@ def classify_arrays(run: LoadedRun, images: list[np.ndarray], tta: bool = False)
     from .evaluation import predict_proba
 
     batch = np.stack([model_view(run, image) for image in images])
-    return predict_proba(run.model, batch, tta=tta, image_size=run.input_size)
+    return predict_proba(run.model, batch, tta=tta, input_size=run.input_size)
 
 
 def classify_bytes(run: LoadedRun, data: bytes, name: str = "image", k: int = 3) -> list[tuple[str, float]]:

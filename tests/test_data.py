@@ -127,7 +127,7 @@ def test_split_is_seeded_stratified_and_disjoint():
 def test_pipeline_resizes_per_batch_and_augments_only_when_asked():
     images = np.random.default_rng(0).integers(0, 255, (10, 32, 32, 3)).astype(np.uint8)
     labels = np.arange(10) % 3
-    plain = make_dataset(images, labels, 3, batch_size=4, image_size=64)
+    plain = make_dataset(images, labels, 3, batch_size=4, input_size=64)
     x, y = next(iter(plain))
     assert x.shape == (4, 64, 64, 3) and y.shape == (4, 3)
     same = make_dataset(images, labels, 3, batch_size=10)

@@ -155,9 +155,9 @@ def test_predict_proba_runs_the_model_on_the_pipeline_and_averages_for_tta(capsy
             CountBatches.batches += 1
 
     images = _left_heavy(3)
-    plain = evaluation.predict_proba(model, images, image_size=8, callbacks=[CountBatches()])
+    plain = evaluation.predict_proba(model, images, input_size=8, callbacks=[CountBatches()])
     assert CountBatches.batches == 1  # 3 images fit the 8 px budget's batch of 256
-    averaged = evaluation.predict_proba(model, images, image_size=8, tta=True, batch_size=2,
+    averaged = evaluation.predict_proba(model, images, input_size=8, tta=True, batch_size=2,
                                         callbacks=[CountBatches()])
     assert CountBatches.batches == 1 + 2 * 2  # two passes of two batches of at most 2
     assert plain.dtype == np.float32 and plain.shape == (3, 2)

@@ -180,7 +180,7 @@ def test_mixed_bfloat16_run_trains_resumes_and_loads_back(tiny_dataset, tmp_path
     run = load_run_model(run_dir)
     assert run.model.get_layer("block1_conv1").compute_dtype == "bfloat16"
     assert run.model.get_layer("predictions").compute_dtype == "float32"
-    probs = predict_proba(run.model, tiny_dataset.x_test[:8], image_size=32)
+    probs = predict_proba(run.model, tiny_dataset.x_test[:8], input_size=32)
     assert probs.dtype == np.float32 and np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
     heatmap = grad_cam(run.model, tiny_dataset.x_test[:1].astype("float32"), "block3_act2")
     assert heatmap.dtype == np.float32 and 0.0 <= heatmap.min() and heatmap.max() <= 1.0

@@ -49,7 +49,7 @@ EQUIVALENT: list[tuple[str, str]] = [
     (r'order="[fc]"|order="F" if fortran_order else "c"', "numpy accepts order letters in either case"),
     (r'image\.draft\(', "draft() only lets the JPEG decoder scale by 1/2..1/8; the mode is a hint, and "
      "convert('RGB') follows either way"),
-    (r'image_size or 3[0-9]', "every default up to 64 px gives the same batch of 256"),
+    (r'input_size or 3[0-9]', "every default up to 64 px gives the same batch of 256"),
     (r'os\.read\(fd, min\(|while total <= limit', "the chunk size and one more empty read change nothing "
      "read"),
     (r'_read_at_most\(fd, max_bytes \+ 2\)', "reading two bytes past the cap refuses the same files as one"),

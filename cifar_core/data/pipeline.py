@@ -160,14 +160,14 @@ def _alternating_flip_batches(images, labels, batch_size: int, shuffle: bool, se
     return alternating_flip.each_pass(one_pass).apply(tf.data.experimental.assert_cardinality(n_batches))
 
 
-def make_inference_dataset(images: np.ndarray, batch_size: int, image_size: int | None = None):
+def make_inference_dataset(images: np.ndarray, batch_size: int, input_size: int | None = None):
     """Images only, in order, batched and resized exactly as training and evaluation see them."""
     labels = np.zeros(len(images), np.int32)
-    return make_dataset(images, labels, 1, batch_size, image_size, one_hot=False).map(lambda x, y: x)
+    return make_dataset(images, labels, 1, batch_size, input_size, one_hot=False).map(lambda x, y: x)
 
 
 def make_dataset(images: np.ndarray, labels: np.ndarray, n_classes: int, batch_size: int,
-                 image_size: int | None = None, augmenter=None, shuffle: bool = False,
+                 input_size: int | None = None, augmenter=None, shuffle: bool = False,
                  seed: int = 0, one_hot: bool = True, alternating_flip: AlternatingFlip | None = None):
     """A tf.data pipeline over in-memory uint8 images, yielding float32 0..255."""
     import tensorflow as tf
@@ -179,7 +179,7 @@ def make_dataset(images: np.ndarray, labels: np.ndarray, n_classes: int, batch_s
         if shuffle:
             dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
         dataset = dataset.batch(batch_size)
-    needs_resize = image_size is not None and image_size != images.shape[1]
+    needs_resize = input_size is not None and input_size != images.shape[1]
 
     def prepare(x, y, flips=None):
         x = tf.cast(x, tf.float32)
@@ -188,7 +188,7 @@ def make_dataset(images: np.ndarray, labels: np.ndarray, n_classes: int, batch_s
         if augmenter is not None:
             x = augmenter(x, training=True)
         if needs_resize:
-            x = tf.image.resize(x, (image_size, image_size), method="bilinear")
+            x = tf.image.resize(x, (input_size, input_size), method="bilinear")
         if one_hot:
             y = tf.one_hot(y, n_classes)
         return x, y

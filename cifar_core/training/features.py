@@ -16,23 +16,23 @@ from ..config import TrainConfig
 from .callbacks import PredictHeartbeat
 
 
-def extract_features(model, images: np.ndarray, image_size: int, flip: bool = False,
+def extract_features(model, images: np.ndarray, input_size: int, flip: bool = False,
                      run_dir: Path | None = None) -> np.ndarray:
     from ..data.pipeline import make_inference_dataset
     from ..evaluation import inference_batch_size
     from ..models.transfer import feature_model
 
-    batch_size = inference_batch_size(image_size)
+    batch_size = inference_batch_size(input_size)
     trunk = feature_model(model)
     source = images[:, :, ::-1, :] if flip else images
-    dataset = make_inference_dataset(source, batch_size, image_size)
+    dataset = make_inference_dataset(source, batch_size, input_size)
     # Minutes of predicting: keep the heartbeat fresh so the job registry
     # does not take a busy worker for a dead one.
     callbacks = [PredictHeartbeat(run_dir, "features")] if run_dir else []
     return np.asarray(trunk.predict(dataset, verbose=0, callbacks=callbacks), dtype=np.float32)
 
 
-def cached_features(model, run_dir: Path, name: str, images: np.ndarray, image_size: int,
+def cached_features(model, run_dir: Path, name: str, images: np.ndarray, input_size: int,
                     flip: bool = False) -> np.ndarray:
     """Features for `images`, kept in the run's checkpoint folder so a resume reuses them."""
     path = runs.feature_cache_file(run_dir, name, flip)
@@ -40,7 +40,7 @@ def cached_features(model, run_dir: Path, name: str, images: np.ndarray, image_s
         features = np.load(path, allow_pickle=False)
         if len(features) == len(images):
             return features
-    features = extract_features(model, images, image_size, flip, run_dir=run_dir)
+    features = extract_features(model, images, input_size, flip, run_dir=run_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.npy")
     np.save(tmp, features)
@@ -48,7 +48,7 @@ def cached_features(model, run_dir: Path, name: str, images: np.ndarray, image_s
     return features
 
 
-def train_head(model, config: TrainConfig, run_dir: Path, split, n_classes: int, image_size: int,
+def train_head(model, config: TrainConfig, run_dir: Path, split, n_classes: int, input_size: int,
                history: list[dict]) -> dict:
     """Fit the model's 'predictions' layer on cached features; returns stage timings."""
     import keras
@@ -56,11 +56,11 @@ def train_head(model, config: TrainConfig, run_dir: Path, split, n_classes: int,
     started = time.perf_counter()
     # Unaugmented: one forward pass per image. Mirrored copies would double the
     # most expensive part of the stage for a head that fine-tuning retrains anyway.
-    x_train = cached_features(model, run_dir, "train", split.x_train, image_size)
+    x_train = cached_features(model, run_dir, "train", split.x_train, input_size)
     y_train = split.y_train
     validation = None
     if len(split.y_val):
-        x_val = cached_features(model, run_dir, "val", split.x_val, image_size)
+        x_val = cached_features(model, run_dir, "val", split.x_val, input_size)
         validation = (x_val, keras.ops.one_hot(split.y_val, n_classes))
     feature_seconds = time.perf_counter() - started
 
