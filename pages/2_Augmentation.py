@@ -44,6 +44,6 @@ images = data.x_test[rng.choice(len(data.x_test), count, replace=False)]
 
 from cifar_core.data.pipeline import augment_preview  # noqa: E402  (imports TensorFlow: only here)
 
-views = [augment_preview(images, config, seed=int(st.session_state.aug_seed) * 10 + k) for k in range(3)]
+views = [augment_preview(images, config, random_state=int(st.session_state.aug_seed) * 10 + k) for k in range(3)]
 st.markdown("**Original** (top row), then three augmented draws")
 st.image(mosaic(np.concatenate([images, *views]), columns=count, scale=4), clamp=True)

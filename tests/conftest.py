@@ -13,11 +13,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 
-def synthetic_images(n: int, n_classes: int, size: int = 32, seed: int = 0):
+def synthetic_images(n: int, num_classes: int, size: int = 32, seed: int = 0):
     """Images whose mean colour encodes the class: learnable in a few steps."""
     rng = np.random.default_rng(seed)
-    labels = np.arange(n) % n_classes
-    base = (labels * (200 // max(n_classes - 1, 1)))[:, None, None, None]
+    labels = np.arange(n) % num_classes
+    base = (labels * (200 // max(num_classes - 1, 1)))[:, None, None, None]
     images = np.clip(base + rng.integers(0, 50, (n, size, size, 3)), 0, 255).astype(np.uint8)
     return images, labels.astype(np.int64)
 

@@ -140,7 +140,7 @@ def test_pipeline_resizes_per_batch_and_augments_only_when_asked():
 
 def test_alternating_flip_mirrors_each_image_in_every_other_epoch():
     images = np.random.default_rng(0).integers(0, 255, (40, 8, 8, 3)).astype(np.uint8)
-    flips = AlternatingFlip(len(images), seed=3)
+    flips = AlternatingFlip(len(images), random_state=3)
     dataset = make_dataset(images, np.zeros(40), 2, batch_size=16, alternating_flip=flips)
     mirrored_by_epoch = []
     for _ in range(3):  # each pass over the dataset is the next epoch
@@ -152,8 +152,8 @@ def test_alternating_flip_mirrors_each_image_in_every_other_epoch():
     np.testing.assert_array_equal(mirrored_by_epoch[1], ~flips.first_flips)
     np.testing.assert_array_equal(mirrored_by_epoch[2], flips.first_flips)
     assert 10 <= flips.first_flips.sum() <= 30
-    np.testing.assert_array_equal(AlternatingFlip(40, seed=3).first_flips, flips.first_flips)  # seeded
-    resumed = AlternatingFlip(40, seed=3, first_epoch=1)  # a run resumed after one epoch
+    np.testing.assert_array_equal(AlternatingFlip(40, random_state=3).first_flips, flips.first_flips)  # seeded
+    resumed = AlternatingFlip(40, random_state=3, first_epoch=1)  # a run resumed after one epoch
     seen = np.concatenate([x.numpy() for x, _ in make_dataset(images, np.zeros(40), 2, 16, alternating_flip=resumed)])
     np.testing.assert_array_equal(np.all(seen == images[:, :, ::-1], axis=(1, 2, 3)), ~flips.first_flips)
 
@@ -163,7 +163,7 @@ def test_cutout_erases_one_square_per_image_with_the_dataset_mean():
     from cifar_core.models.homebrew import CIFAR_MEAN
 
     images = np.full((32, 32, 32, 3), 7, np.uint8)
-    out = augment_preview(images, TrainConfig(augmentations=("cutout",), cutout_size=10), seed=1)
+    out = augment_preview(images, TrainConfig(augmentations=("cutout",), cutout_size=10), random_state=1)
     erased = (out != 7).any(-1)
     assert (erased.sum((1, 2)) == 100).all()  # a whole 10x10 square, inside the image, every time
     assert (erased.any(2).sum(1) == 10).all() and (erased.any(1).sum(1) == 10).all()

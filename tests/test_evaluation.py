@@ -14,8 +14,8 @@ Y_PRED = np.array([0, 1, 2, 1, 1, 1, 2])
 CONFIDENCE = np.array([0.7, 0.4, 0.9, 0.6, 0.8, 0.5, 0.55])
 
 
-def _probs(predicted, confidence, n_classes=4):
-    probs = np.tile(((1 - confidence) / (n_classes - 1))[:, None], (1, n_classes))
+def _probs(predicted, confidence, num_classes=4):
+    probs = np.tile(((1 - confidence) / (num_classes - 1))[:, None], (1, num_classes))
     probs[np.arange(len(predicted)), predicted] = confidence
     return probs.astype(np.float32)
 

@@ -127,8 +127,8 @@ def test_each_refusal_names_the_batch_and_the_problem(data, labels, message):
 
 def test_the_name_and_class_count_come_from_the_caller():
     with pytest.raises(UnsafePickleError, match=r"^data_batch_2: labels must be integers in \[0, 2\]"):
-        parse_batch(_batch(labels=(1, 3)), "data_batch_2", n_classes=3)
-    x, y = parse_batch(_batch(labels=(1, 2)), "data_batch_2", n_classes=3)
+        parse_batch(_batch(labels=(1, 3)), "data_batch_2", num_classes=3)
+    x, y = parse_batch(_batch(labels=(1, 2)), "data_batch_2", num_classes=3)
     assert y.tolist() == [1, 2]
 
 

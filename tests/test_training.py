@@ -148,7 +148,7 @@ def test_fit_mirrors_the_image_in_alternate_epochs():
 
     image = np.zeros((1, 2, 2, 3), np.uint8)
     image[:, :, 0] = 255
-    flips = AlternatingFlip(1, seed=0)
+    flips = AlternatingFlip(1, random_state=0)
     flips.first_flips[:] = False
     dataset = make_dataset(image, np.zeros(1), 2, batch_size=1, alternating_flip=flips)
     model = keras.Sequential([keras.Input((2, 2, 3)), keras.layers.Flatten(),

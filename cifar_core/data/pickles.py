@@ -136,13 +136,13 @@ def _field(batch: dict, key: str):
     raise UnsafePickleError(f"CIFAR batch has no {key!r} entry")
 
 
-def parse_batch(data: bytes, name: str = "batch", n_classes: int = 10) -> tuple[np.ndarray, np.ndarray]:
+def parse_batch(data: bytes, name: str = "batch", num_classes: int = 10) -> tuple[np.ndarray, np.ndarray]:
     """Validated (images NHWC uint8, labels int64) from one batch file."""
     batch = restricted_loads(data, name)
     if not isinstance(batch, dict):
         raise UnsafePickleError(f"{name}: expected a dict, found {type(batch).__name__}")
     images = _images(_field(batch, "data"), name)
-    labels = _labels(_field(batch, "labels"), len(images), name, n_classes)
+    labels = _labels(_field(batch, "labels"), len(images), name, num_classes)
     # Stored channel-first (N, 3, 32, 32); everything here is channels-last.
     return images.reshape(len(images), 3, 32, 32).transpose(0, 2, 3, 1).copy(), labels
 
@@ -158,7 +158,7 @@ def _images(value, name: str) -> np.ndarray:
     return images
 
 
-def _labels(value, n_images: int, name: str, n_classes: int) -> np.ndarray:
+def _labels(value, n_images: int, name: str, num_classes: int) -> np.ndarray:
     if isinstance(value, _ArrayRecipe):
         labels = value.resolve(name, MAX_BATCH_IMAGES)
     elif isinstance(value, list):
@@ -168,14 +168,14 @@ def _labels(value, n_images: int, name: str, n_classes: int) -> np.ndarray:
             raise UnsafePickleError(f"{name}: need one label per image ({n_images} images, {len(value)} labels)")
         if not all(type(label) is int for label in value):
             raise UnsafePickleError(f"{name}: labels must be a flat list of integers")
-        labels = np.array([min(max(label, -1), n_classes) for label in value])  # out of range stays out
+        labels = np.array([min(max(label, -1), num_classes) for label in value])  # out of range stays out
     else:
         raise UnsafePickleError(f"{name}: labels must be a list of integers; found {type(value).__name__}")
     if labels.ndim != 1 or len(labels) != n_images:
         raise UnsafePickleError(f"{name}: need one label per image ({n_images} images, labels of shape "
                                 f"{labels.shape})")
-    if len(labels) and (labels.min() < 0 or labels.max() >= n_classes):
-        raise UnsafePickleError(f"{name}: labels must be integers in [0, {n_classes - 1}]")
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        raise UnsafePickleError(f"{name}: labels must be integers in [0, {num_classes - 1}]")
     return labels.astype(np.int64)
 
 

@@ -43,13 +43,13 @@ def _stratified_sample(labels, indices, n, rng) -> np.ndarray:
     return np.sort(members[np.argsort(ranks, kind="stable")[:n]])
 
 
-def build_augmenter(config: TrainConfig, image_size: int, seed: int | None = None):
+def build_augmenter(config: TrainConfig, image_size: int, random_state: int | None = None):
     """The config's augmentations as a Keras preprocessing pipeline (None if none)."""
     import keras
 
     layers = []
     names = config.augmentations
-    seed = config.random_state if seed is None else seed
+    seed = config.random_state if random_state is None else random_state
     if "flip" in names:
         layers.append(keras.layers.RandomFlip("horizontal", seed=seed, name="aug_flip"))
     if "crop" in names:
@@ -103,10 +103,10 @@ class AlternatingFlip:
     that epoch's callbacks run (tests/test_training.py pins the result through fit).
     """
 
-    def __init__(self, n_images: int, seed: int, first_epoch: int = 0):
+    def __init__(self, n_images: int, random_state: int, first_epoch: int = 0):
         import tensorflow as tf
 
-        self.first_flips = np.random.default_rng(seed).random(n_images) < 0.5
+        self.first_flips = np.random.default_rng(random_state).random(n_images) < 0.5
         # Held here: the dataset's pass counter must live as long as its pipeline.
         self.passes = tf.Variable(first_epoch - 1, dtype=tf.int64, trainable=False, name="flip_passes")
 
@@ -118,17 +118,17 @@ class AlternatingFlip:
         return counter.map(lambda _: self.passes.assign_add(1)).flat_map(one_pass)
 
 
-def augment_preview(images: np.ndarray, config: TrainConfig, seed: int) -> np.ndarray:
+def augment_preview(images: np.ndarray, config: TrainConfig, random_state: int) -> np.ndarray:
     """The config's exact augmentation applied to uint8 images (for the dashboard);
     an alternating flip shows as the random flip it is for any one epoch."""
     import tensorflow as tf
 
     if "altflip" in config.augmentations:
         config = config.replace(augmentations=tuple("flip" if a == "altflip" else a for a in config.augmentations))
-    augmenter = build_augmenter(config, images.shape[1], seed=seed)
+    augmenter = build_augmenter(config, images.shape[1], random_state=random_state)
     if augmenter is None:
         return images.copy()
-    tf.random.set_seed(seed)
+    tf.random.set_seed(random_state)
     out = augmenter(tf.convert_to_tensor(images, tf.float32), training=True)
     return np.clip(np.rint(np.asarray(out)), 0, 255).astype(np.uint8)
 
@@ -166,18 +166,18 @@ def make_inference_dataset(images: np.ndarray, batch_size: int, input_size: int 
     return make_dataset(images, labels, 1, batch_size, input_size, one_hot=False).map(lambda x, y: x)
 
 
-def make_dataset(images: np.ndarray, labels: np.ndarray, n_classes: int, batch_size: int,
+def make_dataset(images: np.ndarray, labels: np.ndarray, num_classes: int, batch_size: int,
                  input_size: int | None = None, augmenter=None, shuffle: bool = False,
-                 seed: int = 0, one_hot: bool = True, alternating_flip: AlternatingFlip | None = None):
+                 random_state: int = 0, one_hot: bool = True, alternating_flip: AlternatingFlip | None = None):
     """A tf.data pipeline over in-memory uint8 images, yielding float32 0..255."""
     import tensorflow as tf
 
     if alternating_flip:
-        dataset = _alternating_flip_batches(images, labels, batch_size, shuffle, seed, alternating_flip)
+        dataset = _alternating_flip_batches(images, labels, batch_size, shuffle, random_state, alternating_flip)
     else:
         dataset = tf.data.Dataset.from_tensor_slices((images, labels.astype(np.int32)))
         if shuffle:
-            dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+            dataset = dataset.shuffle(len(images), seed=random_state, reshuffle_each_iteration=True)
         dataset = dataset.batch(batch_size)
     needs_resize = input_size is not None and input_size != images.shape[1]
 
@@ -190,7 +190,7 @@ def make_dataset(images: np.ndarray, labels: np.ndarray, n_classes: int, batch_s
         if needs_resize:
             x = tf.image.resize(x, (input_size, input_size), method="bilinear")
         if one_hot:
-            y = tf.one_hot(y, n_classes)
+            y = tf.one_hot(y, num_classes)
         return x, y
 
     # Augmenting whole batches is vectorised; AUTOTUNE parallelism would only

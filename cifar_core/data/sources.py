@@ -166,16 +166,16 @@ def _write_cache(cache_file: Path, dataset: Dataset) -> None:
 
 
 def _validate(dataset: Dataset) -> None:
-    n_classes = len(dataset.class_names)
+    num_classes = len(dataset.class_names)
     for split, x, y in (("train", dataset.x_train, dataset.y_train), ("test", dataset.x_test, dataset.y_test)):
         if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] != 3:
             raise DataSourceError(f"{split} images must be uint8 (N, H, W, 3); found {x.dtype} {x.shape}")
         if len(x) != len(y) or len(x) == 0:
             raise DataSourceError(f"{split} split has {len(x)} images and {len(y)} labels")
-        if y.min() < 0 or y.max() >= n_classes:
-            raise DataSourceError(f"{split} labels must be in [0, {n_classes - 1}]")
-    if n_classes < 2:
-        raise DataSourceError(f"a dataset needs at least 2 classes; found {n_classes}")
+        if y.min() < 0 or y.max() >= num_classes:
+            raise DataSourceError(f"{split} labels must be in [0, {num_classes - 1}]")
+    if num_classes < 2:
+        raise DataSourceError(f"a dataset needs at least 2 classes; found {num_classes}")
 
 
 # --- keras download ---------------------------------------------------------------

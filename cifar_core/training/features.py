@@ -48,7 +48,7 @@ def cached_features(model, run_dir: Path, name: str, images: np.ndarray, input_s
     return features
 
 
-def train_head(model, config: TrainConfig, run_dir: Path, split, n_classes: int, input_size: int,
+def train_head(model, config: TrainConfig, run_dir: Path, split, num_classes: int, input_size: int,
                history: list[dict]) -> dict:
     """Fit the model's 'predictions' layer on cached features; returns stage timings."""
     import keras
@@ -61,20 +61,20 @@ def train_head(model, config: TrainConfig, run_dir: Path, split, n_classes: int,
     validation = None
     if len(split.y_val):
         x_val = cached_features(model, run_dir, "val", split.x_val, input_size)
-        validation = (x_val, keras.ops.one_hot(split.y_val, n_classes))
+        validation = (x_val, keras.ops.one_hot(split.y_val, num_classes))
     feature_seconds = time.perf_counter() - started
 
     dropout = model.get_layer("head_dropout").rate
     inputs = keras.Input((x_train.shape[1],), name="features")
     hidden = keras.layers.Dropout(dropout, name="head_dropout")(inputs)
-    head = keras.layers.Dense(n_classes, activation="softmax", name="predictions")(hidden)
+    head = keras.layers.Dense(num_classes, activation="softmax", name="predictions")(hidden)
     head_model = keras.Model(inputs, head)
     steps = int(np.ceil(len(y_train) / config.batch_size)) * config.n_epochs
     from .optimizers import compile_model
 
     compile_model(head_model, config, config.learning_rate, steps)
     recorder = _head_recorder(history, feature_seconds)
-    head_model.fit(x_train, keras.ops.one_hot(y_train, n_classes), batch_size=config.batch_size,
+    head_model.fit(x_train, keras.ops.one_hot(y_train, num_classes), batch_size=config.batch_size,
                    epochs=config.n_epochs, validation_data=validation, callbacks=[recorder], verbose=0,
                    shuffle=True)
     model.get_layer("predictions").set_weights(head_model.get_layer("predictions").get_weights())

@@ -125,7 +125,7 @@ def _train(config: TrainConfig, run_dir: Path, dataset: Dataset, verbose, extra_
     runs.atomic_write_json(run_dir / runs.DATA_FILE, {**dataset.summary(), "load_seconds": dataset.load_seconds})
     split = make_split(dataset, config)
     size = input_size(config)
-    n_classes = len(dataset.class_names)
+    num_classes = len(dataset.class_names)
 
     state = checkpoint.load_state(run_dir) if resuming else None
     history: list[dict] = list(state["history"]) if state else []
@@ -136,7 +136,7 @@ def _train(config: TrainConfig, run_dir: Path, dataset: Dataset, verbose, extra_
     if state:
         model = checkpoint.load_model(run_dir, state)
     else:
-        model = build_model(config.model, size, n_classes, config.precision, **config.model_options)
+        model = build_model(config.model, size, num_classes, config.precision, **config.model_options)
         _initialise(model, config, split)
         if not spec.transfer:  # transfer models compile per stage
             compile_model(model, config, config.learning_rate, steps_per_epoch * config.n_epochs)
@@ -144,10 +144,10 @@ def _train(config: TrainConfig, run_dir: Path, dataset: Dataset, verbose, extra_
     # Seeded by the run, not the resume point: a resumed run keeps every image's flip pattern.
     alternating_flip = (AlternatingFlip(len(split.y_train), config.random_state, first_epoch=completed)
                         if "altflip" in config.augmentations else None)
-    train_data = make_dataset(split.x_train, split.y_train, n_classes, config.batch_size, size,
+    train_data = make_dataset(split.x_train, split.y_train, num_classes, config.batch_size, size,
                               build_augmenter(config, dataset.image_size), shuffle=True,
-                              seed=config.random_state + completed, alternating_flip=alternating_flip)
-    val_data = (make_dataset(split.x_val, split.y_val, n_classes, config.batch_size, size)
+                              random_state=config.random_state + completed, alternating_flip=alternating_flip)
+    val_data = (make_dataset(split.x_val, split.y_val, num_classes, config.batch_size, size)
                 if len(split.y_val) else None)
     context = FitContext(run_dir, split, history, train_data, val_data, steps_per_epoch, _total_epochs(config),
                          verbose, extra_callbacks)
