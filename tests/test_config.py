@@ -208,3 +208,12 @@ def test_presets_are_recipes_with_settings_on_top():
                                           "lite0-224$"):
         preset_config("nope")
     assert set(PRESETS) == {"demo", "g3", "fastnet", "lite0-128", "lite0-224"}
+
+
+def test_the_input_size_is_resolved_when_the_config_is_made():
+    assert TrainConfig(model="g3").input_size == 32 and TrainConfig(model="lite0").input_size == 128
+    assert TrainConfig(model="lite0", input_size=224).input_size == 224
+    assert TrainConfig(model="not-registered").input_size is None  # training refuses the model itself
+    legacy = TrainConfig.from_dict({"model": "lite0", "image_size": 160})  # saved before the rename
+    assert legacy.input_size == 160 and "image_size" not in legacy.to_dict()
+    assert TrainConfig.from_dict({"model": "lite0", "image_size": None}).input_size == 128
