@@ -38,9 +38,9 @@ def read_regular_file(path: Path | str, max_bytes: int, error: type[CifarError] 
     try:
         info = os.fstat(fd)
         if stat.S_ISDIR(info.st_mode):
-            raise error(f"{path}: is a folder, not a {what}")
+            raise error(f"{path}: is a folder; a {what} was expected")
         if not stat.S_ISREG(info.st_mode):
-            raise error(f"{path}: is a device, pipe or socket, not a {what}")
+            raise error(f"{path}: is a device, pipe or socket; only regular files are read")
         if info.st_size > max_bytes:
             raise error(f"{path.name}: {what} is {size_text(info.st_size)}; the limit is {size_text(max_bytes)}")
         data = _read_at_most(fd, max_bytes + 1)

@@ -33,11 +33,13 @@ def test_every_shipped_run_reads_cleanly_through_the_validating_readers():
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
-def test_each_shipped_model_file_passes_the_safety_checks(name):
-    from cifar_core.models.loading import check_model_file
+def test_each_shipped_model_file_loads_through_the_safe_loader(name):
+    from cifar_core.models.loading import load_model_file
 
-    config = check_model_file(SHIPPED / PRESETS[name].shipped_run / runs.MODEL_FILE)
-    assert config["class_name"] == "Functional"
+    run_dir = SHIPPED / PRESETS[name].shipped_run
+    model, size = load_model_file(run_dir / runs.MODEL_FILE, expected_classes=10)
+    assert size == runs.read_config(run_dir).input_size == runs.read_metrics(run_dir)["input_size"]
+    assert model.output_shape == (None, 10)
 
 
 def test_the_cli_trains_a_preset_with_the_flags_on_top():

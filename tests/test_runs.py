@@ -248,7 +248,7 @@ def test_read_json_reports_missing_and_bad_files_by_name(tmp_path):
     with pytest.raises(RunFolderError, match=f"^missing metrics.json in {tmp_path}$"):
         runs.read_json(tmp_path / "metrics.json")
     (tmp_path / "metrics.json").mkdir()
-    with pytest.raises(RunFolderError, match="is a folder, not a JSON file"):
+    with pytest.raises(RunFolderError, match="is a folder; a JSON file was expected"):
         runs.read_json(tmp_path / "metrics.json")
     (tmp_path / "data.json").write_text("[1,")
     with pytest.raises(RunFolderError, match=f"^data.json in {tmp_path.name} is not valid JSON"):
@@ -412,7 +412,7 @@ def test_schema_edges(tmp_path):
     assert runs._class_names(["c"] * 1000) and not runs._class_names(["c"] * 1001)
     assert runs._preview("x" * 58) == "'" + "x" * 58 + "'"  # 60 characters: kept whole
     (tmp_path / runs.HISTORY_FILE).mkdir()
-    with pytest.raises(RunFolderError, match="is a folder, not a history file"):
+    with pytest.raises(RunFolderError, match="is a folder; a history file was expected"):
         runs.read_history(tmp_path)
 
 

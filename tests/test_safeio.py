@@ -52,9 +52,9 @@ def test_everything_but_a_regular_file_is_refused_without_reading(tmp_path):
     loop.symlink_to(loop)
     locked = tmp_path / "locked"
     locked.write_bytes(b"x")
-    cases = [(fifo, f"{fifo}: is a device, pipe or socket, not a photo"),
-             ("/dev/zero", "/dev/zero: is a device, pipe or socket, not a photo"),
-             (tmp_path, f"{tmp_path}: is a folder, not a photo"),
+    cases = [(fifo, f"{fifo}: is a device, pipe or socket; only regular files are read"),
+             ("/dev/zero", "/dev/zero: is a device, pipe or socket; only regular files are read"),
+             (tmp_path, f"{tmp_path}: is a folder; a photo was expected"),
              (tmp_path / "missing", f"{tmp_path / 'missing'}: no such file"),
              (loop, f"{loop}: cannot open (Too many levels of symbolic links)")]
     if os.geteuid() != 0:  # root reads anything
