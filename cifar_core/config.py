@@ -24,6 +24,9 @@ AUGMENTATIONS = ("flip", "altflip", "translate", "crop", "rotate", "zoom", "cont
 # bf16 instructions (AVX512_BF16/AMX) and the net is dense convolutions;
 # depthwise-heavy nets (Lite0) measured slower, see BENCHMARKS.md.
 PRECISIONS = ("float32", "mixed_bfloat16")
+# The largest image side the studio handles anywhere: a model's input, a stored dataset,
+# a resize declared in a model file (every model here is at most 224 px).
+MAX_INPUT_SIZE = 512
 
 
 @dataclass(frozen=True)
@@ -131,19 +134,11 @@ def _check(ok: bool, name: str, received: Any, expected: str) -> None:
         raise ConfigError(f"{name} must be {expected}; received {text if len(text) <= 80 else text[:77] + '...'}")
 
 
-# The JSON type of every field; "?" marks one that may be null. A float field takes
-# an int (JSON writes 1.0 as 1) but never a bool, a string or a non-finite number.
-FIELD_KINDS = {
-    "model": "str", "data": "str?", "input_size": "int?", "n_epochs": "int", "batch_size": "int",
-    "limit": "int?", "val_fraction": "float", "optimizer": "str", "learning_rate": "float",
-    "weight_decay": "float", "momentum": "float", "nesterov": "bool", "muon_scale": "float",
-    "schedule": "str", "warmup_fraction": "float", "plateau_patience": "int", "plateau_factor": "float",
-    "early_stopping_patience": "int?", "label_smoothing": "float", "class_weights": "bool",
-    "ema_momentum": "float?", "augmentations": "tuple", "translate_fraction": "float",
-    "rotate_fraction": "float", "zoom_fraction": "float", "cutout_size": "int", "tta": "bool",
-    "random_state": "int", "precision": "str", "model_options": "dict", "fine_tune_epochs": "int",
-    "fine_tune_learning_rate": "float", "fine_tune_layers": "int",
-}
+# The JSON type of every field, read from its annotation; "?" marks one that may be null. A
+# float field takes an int (JSON writes 1.0 as 1) but never a bool, a string or a non-finite number.
+_ANNOTATION_KINDS = {"str": "str", "str | None": "str?", "int": "int", "int | None": "int?", "float": "float",
+                     "float | None": "float?", "bool": "bool", "tuple[str, ...]": "tuple", "dict[str, Any]": "dict"}
+FIELD_KINDS = {f.name: _ANNOTATION_KINDS[f.type] for f in fields(TrainConfig)}
 _KIND_CHECKS = {
     "str": lambda v: isinstance(v, str),
     "int": lambda v: type(v) is int,
@@ -168,12 +163,12 @@ def _check_kind(name: str, value: Any, kind: str) -> None:
 # is included ("[]", "[)", "(]", "()"). The message shows the interval itself.
 RANGES = {
     "n_epochs": (1, 10_000, "[]"), "batch_size": (1, 8192, "[]"), "limit": (2, 10_000_000, "[]"),
-    "input_size": (16, 512, "[]"), "val_fraction": (0.0, 0.9, "[)"), "learning_rate": (0.0, 10.0, "(]"),
+    "input_size": (16, MAX_INPUT_SIZE, "[]"), "val_fraction": (0.0, 0.9, "[)"), "learning_rate": (0.0, 10.0, "(]"),
     "fine_tune_learning_rate": (0.0, 10.0, "(]"), "weight_decay": (0.0, 1.0, "[]"), "momentum": (0.0, 1.0, "[)"),
     "muon_scale": (0.0, 10.0, "(]"), "warmup_fraction": (0.0, 1.0, "[]"), "plateau_patience": (1, 1000, "[]"),
     "plateau_factor": (0.0, 1.0, "()"), "early_stopping_patience": (1, 1000, "[]"),
     "label_smoothing": (0.0, 1.0, "[)"), "ema_momentum": (0.0, 1.0, "()"), "translate_fraction": (0.0, 0.5, "[]"),
-    "rotate_fraction": (0.0, 0.5, "[]"), "zoom_fraction": (0.0, 1.0, "[)"), "cutout_size": (1, 512, "[]"),
+    "rotate_fraction": (0.0, 0.5, "[]"), "zoom_fraction": (0.0, 1.0, "[)"), "cutout_size": (1, MAX_INPUT_SIZE, "[]"),
     "random_state": (0, 2**32, "[)"), "fine_tune_epochs": (0, 10_000, "[]"), "fine_tune_layers": (0, 100_000, "[]"),
 }
 

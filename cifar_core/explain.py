@@ -34,12 +34,13 @@ def explain_image(run, image: np.ndarray) -> np.ndarray | None:
     resized to its input); None for a model without a named last convolution."""
     from .data.pipeline import make_inference_dataset
     from .inference import model_view
-    from .models import get_spec, model_names
+    from .models import REGISTRY
 
-    if run.config.model not in model_names() or not get_spec(run.config.model).last_conv_layer:
+    spec = REGISTRY.get(run.config.model)
+    if spec is None or not spec.last_conv_layer:
         return None
     batch = next(iter(make_inference_dataset(model_view(run, image)[None], 1, run.input_size))).numpy()
-    return grad_cam(run.model, batch, get_spec(run.config.model).last_conv_layer)
+    return grad_cam(run.model, batch, spec.last_conv_layer)
 
 
 def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45) -> np.ndarray:

@@ -33,7 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import CifarError, RunFolderError
+from .config import MAX_INPUT_SIZE, TrainConfig
+from .errors import CifarError, RunFolderError, one_line
 from .safeio import parse_json, read_regular_file
 
 DEFAULT_RUNS_ROOT = Path(__file__).resolve().parent.parent / "artifacts" / "runs"
@@ -220,10 +221,15 @@ def _json_default(value):
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
+def _absent(path: Path) -> bool:
+    """Nothing at path (a dangling symlink is something: its reader says what is wrong)."""
+    return not path.exists() and not path.is_symlink()
+
+
 def read_json(path: Path | str) -> Any:
     """Any JSON file of a run: bounded in bytes and nesting; RunFolderError otherwise."""
     path = Path(path)
-    if not path.exists() and not path.is_symlink():
+    if _absent(path):
         raise RunFolderError(f"missing {path.name} in {path.parent}")
     data = read_regular_file(path, MAX_JSON_BYTES, RunFolderError, what="JSON file")
     return parse_json(data, f"{path.name} in {path.parent.name}", RunFolderError)
@@ -288,7 +294,7 @@ def _run_state(value) -> bool:
 
 def _stored_size(value) -> bool:
     # The stored resolution the model saw: every source here is resized to at most this.
-    return type(value) is int and 1 <= value <= 512
+    return type(value) is int and 1 <= value <= MAX_INPUT_SIZE
 
 
 def _class_names(value) -> bool:
@@ -347,7 +353,7 @@ def _preview(value) -> str:
 
 def _read_validated(run_dir: Path | str, name: str, schema, required) -> dict[str, Any] | None:
     path = Path(run_dir) / name
-    if not path.exists() and not path.is_symlink():
+    if _absent(path):
         return None
     return validate(read_json(path), schema, required, f"{name} in {Path(run_dir).name}")
 
@@ -362,8 +368,6 @@ def read_data_info(run_dir: Path | str) -> dict[str, Any] | None:
 
 def read_config(run_dir: Path | str):
     """The run's TrainConfig, validated field by field."""
-    from .config import TrainConfig
-
     path = Path(run_dir) / CONFIG_FILE
     try:
         return TrainConfig.from_dict(read_json(path))
@@ -373,7 +377,6 @@ def read_config(run_dir: Path | str):
         raise RunFolderError(f"{CONFIG_FILE} in {Path(run_dir).name}: {exc}") from None
 
 
-READERS: dict[str, Callable[[Path | str], Any]] = {}  # filled below: file name -> validating reader
 
 
 # --- history ---------------------------------------------------------------------
@@ -398,7 +401,7 @@ def _csv_value(value):
 def read_history(run_dir: Path | str) -> list[dict[str, Any]]:
     """history.csv rows, every field parsed and checked; RunFolderError on any bad row."""
     path = Path(run_dir) / HISTORY_FILE
-    if not path.exists() and not path.is_symlink():
+    if _absent(path):
         return []
     data = read_regular_file(path, MAX_HISTORY_BYTES, RunFolderError, what="history file")
     where = f"{HISTORY_FILE} in {Path(run_dir).name}"
@@ -406,7 +409,7 @@ def read_history(run_dir: Path | str) -> list[dict[str, Any]]:
         text = data.decode("utf-8")
         rows = [_history_row(raw, line, where) for line, raw in enumerate(csv.DictReader(io.StringIO(text)), 2)]
     except (UnicodeDecodeError, csv.Error) as exc:
-        raise RunFolderError(f"corrupt {where}: {str(exc)[:120]}") from None
+        raise RunFolderError(f"corrupt {where}: {one_line(exc)}") from None
     return rows
 
 
@@ -553,8 +556,10 @@ def list_runs(root: Path | str | None = None) -> tuple[list[RunSummary], list[st
     return runs, problems
 
 
-READERS.update({CONFIG_FILE: lambda run_dir: read_config(run_dir).to_dict(), METRICS_FILE: read_metrics,
-                DATA_FILE: read_data_info, STATUS_FILE: read_status})
+# The validating reader of each JSON file kind, by file name.
+READERS: dict[str, Callable[[Path | str], Any]] = {
+    CONFIG_FILE: lambda run_dir: read_config(run_dir).to_dict(), METRICS_FILE: read_metrics,
+    DATA_FILE: read_data_info, STATUS_FILE: read_status}
 
 
 def read_run_file(run_dir: Path | str, name: str) -> Any:

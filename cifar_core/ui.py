@@ -30,7 +30,8 @@ PAGES = {
                    ("pages/5_Evaluate.py", "Evaluate a run", ":material/grid_on:", "Evaluate")],
     "Explain": [("pages/6_Classify.py", "Classify your photos", ":material/photo_camera:", "Classify")],
 }
-PAGE_LINKS = [(file, title, icon) for section in list(PAGES.values())[1:] for file, title, icon, _ in section]
+# The home page links to every other page.
+PAGE_LINKS = [(file, title, icon) for section in PAGES.values() for file, title, icon, path in section if path]
 
 
 def navigation():
@@ -249,7 +250,7 @@ def preset_label(name: str) -> str:
     if name not in PRESETS:
         return "custom (the fields below)"
     preset = PRESETS[name]
-    metrics = run_json(str(ROOT / "artifacts" / "runs" / preset.shipped_run), runs.METRICS_FILE) or {}
+    metrics = run_json(str(runs.DEFAULT_RUNS_ROOT / preset.shipped_run), runs.METRICS_FILE) or {}
     seconds = metrics.get("train_seconds")
     if seconds is None:
         return f"{name} — {preset.summary}"

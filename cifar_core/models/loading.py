@@ -15,6 +15,7 @@ import zipfile
 import zlib
 from pathlib import Path
 
+from ..config import MAX_INPUT_SIZE
 from ..errors import CifarError, ModelFileError, one_line
 from ..safeio import parse_json
 
@@ -30,7 +31,6 @@ ALLOWED_LAYERS = frozenset({
 })
 # Sizes a layer config may declare. Every model here is far inside them
 # (the widest layer has 1280 channels, the biggest input 224 px).
-MAX_INPUT_SIZE = 512
 LAYER_INT_LIMITS = {
     "units": 8192, "filters": 8192, "kernel_size": 64, "pool_size": 64, "strides": 64, "dilation_rate": 64,
     "depth_multiplier": 64, "height": MAX_INPUT_SIZE, "width": MAX_INPUT_SIZE, "padding": 64,

@@ -18,18 +18,14 @@ from .callbacks import PredictHeartbeat
 
 def extract_features(model, images: np.ndarray, input_size: int, flip: bool = False,
                      run_dir: Path | None = None) -> np.ndarray:
-    from ..data.pipeline import make_inference_dataset
-    from ..evaluation import inference_batch_size
+    from ..evaluation import inference_batch_size, mirror, model_predictor
     from ..models.transfer import feature_model
 
-    batch_size = inference_batch_size(input_size)
-    trunk = feature_model(model)
-    source = images[:, :, ::-1, :] if flip else images
-    dataset = make_inference_dataset(source, batch_size, input_size)
     # Minutes of predicting: keep the heartbeat fresh so the job registry
     # does not take a busy worker for a dead one.
     callbacks = [PredictHeartbeat(run_dir, "features")] if run_dir else []
-    return np.asarray(trunk.predict(dataset, verbose=0, callbacks=callbacks), dtype=np.float32)
+    predict = model_predictor(feature_model(model), inference_batch_size(input_size), input_size, callbacks)
+    return predict(mirror(images) if flip else images)
 
 
 def cached_features(model, run_dir: Path, name: str, images: np.ndarray, input_size: int,

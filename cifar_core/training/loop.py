@@ -56,7 +56,7 @@ def train(config: TrainConfig, run_dir: Path | str | None = None, dataset: Datas
             raise
         runs.atomic_write_text(run_dir / runs.CONFIG_FILE, config.to_json())
         runs.write_status(run_dir, "queued", epoch=0, n_epochs=_total_epochs(config), progress=0.0)
-        return _guarded(config, run_dir, dataset, verbose, callbacks, resuming=False)
+        return _guarded(config, run_dir, dataset, verbose, callbacks, state=None)
 
 
 def _remove_unstarted(run_dir: Path, created: bool) -> None:
@@ -80,19 +80,19 @@ def resume(run_dir: Path | str, dataset: Dataset | None = None, verbose: int | s
         status = runs.read_status(run_dir) or {}
         if status.get("state") == "completed":
             raise RunFolderError(f"{run_dir.name} has already completed; nothing to resume")
-        checkpoint.load_state(run_dir)  # a damaged checkpoint fails here, before the data loads
+        state = checkpoint.load_state(run_dir)  # a damaged checkpoint fails here, before the data loads
         dataset = dataset if dataset is not None else load_dataset(config.data)
-        return _guarded(config, run_dir, dataset, verbose, callbacks, resuming=True)
+        return _guarded(config, run_dir, dataset, verbose, callbacks, state)
 
 
 def _total_epochs(config: TrainConfig) -> int:
     return config.n_epochs + (config.fine_tune_epochs if get_spec(config.model).transfer else 0)
 
 
-def _guarded(config, run_dir, dataset, verbose, callbacks, resuming) -> Path:
+def _guarded(config, run_dir, dataset, verbose, callbacks, state: dict | None) -> Path:
     """Run training; whatever stops it is recorded in status.json first."""
     try:
-        _train(config, run_dir, dataset, verbose, callbacks or [], resuming)
+        _train(config, run_dir, dataset, verbose, callbacks or [], state)
     except KeyboardInterrupt:
         _record_stop(run_dir, "interrupted", "stopped before the end; resume with --resume")
         raise
@@ -116,7 +116,8 @@ def _record_stop(run_dir: Path, state: str, message: str) -> None:
 
 
 def _train(config: TrainConfig, run_dir: Path, dataset: Dataset, verbose, extra_callbacks: list,
-           resuming: bool) -> None:
+           state: dict | None) -> None:
+    """Train from the checkpoint's state (None: from scratch), then finish the run."""
     backend.configure()
     import keras
 
@@ -127,7 +128,6 @@ def _train(config: TrainConfig, run_dir: Path, dataset: Dataset, verbose, extra_
     size = input_size(config)
     num_classes = len(dataset.class_names)
 
-    state = checkpoint.load_state(run_dir) if resuming else None
     history: list[dict] = list(state["history"]) if state else []
     completed = len(history)
     runs.write_history(run_dir, history)  # drops rows written after the checkpoint
