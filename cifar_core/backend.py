@@ -51,16 +51,38 @@ def peak_memory_mb() -> float | None:
         return None
 
 
-def machine_description() -> dict:
-    cpu = platform.processor() or platform.machine()
+# The instruction sets that decide how fast a CPU trains, as /proc/cpuinfo names them.
+CPU_FEATURES = {"avx2": "AVX2", "avx512f": "AVX-512", "avx512_bf16": "AVX512_BF16", "amx_bf16": "AMX-BF16"}
+
+
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields from /proc/cpuinfo ({} where there is none)."""
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as handle:
             for line in handle:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
+                if not line.strip():
                     break
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
     except OSError:
         pass
+    return fields
+
+
+def cpu_name() -> str:
+    """'AMD EPYC (family 26 model 2; AVX2, AVX-512, AVX512_BF16)': the model name alone does
+    not tell a Zen 4 from a Zen 5, and the instruction sets decide the speed."""
+    info = _cpuinfo()
+    name = info.get("model name") or platform.processor() or platform.machine()
+    flags = set(info.get("flags", "").split())
+    features = ", ".join(label for flag, label in CPU_FEATURES.items() if flag in flags)
+    family = f"family {info['cpu family']} model {info.get('model', '?')}" if "cpu family" in info else ""
+    detail = "; ".join(part for part in (family, features) if part)
+    return f"{name} ({detail})" if detail else name
+
+
+def machine_description() -> dict:
     try:
         import keras
 
@@ -68,5 +90,5 @@ def machine_description() -> dict:
         keras_version = keras.__version__
     except ImportError:
         backend, keras_version = "unknown", "unknown"
-    return {"cpu": cpu, "cores": os.cpu_count(), "system": platform.system(), "python": platform.python_version(),
-            "keras": keras_version, "backend": backend}
+    return {"cpu": cpu_name(), "cores": os.cpu_count(), "system": platform.system(),
+            "python": platform.python_version(), "keras": keras_version, "backend": backend}

@@ -4,8 +4,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from sklearn.metrics import confusion_matrix as sklearn_confusion_matrix
-from sklearn.metrics import precision_recall_fscore_support
 
 EPSILON = 1e-7
 # Pixels per inference batch: 256 images at 64 px. Large inputs get smaller
@@ -56,6 +54,8 @@ def cross_entropy(y_true: np.ndarray, probs: np.ndarray) -> float:
 
 def per_class_report(y_true: np.ndarray, y_pred: np.ndarray, class_names) -> dict[str, dict[str, float]]:
     """Precision, recall, F1 and support per class; a class never predicted has precision 0."""
+    from sklearn.metrics import precision_recall_fscore_support  # 1 s to import: only where needed
+
     precision, recall, f1, support = precision_recall_fscore_support(
         y_true, y_pred, labels=np.arange(len(class_names)), zero_division=0)
     return {name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
@@ -68,12 +68,18 @@ def top_k(probs: np.ndarray, class_names, k: int = 3) -> list[list[tuple[str, fl
     return [[(class_names[j], float(probs[i, j])) for j in order[i]] for i in range(len(probs))]
 
 
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """Counts with rows the true classes and columns the predicted ones (every class, even unseen)."""
+    from sklearn.metrics import confusion_matrix as sklearn_confusion_matrix  # 1 s to import: only here
+
+    return sklearn_confusion_matrix(y_true, y_pred, labels=np.arange(n_classes))
+
+
 def compute_metrics(y_true: np.ndarray, probs: np.ndarray, class_names,
                     probs_tta: np.ndarray | None = None) -> dict:
     y_true = np.asarray(y_true).astype(np.int64)
     y_pred = probs.argmax(axis=1)
-    # Rows are true classes, columns predicted.
-    matrix = sklearn_confusion_matrix(y_true, y_pred, labels=np.arange(len(class_names)))
+    matrix = confusion_matrix(y_true, y_pred, len(class_names))
     metrics = {
         "test_accuracy": float(np.mean(y_pred == y_true)),
         "test_loss": cross_entropy(y_true, probs),

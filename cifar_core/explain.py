@@ -1,46 +1,122 @@
-"""Grad-CAM: where in the image the model looked for its top class.
+"""What a model says about photos and where it looked: probabilities and Grad-CAM in one pass.
 
 Model code is backend-neutral Keras; this module needs gradients, so it uses
-TensorFlow's GradientTape directly (the dashboard runs on TensorFlow).
+TensorFlow's GradientTape directly (the dashboard runs on TensorFlow). Each loaded
+model gets one compiled reader (traced once, at warm-up), so a photo costs one
+forward and one backward pass per model, not an eager probe rebuilt per view.
 """
 from __future__ import annotations
+
+import threading
+import weakref
+from dataclasses import dataclass
 
 import numpy as np
 
 
 def grad_cam(model, batch: np.ndarray, layer_name: str, class_index: int | None = None) -> np.ndarray:
     """A heatmap in [0, 1] of the layer's spatial size for the first image of `batch`."""
-    import keras
     import tensorflow as tf
 
-    layer = model.get_layer(layer_name)
-    probe = keras.Model(model.inputs, [layer.output, model.outputs[0]])
+    probe = _probe(model, layer_name)
     inputs = tf.convert_to_tensor(batch[:1], tf.float32)
     with tf.GradientTape() as tape:
         activations, probs = probe(inputs, training=False)
         index = int(tf.argmax(probs[0])) if class_index is None else class_index
         score = probs[:, index]
+    return _normalised_cams(tape.gradient(score, activations), activations)[0].numpy()
+
+
+def _probe(model, layer_name: str):
+    import keras
+
+    return keras.Model(model.inputs, [model.get_layer(layer_name).output, model.outputs[0]])
+
+
+def _normalised_cams(gradients, activations):
+    """Grad-CAM per image: ReLU of the gradient-weighted channel sum, scaled so each peak is 1."""
+    import tensorflow as tf
+
     # float32 from here: a mixed-precision model hands back bf16 tensors.
-    gradients = tf.cast(tape.gradient(score, activations), tf.float32)
-    activations = tf.cast(activations, tf.float32)
+    gradients, activations = tf.cast(gradients, tf.float32), tf.cast(activations, tf.float32)
     weights = tf.reduce_mean(gradients, axis=(1, 2))  # one weight per channel
-    cam = tf.nn.relu(tf.reduce_sum(activations * weights[:, None, None, :], axis=-1))[0].numpy()
-    peak = cam.max()
-    return cam / peak if peak > 0 else cam
+    cams = tf.nn.relu(tf.reduce_sum(activations * weights[:, None, None, :], axis=-1))
+    peaks = tf.reduce_max(cams, axis=(1, 2), keepdims=True)
+    return tf.math.divide_no_nan(cams, peaks)
 
 
-def explain_image(run, image: np.ndarray) -> np.ndarray | None:
-    """Grad-CAM of a loaded run on one photo, as the model sees it (its training resolution,
-    resized to its input); None for a model without a named last convolution."""
-    from .data.pipeline import make_inference_dataset
+@dataclass
+class PhotoReading:
+    """One model's answer for a batch of photos."""
+    probabilities: np.ndarray  # (photos, classes), float32
+    class_names: tuple[str, ...]
+    views: list[np.ndarray]  # each photo as the model sees it (its training resolution)
+    heatmaps: list[np.ndarray] | None  # Grad-CAM per photo; None for a model without a named last convolution
+
+
+_readers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_readers_lock = threading.Lock()
+
+
+def read_photos(run, images: list[np.ndarray]) -> PhotoReading:
+    """Top-class probabilities and Grad-CAM of a loaded run for a batch of photos, in one call."""
     from .inference import model_view
+
+    views = [model_view(run, image) for image in images]
+    probs, cams = _reader(run)(np.stack(views))
+    heatmaps = None if cams is None else [np.asarray(cam) for cam in cams.numpy()]
+    return PhotoReading(probs.numpy().astype(np.float32), run.class_names, views, heatmaps)
+
+
+def _reader(run):
+    """The run's compiled photo reader, built once per loaded model (thread-safe: the
+    dashboard's warm-up thread and a page may ask at the same moment)."""
+    with _readers_lock:
+        reader = _readers.get(run.model)
+        if reader is None:
+            reader = _readers[run.model] = _build_reader(run)
+        return reader
+
+
+def _build_reader(run):
+    import tensorflow as tf
+
+    from .data.pipeline import resize_for_model
     from .models import REGISTRY
 
     spec = REGISTRY.get(run.config.model)
-    if spec is None or not spec.last_conv_layer:
-        return None
-    batch = next(iter(make_inference_dataset(model_view(run, image)[None], 1, run.input_size))).numpy()
-    return grad_cam(run.model, batch, spec.last_conv_layer)
+    layer = spec.last_conv_layer if spec is not None else None
+    size = run.data_image_size
+    signature = [tf.TensorSpec([None, size, size, 3], tf.uint8)]
+    needs_resize = run.input_size != size
+
+    def model_input(batch):
+        x = tf.cast(batch, tf.float32)
+        return resize_for_model(x, run.input_size) if needs_resize else x
+
+    if not layer:
+        @tf.function(input_signature=signature)
+        def probabilities_only(batch):
+            return tf.cast(run.model(model_input(batch), training=False), tf.float32), None
+        return lambda batch: probabilities_only(tf.constant(batch))
+
+    probe = _probe(run.model, layer)
+
+    @tf.function(input_signature=signature)
+    def probabilities_and_cams(batch):
+        with tf.GradientTape() as tape:
+            activations, probs = probe(model_input(batch), training=False)
+            # Each photo's own top class; photos are independent in inference mode, so the
+            # gradient of the sum is each photo's own gradient.
+            score = tf.reduce_sum(tf.reduce_max(probs, axis=1))
+        return tf.cast(probs, tf.float32), _normalised_cams(tape.gradient(score, activations), activations)
+
+    return lambda batch: probabilities_and_cams(tf.constant(batch))
+
+
+def warm_up(run) -> None:
+    """Trace the run's reader on a blank photo, so the first real photo pays no tracing."""
+    read_photos(run, [np.zeros((run.data_image_size, run.data_image_size, 3), np.uint8)])
 
 
 def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45) -> np.ndarray:

@@ -1,6 +1,8 @@
 """Using a finished run: load its model safely, classify images, re-measure it."""
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +37,35 @@ def load_run_model(run_dir: Path | str) -> LoadedRun:
     config = runs.read_config(run_dir)
     model, size = load_model_file(run_dir / runs.MODEL_FILE, expected_classes=len(class_names))
     return LoadedRun(run_dir, model, size, int(data.get("image_size") or size), class_names, config)
+
+
+# One loaded copy of each run's model per process (the dashboard's pages and its warm-up
+# thread share them); a changed model file is loaded again.
+MAX_SHARED_RUNS = 8
+_shared: OrderedDict[str, tuple[float, LoadedRun]] = OrderedDict()
+_shared_lock = threading.Lock()
+_loading_locks: dict[str, threading.Lock] = {}
+
+
+def shared_run(run_dir: Path | str) -> LoadedRun:
+    """The run's model, loaded once per process and kept while its file is unchanged."""
+    key = str(Path(run_dir).resolve())
+    model_file = Path(key) / runs.MODEL_FILE
+    stamp = model_file.stat().st_mtime if model_file.is_file() else -1.0
+    with _shared_lock:
+        loading = _loading_locks.setdefault(key, threading.Lock())
+    with loading:  # two callers of one run wait for one load; other runs load meanwhile
+        with _shared_lock:
+            cached = _shared.get(key)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        run = load_run_model(key)
+        with _shared_lock:
+            _shared[key] = (stamp, run)
+            _shared.move_to_end(key)
+            while len(_shared) > MAX_SHARED_RUNS:
+                _shared.popitem(last=False)
+        return run
 
 
 def model_view(run: LoadedRun, image: np.ndarray) -> np.ndarray:

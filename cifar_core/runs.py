@@ -35,7 +35,7 @@ from typing import Any
 
 from .config import MAX_INPUT_SIZE, TrainConfig
 from .errors import CifarError, RunFolderError, one_line
-from .safeio import parse_json, read_regular_file
+from .safeio import parse_json, read_regular_file, size_text
 
 DEFAULT_RUNS_ROOT = Path(__file__).resolve().parent.parent / "artifacts" / "runs"
 
@@ -49,6 +49,8 @@ MODEL_FILE = "model.keras"
 CHECKPOINT_DIR = "checkpoint"
 TENSORBOARD_DIR = "tb"
 LOG_FILE = "train.log"
+LIVE_FILE = "live.csv"  # a point every few seconds while training: what the live curves draw
+EPOCH_PREDICTIONS_FILE = "epoch-predictions.npz"  # validation predictions after each epoch
 # Inside checkpoint/ (written while training, never shipped): the resume state, the transfer
 # head's own figures, early stopping's best weights and the frozen-feature caches.
 CHECKPOINT_STATE_FILE = "state.json"
@@ -65,8 +67,12 @@ HISTORY_STAGES = ("train", "head", "fine_tune")
 SHIPPED_FILES = (CONFIG_FILE, DATA_FILE, STATUS_FILE, HISTORY_FILE, METRICS_FILE, PREDICTIONS_FILE, MODEL_FILE)
 MAX_SHIPPED_FILE_BYTES = 1 << 30  # the largest shipped model is 14 MB
 # What a superseded run leaves behind (docs/experiments/): its record, not its weights.
+SHIPPED_IF_PRESENT = (LIVE_FILE, EPOCH_PREDICTIONS_FILE)  # runs made before they existed ship without
 RECORD_FILES = (CONFIG_FILE, METRICS_FILE, HISTORY_FILE)
 
+LIVE_COLUMNS = ("train_seconds", "epoch", "loss", "accuracy")
+MAX_LIVE_BYTES = 4 * 1024 * 1024  # a point per 2 s is ~40 bytes: 50 hours of training
+MAX_EPOCH_PREDICTIONS_BYTES = 64 * 1024 * 1024
 HISTORY_COLUMNS = ("epoch", "stage", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds")
 
 _UMASK = os.umask(0)  # read once: files made here honour it like any other file
@@ -438,6 +444,50 @@ def _parse_history_value(key: str, value: str | None):
     return float(value)
 
 
+# --- live points -----------------------------------------------------------------
+
+def append_live_point(run_dir: Path | str, train_seconds: float, epoch: float, loss: float | None,
+                      accuracy: float | None) -> None:
+    """One line of live.csv (the run's one writer appends; readers tolerate a half-written last line)."""
+    path = Path(run_dir) / LIVE_FILE
+    values = [train_seconds, epoch, loss, accuracy]
+    line = ",".join("" if value is None else f"{float(value):.6g}" for value in values) + "\n"
+    header = "" if path.exists() else ",".join(LIVE_COLUMNS) + "\n"
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(header + line)
+
+
+def read_live(run_dir: Path | str) -> list[dict[str, float | None]]:
+    """live.csv rows, each number checked; a torn last line (being written) is left out."""
+    path = Path(run_dir) / LIVE_FILE
+    if _absent(path):
+        return []
+    data = read_regular_file(path, MAX_LIVE_BYTES, RunFolderError, what="live progress file")
+    where = f"{LIVE_FILE} in {Path(run_dir).name}"
+    try:
+        lines = data.decode("utf-8").split("\n")
+    except UnicodeDecodeError:
+        raise RunFolderError(f"corrupt {where}: not UTF-8 text") from None
+    if lines[0].split(",") != list(LIVE_COLUMNS):
+        raise RunFolderError(f"corrupt {where}: the header is not {','.join(LIVE_COLUMNS)}")
+    complete = lines[1:-1]  # the text after the last newline may still be being written
+    return [_live_row(line, number, where) for number, line in enumerate(complete, 2) if line]
+
+
+def _live_row(line: str, number: int, where: str) -> dict[str, float | None]:
+    cells = line.split(",")
+    try:
+        if len(cells) != len(LIVE_COLUMNS):
+            raise ValueError(line)
+        row = {key: (float(cell) if cell else None) for key, cell in zip(LIVE_COLUMNS, cells, strict=True)}
+        if not all(value is None or _finite(value) for value in row.values()) or \
+                row["train_seconds"] is None or row["train_seconds"] < 0 or row["epoch"] is None or row["epoch"] < 0:
+            raise ValueError(line)
+    except ValueError:
+        raise RunFolderError(f"corrupt {where}, line {number}: {_preview(line)}") from None
+    return row
+
+
 # --- predictions -----------------------------------------------------------------
 
 def write_predictions(run_dir: Path | str, y_true, probs, probs_tta=None) -> None:
@@ -463,6 +513,46 @@ def read_predictions(run_dir: Path | str) -> dict:
         raise RunFolderError(f"no {PREDICTIONS_FILE} in {Path(run_dir).name}") from None
     except (OSError, ValueError) as exc:
         raise RunFolderError(f"corrupt {PREDICTIONS_FILE} in {Path(run_dir).name}: {exc}") from None
+
+
+def write_epoch_predictions(run_dir: Path | str, y_true, predicted, epochs) -> None:
+    """Validation labels and each finished epoch's predicted classes, for scrubbing by epoch."""
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, y_true=np.asarray(y_true, np.int16), predicted=np.asarray(predicted, np.int16),
+                        epochs=np.asarray(epochs, np.int32))
+    atomic_write_bytes(Path(run_dir) / EPOCH_PREDICTIONS_FILE, buffer.getvalue())
+
+
+def read_epoch_predictions(run_dir: Path | str) -> dict | None:
+    """{'y_true' (N,), 'predicted' (epochs, N), 'epochs' (epochs,)}, or None if the run saved none.
+
+    Bounded before numpy decompresses anything: the file's bytes, then each member's
+    declared size; then every array's dtype and shape must agree."""
+    import zipfile
+
+    import numpy as np
+
+    path = Path(run_dir) / EPOCH_PREDICTIONS_FILE
+    if _absent(path):
+        return None
+    where = f"{EPOCH_PREDICTIONS_FILE} in {Path(run_dir).name}"
+    data = read_regular_file(path, MAX_EPOCH_PREDICTIONS_BYTES, RunFolderError, what="epoch predictions file")
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            if sum(info.file_size for info in archive.infolist()) > MAX_EPOCH_PREDICTIONS_BYTES:
+                raise ValueError(f"more than {size_text(MAX_EPOCH_PREDICTIONS_BYTES)} once unpacked")
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            arrays = {key: npz[key] for key in ("y_true", "predicted", "epochs")}
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        raise RunFolderError(f"corrupt {where}: {one_line(exc)}") from None
+    y_true, predicted, epochs = arrays["y_true"], arrays["predicted"], arrays["epochs"]
+    if not all(np.issubdtype(a.dtype, np.integer) for a in arrays.values()) or y_true.ndim != 1 or \
+            predicted.ndim != 2 or predicted.shape != (len(epochs), len(y_true)) or epochs.ndim != 1 or \
+            (len(epochs) and (epochs.min() < 1 or predicted.min() < 0 or y_true.min() < 0)):
+        raise RunFolderError(f"corrupt {where}: its arrays do not fit together")
+    return arrays
 
 
 # --- status ----------------------------------------------------------------------
@@ -589,7 +679,7 @@ def _copy_files(run_dir: Path, destination: Path, names: tuple[str, ...]) -> Pat
 
 
 def ship(run_dir: Path | str, root: Path | str, name: str | None = None) -> Path:
-    """Copy a completed, valid run into root/<name> with exactly SHIPPED_FILES."""
+    """Copy a completed, valid run into root/<name> with SHIPPED_FILES (and SHIPPED_IF_PRESENT)."""
     run_dir = Path(run_dir)
     run = load_run(run_dir)
     if run.status.get("state") != "completed" or run.metrics is None:
@@ -598,7 +688,8 @@ def ship(run_dir: Path | str, root: Path | str, name: str | None = None) -> Path
     if missing:
         raise RunFolderError(f"{run_dir.name} lacks {missing}")
     read_history(run_dir)
-    return _copy_files(run_dir, Path(root) / (name or run_dir.name), SHIPPED_FILES)
+    present = tuple(f for f in SHIPPED_IF_PRESENT if (run_dir / f).is_file())
+    return _copy_files(run_dir, Path(root) / (name or run_dir.name), SHIPPED_FILES + present)
 
 
 def keep_record(run_dir: Path | str, root: Path | str) -> Path:

@@ -6,6 +6,7 @@ call the UI-free core. TensorFlow is imported only by loaders that need a model.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -25,7 +26,8 @@ PAGES = {
     "Studio": [("pages/0_Home.py", "CIFAR-10 Studio", ":material/home:", "")],
     "Data": [("pages/1_Dataset.py", "Dataset", ":material/dataset:", "Dataset"),
              ("pages/2_Augmentation.py", "Augmentation preview", ":material/casino:", "Augmentation")],
-    "Training": [("pages/3_Train.py", "Train a model", ":material/model_training:", "Train")],
+    "Training": [("pages/3_Train.py", "Train a model", ":material/model_training:", "Train"),
+                 ("pages/7_Race.py", "Race and replay", ":material/sports_score:", "Race")],
     "Evaluation": [("pages/4_Compare.py", "Compare runs", ":material/compare_arrows:", "Compare"),
                    ("pages/5_Evaluate.py", "Evaluate a run", ":material/grid_on:", "Evaluate")],
     "Explain": [("pages/6_Classify.py", "Classify your photos", ":material/photo_camera:", "Classify")],
@@ -74,9 +76,18 @@ def _run_records(root: str) -> tuple[list[dict], list[str]]:
             "params": metrics.get("n_params"), "epochs": metrics.get("epochs_run"),
             "state": runs.effective_state(status, run_dir=run.path), "progress": status.get("progress"),
             "date": (metrics.get("measured_at") or "")[:10] or None, "data": metrics.get("data"),
+            "cpu": machine_name(metrics.get("machine")),
             "has_model": run.has_model,
         })
     return records, problems
+
+
+def machine_name(machine) -> str | None:
+    """'AMD EPYC, 2 cores' from a run's recorded machine, or None if it recorded none."""
+    if not isinstance(machine, dict) or not machine.get("cpu"):
+        return None
+    cores = machine.get("cores")
+    return f"{machine['cpu']}, {cores} cores" if isinstance(cores, int) else str(machine["cpu"])
 
 
 # Record keys are data names; these are what a page shows for them.
@@ -90,7 +101,7 @@ def run_records() -> tuple[list[dict], list[str]]:
 def leaderboard() -> tuple[pd.DataFrame, list[str]]:
     records, problems = run_records()
     frame = pd.DataFrame(records, columns=["run", "model", "transfer", "test_accuracy", "test_accuracy_tta",
-                                           "train_minutes", "params", "epochs", "state", "date", "data",
+                                           "train_minutes", "params", "epochs", "state", "date", "data", "cpu",
                                            "path", "has_model", "progress"])
     if not frame.empty:
         frame = frame.sort_values("test_accuracy", ascending=False, na_position="last").reset_index(drop=True)
@@ -168,18 +179,55 @@ def run_predictions(run_dir: str) -> dict:
     return predictions(run_dir, path.stat().st_mtime if path.exists() else 0.0)
 
 
+@st.cache_data(show_spinner=False, max_entries=16)
+def _epoch_predictions(run_dir: str, mtime: float) -> dict | None:
+    return runs.read_epoch_predictions(run_dir)
+
+
+def run_epoch_predictions(run_dir: str) -> dict | None:
+    """The run's per-epoch validation predictions, or None (none saved, or a bad file: a warning)."""
+    path = Path(run_dir) / runs.EPOCH_PREDICTIONS_FILE
+    try:
+        return _epoch_predictions(run_dir, path.stat().st_mtime) if path.is_file() else None
+    except CifarError as exc:
+        st.warning(f"{Path(run_dir).name}: {exc}")
+        return None
+
+
 # --- models -------------------------------------------------------------------------------------
 
-@st.cache_resource(show_spinner="Loading model…", max_entries=8)
-def _loaded_run(run_dir: str, mtime: float):
-    from .inference import load_run_model
-
-    return load_run_model(run_dir)
+_photo_worker = None
+_photo_worker_lock = threading.Lock()
 
 
-def loaded_run(run_dir: str):
-    model_file = Path(run_dir) / runs.MODEL_FILE
-    return _loaded_run(run_dir, model_file.stat().st_mtime if model_file.exists() else 0.0)
+def photo_worker():
+    """The server's one model worker process (cifar_core.photo_worker), started on first use."""
+    global _photo_worker
+    with _photo_worker_lock:
+        if _photo_worker is None:
+            from .photo_worker import PhotoWorker
+
+            _photo_worker = PhotoWorker()
+        return _photo_worker
+
+
+def read_photos(run_dir: str, images: list[np.ndarray]):
+    """One model's PhotoReading for a batch of photos, from the warm model worker."""
+    with st.spinner("Reading the photos…", show_time=True):
+        return photo_worker().read(run_dir, images)
+
+
+_warm_up_started = threading.Lock()
+
+
+def warm_up_models() -> None:
+    """Once per server process: have the model worker load and trace the shipped models
+    in the background, the Classify page's default choice first."""
+    if not _warm_up_started.acquire(blocking=False):
+        return
+    records = [r for r in finished_runs() if r["has_model"]]
+    first = best_run_per_model(sorted(records, key=lambda r: -(r["test_accuracy"] or 0)))
+    photo_worker().warm([r["path"] for r in first] + [r["path"] for r in records if r not in first])
 
 
 # --- data ---------------------------------------------------------------------------------------

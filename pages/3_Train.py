@@ -11,7 +11,7 @@ from cifar_core.config import AUGMENTATIONS, OPTIMIZERS, PRESETS, preset_config,
 from cifar_core.errors import CifarError
 from cifar_core.models import model_names
 
-ui.page("Train", "🏋️")
+ui.page("Train a model", "🏋️")
 st.caption("Each job runs in its own worker process and writes a run folder; this page only reads it. "
            "Jobs survive a restart of the dashboard.")
 
@@ -45,26 +45,79 @@ if submitted:
     except CifarError as exc:
         ui.fail(exc)
 
-with warnings.catch_warnings(record=True) as registry_notes:
-    warnings.simplefilter("always")
-    try:
-        all_jobs = jobs.list_jobs()
-    except CifarError as exc:
-        ui.fail(exc)
-        st.stop()
-for note in registry_notes:
-    st.warning(str(note.message))
-if not all_jobs:
-    st.info("No jobs yet.")
+
+
+def _state(job, status: dict) -> str:
+    """The registry's state once it is final; while active, the run folder's (fresher: the
+    registry row says 'queued' until its worker reports back, the run folder knows at once)."""
+    if job.state not in jobs.ACTIVE_STATES or not status:
+        return job.state
+    return runs.effective_state(status, run_dir=job.run_dir)
+
+
+def _job_rows(all_jobs) -> pd.DataFrame:
+    rows = []
+    for job in all_jobs:
+        try:
+            status = runs.read_status(job.run_dir) or {}
+        except CifarError:
+            status = {}
+        state = _state(job, status)
+        rows.append({"job": job.id, "model": job.model, "state": state, "progress": float(status.get("progress") or 0),
+                     "run": job.run_dir.name, "started": time.strftime("%H:%M:%S", time.localtime(job.created_at)),
+                     "message": job.message})
+    return pd.DataFrame(rows)
+
+
+@st.fragment(run_every=2)
+def jobs_table() -> list[int]:
+    """The jobs, refreshed every 2 s; returns their ids, newest first."""
+    with warnings.catch_warnings(record=True) as registry_notes:
+        warnings.simplefilter("always")
+        try:
+            all_jobs = jobs.list_jobs()
+        except CifarError as exc:
+            ui.fail(exc)
+            return []
+    for note in registry_notes:
+        st.warning(str(note.message))
+    if not all_jobs:
+        st.info("No jobs yet.")
+        return []
+    st.dataframe(_job_rows(all_jobs), hide_index=True, width="stretch",
+                 column_config={"progress": st.column_config.ProgressColumn(format="percent", min_value=0,
+                                                                           max_value=1)})
+    return [j.id for j in all_jobs]
+
+
+ids = jobs_table()
+if not ids:
     st.stop()
-table = pd.DataFrame([{"job": j.id, "model": j.model, "state": j.state, "run": j.run_dir.name,
-                       "started": time.strftime("%H:%M:%S", time.localtime(j.created_at)), "message": j.message}
-                      for j in all_jobs])
-st.dataframe(table, hide_index=True, width="stretch")
-ids = [j.id for j in all_jobs]
 default = ids.index(st.session_state.get("train_watch", ids[0])) if st.session_state.get("train_watch") in ids else 0
 watched = st.selectbox("Watch job", ids, index=default, key="train_watch_select",
                        format_func=lambda i: f"job {i}")
+
+
+def _curve(run_dir: str):
+    """Per-batch running accuracy (live.csv) with each epoch's validation accuracy on top."""
+    try:
+        live = pd.DataFrame(runs.read_live(run_dir))
+    except CifarError as exc:
+        st.warning(str(exc))
+        live = pd.DataFrame()
+    history = ui.history_frame(run_dir)
+    parts = []
+    if not live.empty:
+        parts.append(live.assign(curve="training accuracy (running)")[["epoch", "accuracy", "curve"]])
+    if not history.empty and history["val_accuracy"].notna().any():
+        parts.append(history.assign(curve="validation accuracy")[["epoch", "val_accuracy", "curve"]]
+                     .rename(columns={"val_accuracy": "accuracy"}).dropna())
+    if not parts:
+        return None
+    figure = px.line(pd.concat(parts, ignore_index=True), x="epoch", y="accuracy", color="curve", height=300,
+                     markers=False, title="Accuracy, updated every few seconds")
+    figure.update_layout(yaxis_tickformat=".0%", legend=dict(orientation="h", y=-0.25))
+    return figure
 
 
 @st.fragment(run_every=2)
@@ -74,21 +127,19 @@ def live(job_id: int) -> None:
         status = runs.read_status(job.run_dir) or {}
     except CifarError:
         status = {}
-    state = job.state if job.state not in jobs.ACTIVE_STATES else status.get("state", job.state)
+    state = _state(job, status)
     progress = float(status.get("progress") or 0.0)
     eta = status.get("eta_seconds")
     label = f"{state} — epoch {status.get('epoch', 0)}/{status.get('n_epochs', '?')}"
+    if status.get("batch") and state == "running":
+        label += f", batch {status['batch']:,}/{status.get('steps_per_epoch', 0):,}"
     if eta and state == "running":
         label += f", about {eta / 60:.1f} min left"
     st.progress(min(progress, 1.0), text=label)
     if job.message:
         st.caption(job.message)
-    history = ui.history_frame(str(job.run_dir))
-    if not history.empty:
-        metric_columns = [c for c in ("accuracy", "val_accuracy") if history[c].notna().any()]
-        long = history.melt(id_vars="epoch", value_vars=metric_columns, var_name="curve", value_name="value")
-        figure = px.line(long, x="epoch", y="value", color="curve", markers=True, height=300,
-                         title="Accuracy per epoch")
+    figure = _curve(str(job.run_dir))
+    if figure is not None:
         st.plotly_chart(figure, width="stretch", key=f"train_curve_{job_id}")
     left, right = st.columns(2)
     if state in ("running", "queued") and left.button("Cancel", key=f"cancel_{job_id}"):
@@ -103,3 +154,4 @@ def live(job_id: int) -> None:
 
 
 live(watched)
+st.caption("To watch several jobs race each other on one chart, open **Race and replay** in the sidebar.")

@@ -5,7 +5,7 @@ import plotly.express as px
 import streamlit as st
 
 from cifar_core import ui
-from cifar_core.imaging import mosaic
+from cifar_core.imaging import upscale
 
 ui.page("Compare runs", "📈")
 
@@ -13,38 +13,58 @@ chosen = ui.pick_runs("Runs", key="compare_runs", multiple=True, default_count=3
 if not chosen:
     st.stop()
 
-curves = []
+CURVES = {"accuracy": ("val_accuracy", "accuracy"), "loss": ("val_loss", "loss")}
+metric = st.radio("Curve", list(CURVES), horizontal=True, key="compare_metric",
+                  help="Each run draws what it measured: validation where it kept a validation split, "
+                       "training where it trained on every image. The legend says which.")
+axis = st.radio("Against", ["epoch", "minutes"], horizontal=True, key="compare_axis")
+curves, silent = [], []
 for record in chosen:
     history = ui.history_frame(record["path"])
-    if history.empty:
+    column = next((c for c in CURVES[metric] if not history.empty and history[c].notna().any()), None)
+    if column is None:
+        silent.append(record["run"])
         continue
     history["minutes"] = history["seconds"].fillna(0).cumsum() / 60
-    history["run"] = record["run"]
-    curves.append(history)
+    history["line"] = f"{record['run']} ({'validation' if column.startswith('val_') else 'training'} {metric})"
+    curves.append(history[["epoch", "minutes", column, "line"]].rename(columns={column: metric}).dropna())
 if curves:
-    frame = pd.concat(curves, ignore_index=True)
-    metric = st.radio("Curve", ["val_accuracy", "accuracy", "val_loss", "loss"], horizontal=True, key="compare_metric")
-    axis = st.radio("Against", ["epoch", "minutes"], horizontal=True, key="compare_axis")
-    if frame[metric].notna().any():
-        figure = px.line(frame.dropna(subset=[metric]), x=axis, y=metric, color="run", markers=True, height=380)
-        st.plotly_chart(figure, width="stretch")
-    else:
-        st.caption(f"No {metric} recorded for these runs (runs trained without a validation split).")
+    figure = px.line(pd.concat(curves, ignore_index=True), x=axis, y=metric, color="line", markers=True, height=380,
+                     labels={"line": "", "minutes": "training minutes"})
+    if metric == "accuracy":
+        figure.update_layout(yaxis_tickformat=".0%")
+    figure.update_layout(legend=dict(orientation="h", y=-0.25))
+    st.plotly_chart(figure, width="stretch")
+if silent:
+    st.caption(f"No per-epoch {metric} recorded for: {', '.join(silent)} (no history.csv rows).")
 
 st.subheader("Metrics")
+
+
+def _percent(value) -> str:
+    return f"{value:.2%}" if isinstance(value, (int, float)) else "—"
+
+
+def _number(value, digits: int = 0) -> str:
+    return f"{value:,.{digits}f}" if isinstance(value, (int, float)) else "—"
+
+
 rows = {}
 for record in chosen:
     metrics = ui.run_json(record["path"], "metrics.json") or {}
     rows[record["run"]] = {
-        "model": record["model"], "transfer": record["transfer"],
-        "test accuracy": metrics.get("test_accuracy"), "with flip TTA": metrics.get("test_accuracy_tta"),
-        "head only (frozen features)": metrics.get("test_accuracy_head"),
-        "test loss": metrics.get("test_loss"), "train minutes": (metrics.get("train_seconds") or 0) / 60,
-        "train images/s": metrics.get("train_images_per_second"), "params": metrics.get("n_params"),
-        "input size": metrics.get("input_size"), "data": metrics.get("data"),
-        "cpu": (metrics.get("machine") or {}).get("cpu"),
+        "model": record["model"], "transfer learning": "yes" if record["transfer"] else "no",
+        "test accuracy": _percent(metrics.get("test_accuracy")),
+        "with flip TTA": _percent(metrics.get("test_accuracy_tta")),
+        "head only (frozen features)": _percent(metrics.get("test_accuracy_head")),
+        "test loss (cross-entropy)": _number(metrics.get("test_loss"), 4),
+        "training time (min)": _number((metrics.get("train_seconds") or 0) / 60 or None, 1),
+        "training speed (images/s)": _number(metrics.get("train_images_per_second")),
+        "parameters": _number(metrics.get("n_params")),
+        "input size (px)": _number(metrics.get("input_size")),
+        "data": metrics.get("data") or "—", "machine": record.get("cpu") or "—",
     }
-st.dataframe(pd.DataFrame(rows).astype(str), width="stretch")
+st.dataframe(pd.DataFrame(rows), width="stretch")
 
 st.subheader("Configs (differences first)")
 configs = pd.DataFrame({r["run"]: ui.run_json(r["path"], "config.json") or {} for r in chosen}).astype(str)
@@ -86,6 +106,8 @@ if data is not None and data.source != "sample" and len(data.y_test) == len(trut
     only_b = np.flatnonzero(right_b & ~right_a)[:24]
     if len(only_b):
         st.markdown(f"**Test images B ({second}) gets right and A gets wrong** (first {len(only_b)})")
-        st.image(mosaic(data.x_test[only_b], columns=12, scale=3))
+        predicted_a = a["probs"].argmax(1)
+        st.image([upscale(image, 96) for image in data.x_test[only_b]], width=96,
+                 caption=[f"{class_names[truth[i]]}; A said {class_names[predicted_a[i]]}" for i in only_b])
 else:
     st.caption("Point CIFAR10_SOURCE at the dataset to see the images themselves.")

@@ -5,7 +5,7 @@ import plotly.express as px
 import streamlit as st
 
 from cifar_core import ui
-from cifar_core.imaging import mosaic
+from cifar_core.imaging import upscale
 
 ui.page("Evaluate a run", "🧮")
 
@@ -56,11 +56,31 @@ if predictions is not None:
     cell = cell[np.argsort(-confidence)][:30]
     if data is not None and data.source != "sample" and len(data.y_test) == len(truth):
         if len(cell):
-            st.image(mosaic(data.x_test[cell], columns=10, scale=3),
-                     caption="most confident mistakes first")
+            st.caption("Most confident mistakes first")
+            st.image([upscale(image, 96) for image in data.x_test[cell]], width=96,
+                     caption=[f"{true_class} → {predicted} ({c:.0%})" for c in np.sort(confidence)[::-1][:len(cell)]])
     else:
         st.caption("Point CIFAR10_SOURCE at the dataset to see these images; their test indices: "
                    + ", ".join(map(str, cell[:30])))
+
+epochs_saved = ui.run_epoch_predictions(record["path"])
+if epochs_saved is not None and len(epochs_saved["epochs"]):
+    from cifar_core.evaluation import confusion_matrix
+
+    st.subheader("How the mistakes changed, epoch by epoch (validation split)")
+    epoch_numbers = [int(e) for e in epochs_saved["epochs"]]
+    epoch = st.select_slider("Epoch", epoch_numbers, value=epoch_numbers[-1], key="eval_epoch")
+    guessed_then = epochs_saved["predicted"][epoch_numbers.index(epoch)]
+    truth_val = epochs_saved["y_true"]
+    scrubbed = confusion_matrix(truth_val, guessed_then, len(names))
+    st.caption(f"Epoch {epoch}: validation accuracy {np.mean(guessed_then == truth_val):.1%} "
+               f"on {len(truth_val):,} held-out training images.")
+    st.plotly_chart(px.imshow(scrubbed, x=names, y=names, text_auto=True, color_continuous_scale="Blues",
+                              aspect="auto", labels=dict(x="predicted", y="true", color="images"), height=480),
+                    width="stretch", key="eval_epoch_matrix")
+elif epochs_saved is None:
+    st.caption("This run kept no per-epoch validation predictions (runs trained before they were saved, "
+               "or without a validation split).")
 
 st.subheader("Per-class precision, recall and F1")
 if not metrics.get("per_class"):

@@ -1,8 +1,6 @@
 """Classify: drop photos (or use the camera); each chosen model gives its top 3, what it saw, and where it looked."""
 import time
 
-import pandas as pd
-import plotly.express as px
 import streamlit as st
 
 from cifar_core import ui
@@ -38,45 +36,43 @@ if not files or not chosen:
     st.stop()
 
 from cifar_core.evaluation import top_k  # noqa: E402
-from cifar_core.explain import explain_image, overlay  # noqa: E402
-from cifar_core.inference import classify_arrays, model_view  # noqa: E402
+from cifar_core.explain import overlay  # noqa: E402
 
-loaded = []
+started = time.perf_counter()
+photos = []
+for name, data in files:
+    try:
+        photos.append((name, decode_image(data, name)))
+    except CifarError as exc:
+        st.error(str(exc))
+if not photos:
+    st.stop()
+
+readings = []  # each model reads every photo in one call
 for record in chosen:
     try:
-        loaded.append((record, ui.loaded_run(record["path"])))
+        readings.append((record, ui.read_photos(record["path"], [image for _, image in photos])))
     except CifarError as exc:
         st.error(f"{record['run']}: {exc}")
 
-for position, (name, data) in enumerate(files):
+for position, (name, image) in enumerate(photos):
     st.divider()
-    started = time.perf_counter()
-    try:
-        image = decode_image(data, name)
-    except CifarError as exc:
-        st.error(str(exc))
-        continue
     st.markdown(f"#### {name}  \n{image.shape[1]}×{image.shape[0]} pixels")
-    columns = st.columns([1] + [2] * len(loaded))
+    columns = st.columns([1] + [2] * len(readings))
     columns[0].image(image, caption="your photo", width="stretch")
-    for column, (record, run) in zip(columns[1:], loaded, strict=True):
+    for column, (record, reading) in zip(columns[1:], readings, strict=True):
         with column:
-            probs = classify_arrays(run, [image])
-            top = top_k(probs, run.class_names, 3)[0]
-            seen = model_view(run, image)
+            top = top_k(reading.probabilities[position:position + 1], reading.class_names, 3)[0]
             st.markdown(f"**{record['model']}** · {record['run']}")
-            chart = pd.DataFrame(top, columns=["class", "probability"])
-            figure = px.bar(chart, x="probability", y="class", orientation="h", range_x=[0, 1], height=160,
-                            text=chart["probability"].map("{:.1%}".format))
-            figure.update_layout(margin=dict(t=0, b=0, l=0, r=0), yaxis=dict(autorange="reversed", title=None))
-            st.plotly_chart(figure, width="stretch", key=f"classify_{position}_{record['run']}")
+            for label, probability in top:  # native bars: no chart library to load on a stage laptop
+                st.progress(float(probability), text=f"{label} · {probability:.1%}")
             st.markdown(f"Prediction: **{top[0][0]}** ({top[0][1]:.1%})")
             if top[0][1] < ui.LOW_CONFIDENCE:
                 st.warning(f"Not confident: the top class has only {top[0][1]:.0%}. "
-                           f"This model knows only: {', '.join(run.class_names)}.")
+                           f"This model knows only: {', '.join(reading.class_names)}.")
+            seen = reading.views[position]
             view, cam = st.columns(2)
             view.image(upscale(seen), caption=f"what it sees ({seen.shape[0]}×{seen.shape[1]})")
-            heat = explain_image(run, image)
-            if heat is not None:
-                cam.image(overlay(upscale(seen), heat), caption="where it looked (Grad-CAM)")
-    st.caption(f"classified by {len(loaded)} model(s) in {ui.elapsed(started)}")
+            if reading.heatmaps is not None:
+                cam.image(overlay(upscale(seen), reading.heatmaps[position]), caption="where it looked (Grad-CAM)")
+st.caption(f"{len(photos)} photo(s) read by {len(readings)} model(s) in {ui.elapsed(started)}")

@@ -1,10 +1,15 @@
-"""End to end in a real headless Chromium (Debian's, never a downloaded one).
+"""End to end in a real headless Chromium (Debian's, never a downloaded one), with a latency budget.
 
-Starts `streamlit run streamlit_app.py`, visits every page, uploads a photo on
-the Classify page and waits for a class name and a probability. With
-STUDIO_SCREENSHOTS=DIR it also saves a screenshot of each page there (that is
-how docs/screenshots/ is made, against the shipped runs).
+Starts `streamlit run streamlit_app.py`, visits every page twice through the
+sidebar, uploads photos on the Classify page, and measures what a presenter
+waits for. Each figure is a p95 over repeated actions; a budget broken by more
+than half fails the test (a slow CI machine should not flap). The figures go to
+a JSON file: STUDIO_LATENCY_REPORT=PATH writes it there, measured on the
+shipped runs (that is how docs/latency.json is made); otherwise to a temporary
+folder, on the suite's tiny runs. STUDIO_SCREENSHOTS=DIR also saves a screenshot
+of each page there (docs/screenshots/).
 """
+import json
 import os
 import shutil
 import socket
@@ -12,51 +17,28 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
 from helpers import ROOT, png_bytes
 
+from cifar_core.backend import cpu_name
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-PAGES = [("", "CIFAR-10 Studio"), ("Dataset", "Dataset"), ("Augmentation", "Augmentation preview"),
-         ("Train", "Train"), ("Compare", "Compare runs"), ("Evaluate", "Evaluate a run"),
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+HOME = "CIFAR-10 Studio"
+PAGES = [("", HOME), ("Dataset", "Dataset"), ("Augmentation", "Augmentation preview"), ("Train", "Train a model"),
+         ("Race", "Race and replay"), ("Compare", "Compare runs"), ("Evaluate", "Evaluate a run"),
          ("Classify", "Classify your photos")]
+# Seconds, p95; issue #20's budget. The test fails past BUDGET_SLACK times a budget.
+BUDGETS = {"home_first_view": 3.0, "page_switch": 1.5, "photo_answer": 1.0, "dataset_page": 2.0}
+BUDGET_SLACK = 1.5
+PHOTOS = 3
 pytestmark = [pytest.mark.browser,
               pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian chromium not installed "
                                  "(.ci/run installs it)")]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture
-def server(shipped_runs, tmp_path):
-    if os.environ.get("STUDIO_SCREENSHOTS"):
-        shipped_runs = {"runs": ROOT / "artifacts" / "runs", "cache": None, "data": None}
-    port = _free_port()
-    env = dict(os.environ, CIFAR_RUNS_DIR=str(shipped_runs["runs"]), CIFAR_JOBS_DB=str(tmp_path / "jobs.sqlite"))
-    if shipped_runs["cache"]:
-        env.update(CIFAR_CORE_CACHE=str(shipped_runs["cache"]), CIFAR10_SOURCE=str(shipped_runs["data"]))
-    started = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port",
-                                str(port), "--server.headless", "true"], cwd=ROOT, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    url = f"http://localhost:{port}"
-    try:
-        for _ in range(300):
-            try:
-                urllib.request.urlopen(f"{url}/_stcore/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.1)
-        yield url, started
-    finally:
-        process.terminate()
-        process.wait(20)
-
 
 SCRIPT_FINISHED = """() => {
     const app = document.querySelector('[data-testid="stApp"]');
@@ -65,52 +47,153 @@ SCRIPT_FINISHED = """() => {
 }"""
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _measuring_shipped_runs() -> bool:
+    return bool(os.environ.get("STUDIO_SCREENSHOTS") or os.environ.get("STUDIO_LATENCY_REPORT"))
+
+
+@pytest.fixture
+def studio_env(shipped_runs, tmp_path):
+    if _measuring_shipped_runs():
+        shipped_runs = {"runs": ROOT / "artifacts" / "runs", "cache": None, "data": None}
+    env = dict(os.environ, CIFAR_RUNS_DIR=str(shipped_runs["runs"]), CIFAR_JOBS_DB=str(tmp_path / "jobs.sqlite"))
+    if shipped_runs["cache"]:
+        env.update(CIFAR_CORE_CACHE=str(shipped_runs["cache"]), CIFAR10_SOURCE=str(shipped_runs["data"]))
+    return env
+
+
+@contextmanager
+def streamlit_server(env: dict, *extra_args: str):
+    """`streamlit run` on a free port; yields (url, the moment it was started)."""
+    port = _free_port()
+    started = time.perf_counter()
+    process = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port",
+                                str(port), "--server.headless", "true", *extra_args], cwd=ROOT, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    url = f"http://localhost:{port}"
+    try:
+        for _ in range(600):
+            try:
+                urllib.request.urlopen(f"{url}/_stcore/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.05)
+        yield url, started
+    finally:
+        process.terminate()
+        process.wait(20)
+
+
 def _wait_for_page(page, title: str, timeout_ms: int = 120_000) -> None:
     page.get_by_role("heading", name=title).first.wait_for(timeout=timeout_ms)
     page.wait_for_function(SCRIPT_FINISHED, timeout=timeout_ms)
     assert page.locator("[data-testid='stException']").count() == 0, f"{title}: exception on the page"
 
 
-def test_every_page_and_an_upload_in_chromium(server, tmp_path):
+def _first_view(page, url: str, started: float) -> float:
+    page.goto(f"{url}/", wait_until="commit")
+    _wait_for_page(page, HOME)
+    return time.perf_counter() - started
+
+
+def _switch_to(page, title: str) -> float:
+    """Click the page's sidebar link; seconds until it is drawn and its script has finished."""
+    clicked = time.perf_counter()
+    page.locator("[data-testid='stSidebarNav']").get_by_role("link", name=title, exact=True).click()
+    _wait_for_page(page, title)
+    return time.perf_counter() - clicked
+
+
+def _drop_photo(page, path) -> float:
+    """Upload one photo; seconds until every model's answer is on the page."""
+    dropped = time.perf_counter()
+    page.locator("input[type='file']").first.set_input_files(str(path))
+    page.get_by_role("heading", name=path.name).first.wait_for(timeout=180_000)
+    page.get_by_text("read by").first.wait_for(timeout=180_000)
+    page.wait_for_function(SCRIPT_FINISHED, timeout=180_000)
+    seconds = time.perf_counter() - dropped
+    assert page.locator("[data-testid='stException']").count() == 0
+    text = page.get_by_text("Prediction:").first.inner_text()
+    assert "%" in text and any(name in text for name in ("cat", "dog", "ship", "airplane", "automobile",
+                                                          "bird", "deer", "frog", "horse", "truck"))
+    page.locator("[data-testid='stFileChipDeleteBtn'] button").first.click()
+    page.wait_for_function(SCRIPT_FINISHED, timeout=60_000)
+    return seconds
+
+
+def _summary(samples: dict[str, list[float]]) -> dict:
+    report = {}
+    for name, values in samples.items():
+        p95 = float(np.percentile(values, 95))
+        report[name] = {"p95_s": round(p95, 3), "samples_s": [round(v, 3) for v in values],
+                        "budget_s": BUDGETS[name], "within_budget": p95 <= BUDGETS[name]}
+    return report
+
+
+def _launch(playwright, profile):
+    return playwright.chromium.launch_persistent_context(str(profile), executable_path=CHROMIUM, args=CHROMIUM_ARGS,
+                                                         viewport={"width": 1400, "height": 1000})
+
+
+def test_every_page_an_upload_and_the_latency_budget(studio_env, tmp_path):
     from playwright.sync_api import sync_playwright
 
-    url, started = server
     shots = os.environ.get("STUDIO_SCREENSHOTS")
-    photo = tmp_path / "photo.png"
-    photo.write_bytes(png_bytes(np.tile(np.linspace(0, 255, 64, dtype=np.uint8)[:, None, None], (1, 96, 3))))
+    rng = np.random.default_rng(0)
+    photos = []
+    for i in range(PHOTOS):
+        photo = tmp_path / f"photo-{i}.png"
+        photo.write_bytes(png_bytes(rng.integers(0, 256, (96 + 8 * i, 128, 3), dtype=np.uint8)))
+        photos.append(photo)
+    samples: dict[str, list[float]] = {name: [] for name in BUDGETS}
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"])
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        for path, title in PAGES:
-            page.goto(f"{url}/{path}")
-            _wait_for_page(page, title)
-            if path == "":
-                print(f"\nhome page rendered {time.perf_counter() - started:.1f} s after `streamlit run`")
-            if shots:
-                page.screenshot(path=os.path.join(shots, f"{path or 'Home'}.png"), full_page=True)
-        page.goto(f"{url}/Classify")
-        _wait_for_page(page, "Classify your photos")
-        uploaded = time.perf_counter()
-        page.locator("input[type='file']").first.set_input_files(str(photo))
-        prediction = page.get_by_text("Prediction:").first
-        prediction.wait_for(timeout=180_000)
-        page.wait_for_function(SCRIPT_FINISHED, timeout=180_000)
-        print(f"upload to first prediction: {time.perf_counter() - uploaded:.1f} s")
-        text = prediction.inner_text()
-        assert "%" in text and any(name in text for name in ("cat", "dog", "ship", "airplane", "automobile",
-                                                              "bird", "deer", "frog", "horse", "truck"))
-        if shots:
-            page.screenshot(path=os.path.join(shots, "Classify-upload.png"), full_page=True)
-        # A file that is not an image gets a clear message on the page, not a traceback.
-        fake = tmp_path / "holiday.jpg"
-        fake.write_text("this is not a photo")
-        page.goto(f"{url}/Classify")
-        _wait_for_page(page, "Classify your photos")
-        page.locator("input[type='file']").first.set_input_files(str(fake))
-        page.get_by_text("holiday.jpg: not an image").first.wait_for(timeout=120_000)
-        page.wait_for_function(SCRIPT_FINISHED, timeout=120_000)
-        assert page.locator("[data-testid='stException']").count() == 0
+        browser = _launch(playwright, tmp_path / "profile")
+        page = browser.new_page()
+        # A browser that never saw the studio downloads its JavaScript first; the budget is for the
+        # presenter's browser, which has (any earlier visit caches it). Both are reported.
+        with streamlit_server(studio_env) as (url, started):
+            never_visited = _first_view(page, url, started)
+        with streamlit_server(studio_env) as (url, started):
+            samples["home_first_view"].append(_first_view(page, url, started))
+            dataset_first_read = None
+            for round_ in range(2):
+                for path, title in PAGES[1:] + PAGES[:1]:
+                    seconds = _switch_to(page, title)
+                    if path == "Dataset":
+                        if dataset_first_read is None:
+                            dataset_first_read = seconds
+                        else:
+                            samples["dataset_page"].append(seconds)
+                    else:
+                        samples["page_switch"].append(seconds)
+                    if shots and round_ == 1:
+                        page.screenshot(path=os.path.join(shots, f"{path or 'Home'}.png"), full_page=True)
+            _switch_to(page, "Classify your photos")
+            for photo in photos:
+                samples["photo_answer"].append(_drop_photo(page, photo))
+            # A file that is not an image gets a clear message on the page, not a traceback.
+            fake = tmp_path / "holiday.jpg"
+            fake.write_text("this is not a photo")
+            page.locator("input[type='file']").first.set_input_files(str(fake))
+            page.get_by_text("holiday.jpg: not an image").first.wait_for(timeout=120_000)
+            page.wait_for_function(SCRIPT_FINISHED, timeout=120_000)
+            assert page.locator("[data-testid='stException']").count() == 0
         browser.close()
+    report = {"measured_on": f"{cpu_name()}, {os.cpu_count()} cores",
+              "runs": "shipped runs (artifacts/runs)" if _measuring_shipped_runs() else "the suite's tiny runs",
+              "measured_at": time.strftime("%Y-%m-%d"), "browser": "Debian Chromium, headless",
+              "home_first_view_never_visited_s": round(never_visited, 3),
+              "dataset_first_read_s": round(dataset_first_read, 3), "budgets": _summary(samples)}
+    out = os.environ.get("STUDIO_LATENCY_REPORT") or str(tmp_path / "latency.json")
+    with open(out, "w", encoding="utf-8") as handle:
+        json.dump(report, handle, indent=2)
+        handle.write("\n")
+    print("\n" + json.dumps(report, indent=2))
+    broken = {name: figures["p95_s"] for name, figures in report["budgets"].items()
+              if figures["p95_s"] > BUDGET_SLACK * figures["budget_s"]}
+    assert not broken, f"latency budget broken by more than {BUDGET_SLACK - 1:.0%}: {broken}"

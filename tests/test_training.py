@@ -44,6 +44,18 @@ def test_run_folder_contract(tiny_dataset, tmp_path):
     np.testing.assert_array_equal(predictions["y_true"], tiny_dataset.y_test)
     assert (run_dir / "tb").is_dir() and any((run_dir / "tb").rglob("*tfevents*"))
 
+    # Live points: at least one per epoch end, training seconds and epochs never going back.
+    live = runs.read_live(run_dir)
+    assert [p["epoch"] for p in live if p["epoch"] == int(p["epoch"])][-3:] == [1.0, 2.0, 3.0]
+    assert all(a["train_seconds"] <= b["train_seconds"] and a["epoch"] <= b["epoch"]
+               for a, b in zip(live, live[1:], strict=False))
+    assert live[-1]["train_seconds"] == pytest.approx(sum(float(r["seconds"]) for r in rows), rel=1e-3)
+    # Validation predictions after each epoch: the last epoch's agree with the final validation accuracy.
+    saved = runs.read_epoch_predictions(run_dir)
+    assert list(saved["epochs"]) == [1, 2, 3] and saved["predicted"].shape == (3, len(saved["y_true"]))
+    assert np.mean(saved["predicted"][-1] == saved["y_true"]) == pytest.approx(float(rows[-1]["val_accuracy"]),
+                                                                               abs=1e-6)
+
 
 def test_interrupted_run_resumes_without_gaps_or_duplicates(tiny_dataset, tmp_path):
     config = recipe_config("demo", **SMALL, limit=None)
@@ -59,6 +71,7 @@ def test_interrupted_run_resumes_without_gaps_or_duplicates(tiny_dataset, tmp_pa
 
     resume(run_dir, tiny_dataset, verbose=0)
     assert [row["epoch"] for row in runs.read_history(run_dir)] == [1, 2, 3]
+    assert list(runs.read_epoch_predictions(run_dir)["epochs"]) == [1, 2, 3]  # the killed run's epochs kept
     assert runs.read_status(run_dir)["state"] == "completed"
     with pytest.raises(RunFolderError, match="already completed"):
         resume(run_dir, tiny_dataset, verbose=0)

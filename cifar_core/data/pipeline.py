@@ -160,6 +160,14 @@ def _alternating_flip_batches(images, labels, batch_size: int, shuffle: bool, se
     return alternating_flip.each_pass(one_pass).apply(tf.data.experimental.assert_cardinality(n_batches))
 
 
+def resize_for_model(x, input_size: int):
+    """Float NHWC images to the model's input size: the one resize training, evaluation and
+    the dashboard's photo reader share, so a photo is seen exactly as the test images were."""
+    import tensorflow as tf
+
+    return tf.image.resize(x, (input_size, input_size), method="bilinear")
+
+
 def make_inference_dataset(images: np.ndarray, batch_size: int, input_size: int | None = None):
     """Images only, in order, batched and resized exactly as training and evaluation see them."""
     labels = np.zeros(len(images), np.int32)
@@ -188,7 +196,7 @@ def make_dataset(images: np.ndarray, labels: np.ndarray, num_classes: int, batch
         if augmenter is not None:
             x = augmenter(x, training=True)
         if needs_resize:
-            x = tf.image.resize(x, (input_size, input_size), method="bilinear")
+            x = resize_for_model(x, input_size)
         if one_hot:
             y = tf.one_hot(y, num_classes)
         return x, y

@@ -12,6 +12,7 @@ from .. import runs
 from . import checkpoint
 
 HEARTBEAT_SECONDS = 5.0
+LIVE_POINT_SECONDS = 2.0  # how often live.csv gets a point: the Train page's curve moves this often
 BEST_WEIGHTS_NAME = runs.BEST_WEIGHTS_FILE
 
 
@@ -48,6 +49,7 @@ class RunRecorder(keras.callbacks.Callback):
         self.total_epochs = total_epochs or n_epochs
         self._epoch_started = 0.0
         self._last_beat = 0.0
+        self._last_point = 0.0
         self._seconds_per_epoch: float | None = None
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -55,8 +57,21 @@ class RunRecorder(keras.callbacks.Callback):
         self._beat(epoch, 0)
 
     def on_train_batch_end(self, batch, logs=None):
-        if time.perf_counter() - self._last_beat >= HEARTBEAT_SECONDS:
+        now = time.perf_counter()
+        if now - self._last_point >= LIVE_POINT_SECONDS:
+            self._last_point = now
+            self._live_point(self._current_epoch + (batch + 1) / self.steps_per_epoch, now - self._epoch_started,
+                             logs)
+        if now - self._last_beat >= HEARTBEAT_SECONDS:
             self._beat(self._current_epoch, batch + 1, logs)
+
+    def _live_point(self, epochs_in_stage: float, seconds_in_epoch: float, logs) -> None:
+        """A point of the live curve: training seconds so far (all stages, across resumes) and
+        the running loss and accuracy of the epoch in progress."""
+        logs = _scalars(logs)
+        done = sum(row.get("seconds") or 0.0 for row in self.history)
+        runs.append_live_point(self.run_dir, done + seconds_in_epoch, self.epoch_offset + epochs_in_stage,
+                               logs.get("loss"), logs.get("accuracy"))
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
@@ -68,6 +83,7 @@ class RunRecorder(keras.callbacks.Callback):
             if key in logs:
                 row[key] = float(logs[key])
         self.history.append(row)
+        self._live_point(epoch + 1, 0.0, logs)
         checkpoint.save(self.run_dir, self.model, self.history)
         runs.write_history(self.run_dir, self.history)
         self._beat(epoch + 1, 0, logs, finished_epoch=True)
@@ -92,9 +108,47 @@ class RunRecorder(keras.callbacks.Callback):
                   "progress": round(progress, 4), "eta_seconds": eta, "batch": batch,
                   "steps_per_epoch": self.steps_per_epoch}
         if logs:
-            fields["last"] = {k: float(v) for k, v in logs.items() if isinstance(v, (int, float))}
+            fields["last"] = _scalars(logs)
         runs.write_status(self.run_dir, "running", **fields)
 
+
+def _scalars(logs) -> dict[str, float]:
+    """Keras' batch logs as plain floats (they may be numpy or backend scalars)."""
+    found = {}
+    for key, value in (logs or {}).items():
+        try:
+            found[key] = float(value)
+        except (TypeError, ValueError):
+            continue
+    return found
+
+
+class EpochPredictions(keras.callbacks.Callback):
+    """After each epoch, the validation images' predicted classes, kept in the run folder so a
+    confusion matrix can be scrubbed epoch by epoch. Earlier epochs survive a resume."""
+
+    def __init__(self, run_dir: Path, val_data, y_val: np.ndarray, epoch_offset: int = 0):
+        super().__init__()
+        self.run_dir = Path(run_dir)
+        self.val_data = val_data
+        self.y_val = np.asarray(y_val)
+        self.epoch_offset = epoch_offset
+        self._epochs: list[int] = []
+        self._predicted: list[np.ndarray] = []
+
+    def on_train_begin(self, logs=None):
+        saved = runs.read_epoch_predictions(self.run_dir)
+        if saved is not None and np.array_equal(saved["y_true"], self.y_val):
+            self._epochs = [int(e) for e in saved["epochs"]]
+            self._predicted = list(saved["predicted"])
+
+    def on_epoch_end(self, epoch, logs=None):
+        number = self.epoch_offset + epoch + 1
+        probs = self.model.predict(self.val_data, verbose=0)
+        kept = [i for i, e in enumerate(self._epochs) if e < number]  # a resumed epoch replaces its old copy
+        self._epochs = [self._epochs[i] for i in kept] + [number]
+        self._predicted = [self._predicted[i] for i in kept] + [np.argmax(probs, axis=1)]
+        runs.write_epoch_predictions(self.run_dir, self.y_val, np.stack(self._predicted), self._epochs)
 
 
 class PredictHeartbeat(keras.callbacks.Callback):

@@ -14,7 +14,7 @@ from .. import runs
 from ..config import TrainConfig
 from ..data import Dataset
 from . import checkpoint
-from .callbacks import ResumableEarlyStopping, ResumablePlateau, RunRecorder
+from .callbacks import EpochPredictions, ResumableEarlyStopping, ResumablePlateau, RunRecorder
 from .optimizers import compile_model
 
 
@@ -43,6 +43,8 @@ def fit_stage(model, config: TrainConfig, context: FitContext, stage: str, offse
     callbacks = [recorder, keras.callbacks.TensorBoard(log_dir=str(run_dir / runs.TENSORBOARD_DIR),
                                                        write_graph=False, profile_batch=0)]
     monitor = "val_loss" if val_data is not None else "loss"
+    if val_data is not None:
+        callbacks.append(EpochPredictions(run_dir, val_data, context.split.y_val, epoch_offset=offset))
     # This stage's epochs run before a resume, numbered as this fit() counts them.
     past = [{**row, "epoch": int(row["epoch"]) - offset} for row in history if row.get("stage", stage) == stage]
     if config.schedule == "plateau" and stage == "train":

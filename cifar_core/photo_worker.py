@@ -1,0 +1,145 @@
+"""The dashboard's model worker: a child process that loads, warms and runs the models.
+
+Why a process and not a thread: importing TensorFlow takes about 3.5 s of CPU
+holding Python's global lock. In a thread of the Streamlit server it would
+freeze every page for those seconds; in its own process it runs on the other
+core while the first page is drawn, and the models are traced and warm before
+anyone drops a photo. A crash in it (out of memory on a huge model) leaves the
+dashboard up: the next request starts a fresh worker.
+
+The protocol is pickles over a private socket pair between this package's own
+two processes (never over the network): ("warm", [run_dir, ...]) and
+("read", run_dir, [uint8 image, ...]) -> ("ok", PhotoReading) or ("error", kind, message).
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+from multiprocessing.connection import Connection
+
+from . import errors
+from .errors import CifarError
+
+WORKER_FD_ENV = "CIFAR_PHOTO_WORKER_FD"
+READ_TIMEOUT_SECONDS = 300.0
+WORKER_NICENESS = 10  # a first load of a large model on a slow laptop, with margin
+
+
+class PhotoWorker:
+    """The dashboard side: one worker process, one request at a time (sessions take turns)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._process: subprocess.Popen | None = None
+        self._connection: Connection | None = None
+        self._warm: list[str] = []
+
+    def warm(self, run_dirs: list[str]) -> None:
+        """Start the worker (if needed) and have it load and trace these runs in the background."""
+        with self._lock:
+            self._warm = list(run_dirs)
+            self._send(("warm", self._warm))
+
+    def read(self, run_dir: str, images: list) -> object:
+        """The run's PhotoReading for these images; CifarError with the worker's message on failure."""
+        with self._lock:
+            for attempt in (1, 2):  # a worker that died (killed, out of memory) is replaced once
+                try:
+                    self._send(("read", str(run_dir), images))
+                    if not self._connection.poll(READ_TIMEOUT_SECONDS):
+                        self._stop()
+                        raise CifarError(f"the model worker took more than {READ_TIMEOUT_SECONDS:.0f} s; "
+                                         "it was restarted")
+                    reply = self._connection.recv()
+                    break
+                except (EOFError, OSError) as exc:
+                    self._stop()
+                    if attempt == 2:
+                        raise CifarError(f"the model worker stopped: {errors.one_line(exc)}") from None
+                    if self._warm:
+                        self._send(("warm", self._warm))
+        if reply[0] == "ok":
+            return reply[1]
+        _, kind, message = reply
+        raise _error_class(kind)(message)
+
+    def close(self) -> None:
+        with self._lock:
+            self._stop()
+
+    def _send(self, message) -> None:
+        if self._process is None or self._process.poll() is not None:
+            self._start()
+        self._connection.send(message)
+
+    def _start(self) -> None:
+        ours, theirs = socket.socketpair()
+        env = dict(os.environ, **{WORKER_FD_ENV: str(theirs.fileno())})
+        self._process = subprocess.Popen([sys.executable, "-m", "cifar_core.photo_worker"], env=env,
+                                         pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
+        theirs.close()
+        # Below the dashboard and the browser: warming up must never slow a page being drawn.
+        os.setpriority(os.PRIO_PROCESS, self._process.pid, WORKER_NICENESS)
+        self._connection = Connection(ours.detach())
+
+    def _stop(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+        self._process, self._connection = None, None
+
+
+def warm_up_runs(run_dirs: list[str]) -> threading.Thread:
+    """Load and trace these runs in a background thread, in order: the first photo a
+    visitor drops is then answered without loading or tracing anything."""
+    from .explain import warm_up
+    from .inference import shared_run
+
+    def warm() -> None:
+        for run_dir in run_dirs:
+            try:
+                warm_up(shared_run(run_dir))
+            except Exception:  # noqa: BLE001 - a bad run shows its own error when a page loads it
+                continue
+
+    thread = threading.Thread(target=warm, name="studio-warm-up", daemon=True)
+    thread.start()
+    return thread
+
+
+def _error_class(name: str) -> type[CifarError]:
+    """The worker's error kind as this package's class of that name (CifarError if none)."""
+    found = getattr(errors, name, None)
+    return found if isinstance(found, type) and issubclass(found, CifarError) else CifarError
+
+
+def serve(connection: Connection) -> None:
+    """The worker side: warm requests run in a background thread; reads answer in order."""
+    from .explain import read_photos
+    from .inference import shared_run
+
+    while True:
+        try:
+            request = connection.recv()
+        except (EOFError, OSError):
+            return  # the dashboard went away
+        if request[0] == "warm":
+            warm_up_runs(request[1])
+            continue
+        _, run_dir, images = request
+        try:
+            reply = ("ok", read_photos(shared_run(run_dir), images))
+        except CifarError as exc:
+            reply = ("error", type(exc).__name__, str(exc))
+        except Exception as exc:  # noqa: BLE001 - any failure is one line on the page, never a dead worker
+            reply = ("error", "CifarError", f"{type(exc).__name__}: {errors.one_line(exc)}")
+        connection.send(reply)
+
+
+if __name__ == "__main__":
+    serve(Connection(int(os.environ[WORKER_FD_ENV])))
