@@ -173,3 +173,13 @@ def mosaic(images: np.ndarray, columns: int, scale: int = 3, gap: int = 2) -> np
 
 def upscale(image: np.ndarray, size: int = 160) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.NEAREST))
+
+
+def fit_within(image: np.ndarray, size: int) -> np.ndarray:
+    """The image shrunk (aspect kept) so its longer side is at most `size`; smaller ones unchanged."""
+    height, width = image.shape[:2]
+    scale = size / max(height, width)
+    if scale >= 1:
+        return image
+    shape = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return np.asarray(Image.fromarray(image).resize(shape, Image.Resampling.LANCZOS))

@@ -8,8 +8,10 @@ anyone drops a photo. A crash in it (out of memory on a huge model) leaves the
 dashboard up: the next request starts a fresh worker.
 
 The protocol is pickles over a private socket pair between this package's own
-two processes (never over the network): ("warm", [run_dir, ...]) and
-("read", run_dir, [uint8 image, ...]) -> ("ok", PhotoReading) or ("error", kind, message).
+two processes (never over the network): ("warm", [run_dir, ...]),
+("read", run_dir, [uint8 image, ...]) -> ("ok", PhotoReading) and
+("augment", images, config dict, [seed, ...]) -> ("ok", [images, ...]); or ("error", kind, message).
+The Augmentation page uses it too, so no page of the dashboard imports TensorFlow.
 """
 from __future__ import annotations
 
@@ -45,10 +47,17 @@ class PhotoWorker:
 
     def read(self, run_dir: str, images: list) -> object:
         """The run's PhotoReading for these images; CifarError with the worker's message on failure."""
+        return self._call(("read", str(run_dir), images))
+
+    def augment(self, images, config: dict, random_states: list[int]) -> list:
+        """The training pipeline's augmentations of `images`, one draw per random state."""
+        return self._call(("augment", images, config, random_states))
+
+    def _call(self, request: tuple) -> object:
         with self._lock:
             for attempt in (1, 2):  # a worker that died (killed, out of memory) is replaced once
                 try:
-                    self._send(("read", str(run_dir), images))
+                    self._send(request)
                     if not self._connection.poll(READ_TIMEOUT_SECONDS):
                         self._stop()
                         raise CifarError(f"the model worker took more than {READ_TIMEOUT_SECONDS:.0f} s; "
@@ -118,22 +127,34 @@ def _error_class(name: str) -> type[CifarError]:
     return found if isinstance(found, type) and issubclass(found, CifarError) else CifarError
 
 
-def serve(connection: Connection) -> None:
-    """The worker side: warm requests run in a background thread; reads answer in order."""
+def _answer(request: tuple):
+    from .config import TrainConfig
+    from .data.pipeline import augment_preview
     from .explain import read_photos
     from .inference import shared_run
 
+    if request[0] == "read":
+        return read_photos(shared_run(request[1]), request[2])
+    if request[0] == "augment":
+        config = TrainConfig.from_dict(request[2])
+        return [augment_preview(request[1], config, random_state=seed) for seed in request[3]]
+    raise CifarError(f"unknown request {request[0]!r}")
+
+
+def serve(connection: Connection) -> None:
+    """The worker side: warm requests run in a background thread; the others answer in order."""
     while True:
         try:
             request = connection.recv()
         except (EOFError, OSError):
-            return  # the dashboard went away
+            # The dashboard went away: leave at once, even mid-import in the warm-up thread
+            # (a normal exit would wait for it and hold a core for seconds).
+            os._exit(0)
         if request[0] == "warm":
             warm_up_runs(request[1])
             continue
-        _, run_dir, images = request
         try:
-            reply = ("ok", read_photos(shared_run(run_dir), images))
+            reply = ("ok", _answer(request))
         except CifarError as exc:
             reply = ("error", type(exc).__name__, str(exc))
         except Exception as exc:  # noqa: BLE001 - any failure is one line on the page, never a dead worker

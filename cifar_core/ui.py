@@ -30,7 +30,8 @@ PAGES = {
                  ("pages/7_Race.py", "Race and replay", ":material/sports_score:", "Race")],
     "Evaluation": [("pages/4_Compare.py", "Compare runs", ":material/compare_arrows:", "Compare"),
                    ("pages/5_Evaluate.py", "Evaluate a run", ":material/grid_on:", "Evaluate")],
-    "Explain": [("pages/6_Classify.py", "Classify your photos", ":material/photo_camera:", "Classify")],
+    "Explain": [("pages/6_Classify.py", "Classify your photos", ":material/photo_camera:", "Classify"),
+                ("pages/8_Audience.py", "Audience mode", ":material/groups:", "Audience")],
 }
 # The home page links to every other page.
 PAGE_LINKS = [(file, title, icon) for section in PAGES.values() for file, title, icon, path in section if path]
@@ -215,6 +216,38 @@ def read_photos(run_dir: str, images: list[np.ndarray]):
     """One model's PhotoReading for a batch of photos, from the warm model worker."""
     with st.spinner("Reading the photos…", show_time=True):
         return photo_worker().read(run_dir, images)
+
+
+# --- audience mode --------------------------------------------------------------------------------
+
+_audience = {"server": None}
+_audience_lock = threading.Lock()
+
+
+def audience_server():
+    """The open audience room's server, or None."""
+    return _audience["server"]
+
+
+def open_audience_room() -> None:
+    """Start the audience server (only reachable when the dashboard was started with --audience)."""
+    from . import audience
+
+    if not audience.enabled():
+        raise CifarError("audience mode is off: start the dashboard with -- --audience")
+    with _audience_lock:
+        if _audience["server"] is None:
+            server = audience.AudienceServer(audience.Room(), port=audience.port_from())
+            server.start()
+            _audience["server"] = server
+
+
+def close_audience_room() -> None:
+    """Stop the server; the gallery goes with it."""
+    with _audience_lock:
+        if _audience["server"] is not None:
+            _audience["server"].stop()
+            _audience["server"] = None
 
 
 _warm_up_started = threading.Lock()

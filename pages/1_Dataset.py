@@ -1,7 +1,6 @@
 """Dataset: samples per class, class balance, source and counts."""
 import numpy as np
 import pandas as pd
-import plotly.express as px
 import streamlit as st
 
 from cifar_core import ui
@@ -51,6 +50,5 @@ for index, name in enumerate(data.class_names):
 balance = pd.DataFrame({"class": list(data.class_names) * 2,
                         "split": ["train"] * len(data.class_names) + ["test"] * len(data.class_names),
                         "images": summary["train_counts"] + summary["test_counts"]})
-chart = px.bar(balance, x="class", y="images", color="split", barmode="group", height=320,
-               title="Class balance")
-st.plotly_chart(chart, width="stretch")
+st.markdown("**Class balance**")  # Vega-Lite like the home page: no second chart library to load here
+st.bar_chart(balance, x="class", y="images", color="split", stack=False, height=320)

@@ -4,7 +4,7 @@ import streamlit as st
 
 from cifar_core import ui
 from cifar_core.config import AUGMENTATIONS, TrainConfig, recipe_config
-from cifar_core.errors import ConfigError
+from cifar_core.errors import CifarError, ConfigError
 from cifar_core.imaging import mosaic
 from cifar_core.models import model_names
 
@@ -42,8 +42,11 @@ right.number_input("Seed", 0, 1_000_000, key="aug_seed")
 rng = np.random.default_rng(7)
 images = data.x_test[rng.choice(len(data.x_test), count, replace=False)]
 
-from cifar_core.data.pipeline import augment_preview  # noqa: E402  (imports TensorFlow: only here)
-
-views = [augment_preview(images, config, random_state=int(st.session_state.aug_seed) * 10 + k) for k in range(3)]
+try:  # drawn by the model worker process, where TensorFlow is already loaded
+    views = ui.photo_worker().augment(images, config.to_dict(),
+                                      [int(st.session_state.aug_seed) * 10 + k for k in range(3)])
+except CifarError as exc:
+    ui.fail(exc)
+    st.stop()
 st.markdown("**Original** (top row), then three augmented draws")
 st.image(mosaic(np.concatenate([images, *views]), columns=count, scale=4), clamp=True)

@@ -1,6 +1,7 @@
 """Classify: drop photos (or use the camera); each chosen model gives its top 3, what it saw, and where it looked."""
 import time
 
+import numpy as np
 import streamlit as st
 
 from cifar_core import ui
@@ -70,9 +71,11 @@ for position, (name, image) in enumerate(photos):
             if top[0][1] < ui.LOW_CONFIDENCE:
                 st.warning(f"Not confident: the top class has only {top[0][1]:.0%}. "
                            f"This model knows only: {', '.join(reading.class_names)}.")
-            seen = reading.views[position]
-            view, cam = st.columns(2)
-            view.image(upscale(seen), caption=f"what it sees ({seen.shape[0]}×{seen.shape[1]})")
-            if reading.heatmaps is not None:
-                cam.image(overlay(upscale(seen), reading.heatmaps[position]), caption="where it looked (Grad-CAM)")
+            seen = upscale(reading.views[position])
+            if reading.heatmaps is None:
+                st.image(seen, caption=f"what it sees ({reading.views[position].shape[0]} px)")
+            else:  # one image, not two: each image is a separate fetch for the browser
+                gap = np.full((seen.shape[0], 8, 3), 255, np.uint8)
+                st.image(np.hstack([seen, gap, overlay(seen, reading.heatmaps[position])]),
+                         caption=f"what it sees ({reading.views[position].shape[0]} px) · where it looked (Grad-CAM)")
 st.caption(f"{len(photos)} photo(s) read by {len(readings)} model(s) in {ui.elapsed(started)}")

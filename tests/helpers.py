@@ -195,3 +195,12 @@ def stop_after_epoch(epoch: int):
                 raise KeyboardInterrupt
 
     return StopAfterEpoch()
+
+
+def free_port() -> int:
+    """A TCP port on the loopback interface that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

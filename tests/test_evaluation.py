@@ -33,6 +33,16 @@ def test_confusion_matrix_rows_are_true_classes():
     assert metrics["n_test"] == 7 and metrics["class_names"] == list(NAMES)
 
 
+def test_confusion_matrix_matches_scikit_learn_on_random_labels():
+    from sklearn.metrics import confusion_matrix
+
+    rng = np.random.default_rng(3)
+    truth, guessed = rng.integers(0, 10, 500), rng.integers(0, 10, 500)
+    guessed[guessed == 9] = 8  # a class never predicted keeps its empty column
+    np.testing.assert_array_equal(evaluation.confusion_matrix(truth, guessed, 10),
+                                  confusion_matrix(truth, guessed, labels=np.arange(10)))
+
+
 def test_per_class_precision_recall_f1_and_support():
     import warnings
 

@@ -25,6 +25,11 @@ EXPERIMENTS = ROOT / "docs" / "experiments"
 BENCHMARKS = ROOT / "BENCHMARKS.md"
 EXPERIMENTS_DOC = ROOT / "docs" / "experiments.md"
 README = ROOT / "README.md"
+LATENCY = ROOT / "docs" / "latency.json"  # written by tests/test_browser.py (STUDIO_LATENCY_REPORT)
+LATENCY_NAMES = {"home_first_view": "home page, first view after `streamlit run`",
+                 "page_switch": "switching pages (sidebar)", "photo_answer": "a dropped photo answered "
+                 "(top-3 of two models, what each sees, Grad-CAM), the first included",
+                 "dataset_page": "Dataset page, decoded cache on disk"}
 BLOCK = re.compile(r"(<!-- generated:(?P<name>[a-z-]+) -->\n)(?P<body>.*?)(<!-- /generated:(?P=name) -->)", re.S)
 
 
@@ -132,8 +137,26 @@ def curves() -> str:
     return "\n".join(parts)
 
 
+def latency_table() -> str:
+    from cifar_core.safeio import read_json_file
+
+    report = read_json_file(LATENCY, 1 << 20, SystemExit)
+    rows = [[LATENCY_NAMES[name], f"**{f['p95_s']:.2f} s**", f"{f['budget_s']:.1f} s",
+             "yes" if f["within_budget"] else "**no**", len(f["samples_s"]),
+             f"{min(f['samples_s']):.2f}–{max(f['samples_s']):.2f} s"] for name, f in report["budgets"].items()]
+    lines = [f"Measured {report['measured_at']} on {report['measured_on']}, {report['runs']}, "
+             f"{report['browser']} ([docs/latency.json](docs/latency.json)).", ""]
+    lines.append(table(["what the presenter waits for", "p95", "budget", "within", "samples", "range"], rows))
+    lines.append(f"A browser that never opened the studio (downloading its JavaScript first) sees the home page "
+                 f"after {report['home_first_view_never_visited_s']:.1f} s; the Dataset page's first read of "
+                 f"the dataset in a fresh server (from the decoded cache) takes "
+                 f"{report['dataset_first_read_s']:.1f} s.\n")
+    return "\n".join(lines)
+
+
 GENERATORS = {"presets": preset_table, "readme-presets": readme_table, "transfer": transfer_table,
-              "superseded": superseded_table, "curves": curves}
+              "superseded": superseded_table, "curves": curves,
+              "latency": latency_table}
 
 
 def render(text: str) -> str:

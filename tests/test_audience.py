@@ -1,0 +1,182 @@
+"""Audience mode: off unless asked, the join code on every request, capped and validated uploads,
+a rate limit per device, and the presenter's pages unaffected by a flood."""
+import io
+import time
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from helpers import free_port, open_page, png_bytes
+
+from cifar_core import audience
+from cifar_core.errors import CifarError
+
+PHOTO = png_bytes(np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8))
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def room():
+    return audience.Room(code="ABC234", limiter=audience.RateLimiter(clock=Clock()))
+
+
+@pytest.fixture
+def client(room):
+    return TestClient(audience.create_app(room))
+
+
+def _send(client, data=PHOTO, code="ABC234", name="photo.png", **headers):
+    return client.post(f"/join/{code}/photo", files={"photo": (name, io.BytesIO(data), "image/png")},
+                       headers=headers)
+
+
+def test_off_unless_the_dashboard_was_started_with_the_flag():
+    assert not audience.enabled(["streamlit_app.py"])
+    assert not audience.enabled(["--audience"])  # the program's own name is not a flag
+    assert audience.enabled(["streamlit_app.py", "--audience"])
+
+
+def test_every_request_needs_the_join_code(client, room):
+    assert client.get("/join/ABC234").status_code == 200
+    assert client.get("/join/abc234").status_code == 200  # typed in lower case on a phone
+    for path in ("/join/WRONG1", "/join/ABC23", "/join/"):
+        assert client.get(path).status_code in (403, 404)
+    assert _send(client, code="WRONG1").status_code == 403
+    assert room.photos() == []
+    for path in ("/", "/docs", "/openapi.json", "/Classify", "/_stcore/health"):  # nothing else is served
+        assert client.get(path).status_code == 404
+
+
+def test_a_photo_joins_the_gallery_shrunk_and_newest_first(client, room):
+    assert _send(client).status_code == 200
+    second = png_bytes(np.zeros((20, 30, 3), np.uint8))
+    assert _send(client, data=second).status_code == 200
+    first, older = room.photos()
+    assert first.number == 2 and first.image.shape == (20, 30, 3)
+    assert max(older.image.shape[:2]) == audience.THUMBNAIL_SIZE and older.image.shape[2] == 3
+
+
+def test_the_upload_form_is_html_for_a_browser(client):
+    page = client.get("/join/ABC234", headers={"accept": "text/html"})
+    assert page.headers["content-type"].startswith("text/html")
+    assert 'action="/join/ABC234/photo"' in page.text and 'type="file"' in page.text
+
+
+@pytest.mark.parametrize("data", [b"not an image at all", PHOTO[: len(PHOTO) // 3], b""])
+def test_a_hostile_file_is_refused_with_a_message(client, room, data):
+    answer = _send(client, data=data)
+    assert answer.status_code == 400 and "not accepted" in answer.json()["message"]
+    assert room.photos() == []
+
+
+def test_an_oversized_upload_is_refused_before_it_is_read(client, room, monkeypatch):
+    monkeypatch.setattr(audience, "MAX_UPLOAD_BYTES", 1000)
+    read = []
+    monkeypatch.setattr(audience, "_single_file", lambda request: read.append(1))
+    answer = _send(client, data=b"x" * (1000 + audience.FORM_OVERHEAD_BYTES + 1))
+    assert answer.status_code == 413 and not read and room.photos() == []
+
+
+def test_a_flood_from_one_device_is_rate_limited(room):
+    clock = room.limiter.clock
+    client = TestClient(audience.create_app(room))
+    answers = [_send(client).status_code for _ in range(audience.RATE_BURST + 5)]
+    assert answers == [200] * audience.RATE_BURST + [429] * 5
+    assert len(room.photos()) == audience.RATE_BURST
+    clock.now += audience.RATE_REFILL_SECONDS  # one more token
+    assert _send(client).status_code == 200 and _send(client).status_code == 429
+
+
+def test_the_rate_limit_is_per_device():
+    limiter = audience.RateLimiter(burst=1, clock=Clock())
+    assert limiter.allow("10.0.0.2") and not limiter.allow("10.0.0.2")
+    assert limiter.allow("10.0.0.3")
+
+
+def test_the_gallery_is_bounded_and_saved_only_when_asked(room, tmp_path, monkeypatch):
+    monkeypatch.setattr(audience, "MAX_GALLERY", 3)
+    bounded = audience.Room(code="ABC234")
+    for value in range(5):
+        bounded.add(png_bytes(np.full((8, 8, 3), value * 40, np.uint8)))
+    assert [p.number for p in bounded.photos()] == [5, 4, 3]
+    assert bounded.save(tmp_path / "saved") == 3
+    assert sorted(p.name for p in (tmp_path / "saved").iterdir()) == ["audience-003.png", "audience-004.png",
+                                                                       "audience-005.png"]
+
+
+def test_join_codes_are_unambiguous_and_random():
+    codes = {audience.Room().code for _ in range(50)}
+    assert len(codes) == 50
+    assert all(len(c) == audience.JOIN_CODE_LENGTH and set(c) <= set(audience.JOIN_CODE_LETTERS) for c in codes)
+    assert not set("01OI") & set(audience.JOIN_CODE_LETTERS)
+
+
+def test_the_port_flag_is_checked():
+    assert audience.port_from(["app"]) == audience.DEFAULT_PORT
+    assert audience.port_from(["app", "--audience", "--audience-port", "9000"]) == 9000
+    for bad in (["app", "--audience-port"], ["app", "--audience-port", "80"], ["app", "--audience-port", "x"]):
+        with pytest.raises(CifarError):
+            audience.port_from(bad)
+
+
+def test_a_real_server_answers_while_flooded_and_stops(room):
+    import httpx
+
+    server = audience.AudienceServer(room, host="127.0.0.1", port=free_port())
+    server.start()
+    try:
+        url = server.join_url()
+        assert url.startswith("http://127.0.0.1:") and url.endswith("/join/ABC234")
+        with httpx.Client(timeout=10) as http:
+            statuses = [http.post(f"{url}/photo", files={"photo": ("p.png", PHOTO)}).status_code for _ in range(20)]
+            started = time.perf_counter()
+            assert http.get(url).status_code == 200
+            assert time.perf_counter() - started < 1.0
+        assert statuses.count(200) == audience.RATE_BURST and set(statuses) == {200, 429}
+    finally:
+        server.stop()
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(url, timeout=2)
+
+
+def _captions(image_element) -> list[str]:
+    return [img.caption for img in image_element.proto.imgs]
+
+
+def test_qr_code_is_a_png():
+    assert audience.qr_png("http://192.168.1.20:8502/join/ABC234").startswith(b"\x89PNG")
+
+
+def test_the_presenter_page_explains_how_to_turn_it_on(studio):
+    page = open_page("pages/8_Audience.py")
+    assert any("-- --audience" in info.value for info in page.info)
+
+
+def test_the_presenter_page_shows_the_room_and_the_votes(studio, monkeypatch):
+    from cifar_core import ui
+
+    monkeypatch.setattr(audience.sys, "argv", ["streamlit_app.py", "--audience", "--audience-port", "0"])
+    room = audience.Room(code="XYZ789")
+    room.add(PHOTO)
+
+    class FakeServer:
+        def __init__(self):
+            self.room = room
+
+        def join_url(self):
+            return "http://192.168.1.20:8502/join/XYZ789"
+
+    monkeypatch.setitem(ui._audience, "server", FakeServer())
+    page = open_page("pages/8_Audience.py")
+    assert any("XYZ789" in m.value for m in page.markdown)
+    assert room.photos()[0].votes  # every voting model voted on the photo
+    captions = " ".join(caption for image in page.get("image") for caption in _captions(image))
+    label, probability = next(iter(room.photos()[0].votes.values()))
+    assert "#1 · " in captions and f"{label} ({probability:.0%})" in captions
