@@ -406,17 +406,28 @@ def _csv_value(value):
 
 def read_history(run_dir: Path | str) -> list[dict[str, Any]]:
     """history.csv rows, every field parsed and checked; RunFolderError on any bad row."""
-    path = Path(run_dir) / HISTORY_FILE
-    if _absent(path):
+    found = _read_run_text(run_dir, HISTORY_FILE, MAX_HISTORY_BYTES, "history file")
+    if found is None:
         return []
-    data = read_regular_file(path, MAX_HISTORY_BYTES, RunFolderError, what="history file")
-    where = f"{HISTORY_FILE} in {Path(run_dir).name}"
+    text, where = found
     try:
-        text = data.decode("utf-8")
         rows = [_history_row(raw, line, where) for line, raw in enumerate(csv.DictReader(io.StringIO(text)), 2)]
-    except (UnicodeDecodeError, csv.Error) as exc:
+    except csv.Error as exc:
         raise RunFolderError(f"corrupt {where}: {one_line(exc)}") from None
     return rows
+
+
+def _read_run_text(run_dir: Path | str, name: str, max_bytes: int, what: str) -> tuple[str, str] | None:
+    """(text, 'NAME in RUN') of a run's text file, or None if there is none; bounded, UTF-8 or refused."""
+    path = Path(run_dir) / name
+    if _absent(path):
+        return None
+    data = read_regular_file(path, max_bytes, RunFolderError, what=what)
+    where = f"{name} in {Path(run_dir).name}"
+    try:
+        return data.decode("utf-8"), where
+    except UnicodeDecodeError as exc:
+        raise RunFolderError(f"corrupt {where}: {one_line(exc)}") from None
 
 
 def _history_row(raw: dict, line: int, where: str) -> dict[str, Any]:
@@ -459,15 +470,11 @@ def append_live_point(run_dir: Path | str, train_seconds: float, epoch: float, l
 
 def read_live(run_dir: Path | str) -> list[dict[str, float | None]]:
     """live.csv rows, each number checked; a torn last line (being written) is left out."""
-    path = Path(run_dir) / LIVE_FILE
-    if _absent(path):
+    found = _read_run_text(run_dir, LIVE_FILE, MAX_LIVE_BYTES, "live progress file")
+    if found is None:
         return []
-    data = read_regular_file(path, MAX_LIVE_BYTES, RunFolderError, what="live progress file")
-    where = f"{LIVE_FILE} in {Path(run_dir).name}"
-    try:
-        lines = data.decode("utf-8").split("\n")
-    except UnicodeDecodeError:
-        raise RunFolderError(f"corrupt {where}: not UTF-8 text") from None
+    text, where = found
+    lines = text.split("\n")
     if lines[0].split(",") != list(LIVE_COLUMNS):
         raise RunFolderError(f"corrupt {where}: the header is not {','.join(LIVE_COLUMNS)}")
     complete = lines[1:-1]  # the text after the last newline may still be being written

@@ -133,3 +133,33 @@ def test_train_page_launches_a_preset(studio):
     [job] = jobs.list_jobs()
     assert job.config == preset_config("demo", data=str(studio["data"]))
     jobs.cancel(job.id)
+
+
+def test_race_page_replays_recorded_runs_labelled_as_replays(studio):
+    import time
+
+    app = open_page("pages/7_Race.py")
+    assert set(app.multiselect(key="race_replay").value) == {"demo-tiny", "g3-tiny"}
+    bars = " ".join(p.proto.text for p in app.get("progress"))
+    assert "press Start" in bars and "REPLAY" in bars
+    app.session_state["race_started"] = time.time() - 0.01  # a replay that has just begun
+    app.run()
+    assert not app.exception
+    bars = " ".join(p.proto.text for p in app.get("progress"))
+    assert "0/2 epochs" in bars and any("nothing is training" in i.value for i in app.info)
+
+
+def test_evaluate_page_scrubs_the_confusion_matrix_by_epoch(studio):
+    app = open_page("pages/5_Evaluate.py")
+    slider = app.select_slider(key="eval_epoch")
+    assert slider.options == ["1", "2"] and slider.value == 2
+    slider.set_value(1).run()
+    assert not app.exception and any("Epoch 1: validation accuracy" in c.value for c in app.caption)
+
+
+def test_compare_page_says_which_curve_each_run_draws(studio):
+    app = open_page("pages/4_Compare.py")
+    assert not app.exception
+    table = app.dataframe[0].value
+    assert table.loc["test accuracy"].str.endswith("%").all()
+    assert table.loc["training time (min)"].str.fullmatch(r"[\d,]+\.\d|—").all()

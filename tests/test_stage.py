@@ -1,0 +1,176 @@
+"""The stage machinery: live points, per-epoch predictions, race and replay curves, the photo
+reader and the model worker process."""
+import io
+import os
+import signal
+import zipfile
+
+import numpy as np
+import pytest
+
+from cifar_core import race, runs
+from cifar_core.errors import CifarError, RunFolderError
+
+HISTORY = [{"epoch": 1, "seconds": 60.0, "accuracy": 0.5, "val_accuracy": None},
+           {"epoch": 2, "seconds": 120.0, "accuracy": 0.7, "val_accuracy": 0.65},
+           {"epoch": 3, "seconds": 60.0, "accuracy": 0.8, "val_accuracy": 0.75}]
+NO_VALIDATION = [{**row, "val_accuracy": None} for row in HISTORY]
+
+
+# --- race and replay ----------------------------------------------------------------------------
+
+def test_a_curve_is_validation_where_measured_else_training():
+    assert race.measured_curve(HISTORY) == "val_accuracy"
+    assert race.measured_curve(NO_VALIDATION) == "accuracy"
+    assert race.measured_curve([{"epoch": 1, "seconds": 1.0}]) is None
+    points = race.epoch_points(HISTORY)
+    assert [(p["minutes"], p["accuracy"], p["curve"]) for p in points] == [
+        (3.0, 0.65, "validation accuracy"), (4.0, 0.75, "validation accuracy")]
+    assert [p["accuracy"] for p in race.epoch_points(NO_VALIDATION)] == [0.5, 0.7, 0.8]
+    assert {p["curve"] for p in race.epoch_points(NO_VALIDATION)} == {"training accuracy"}
+
+
+def test_a_replay_shows_only_the_epochs_finished_by_its_clock():
+    assert [p["epoch"] for p in race.epoch_points(NO_VALIDATION, until_seconds=179.0)] == [1]
+    assert [p["epoch"] for p in race.epoch_points(NO_VALIDATION, until_seconds=180.0)] == [1, 2]
+    # 10 s of wall clock at 12x is 120 s of training: epoch 1 done, epoch 2 not.
+    assert race.replay_seconds(100.0, 110.0, 12, HISTORY) == 120.0
+    assert race.replay_progress(100.0, 110.0, 12, HISTORY) == (0.5, 1)
+    assert race.replay_seconds(100.0, 90.0, 12, HISTORY) == 0.0  # a clock before the start shows nothing
+    assert race.replay_progress(100.0, 10_000.0, 600, HISTORY) == (1.0, 3)  # never past the end
+    assert race.replay_progress(0.0, 5.0, 10, []) == (1.0, 0)
+
+
+def test_live_points_continue_after_the_finished_epochs():
+    live = [{"train_seconds": 30.0, "epoch": 0.5, "loss": 1.0, "accuracy": 0.4},
+            {"train_seconds": 90.0, "epoch": 1.25, "loss": 0.9, "accuracy": 0.55},
+            {"train_seconds": 95.0, "epoch": 1.3, "loss": 0.9, "accuracy": None}]
+    points = race.live_points(live, after_seconds=60.0)
+    assert [(p["minutes"], p["accuracy"]) for p in points] == [(1.5, 0.55)]
+
+
+# --- live.csv -----------------------------------------------------------------------------------
+
+def test_live_points_round_trip_and_a_torn_last_line_is_left_out(tmp_path):
+    runs.append_live_point(tmp_path, 1.5, 0.25, 2.1, 0.2)
+    runs.append_live_point(tmp_path, 3.0, 0.5, None, None)
+    assert runs.read_live(tmp_path) == [
+        {"train_seconds": 1.5, "epoch": 0.25, "loss": 2.1, "accuracy": 0.2},
+        {"train_seconds": 3.0, "epoch": 0.5, "loss": None, "accuracy": None}]
+    with open(tmp_path / runs.LIVE_FILE, "a") as handle:
+        handle.write("4.5,0.7")  # the writer is mid-line
+    assert len(runs.read_live(tmp_path)) == 2
+    assert runs.read_live(tmp_path / "absent") == []
+
+
+@pytest.mark.parametrize("text", ["nonsense\n1,2,3,4\n", "train_seconds,epoch,loss,accuracy\n1,2,3\n",
+                                  "train_seconds,epoch,loss,accuracy\nnan,1,1,1\n",
+                                  "train_seconds,epoch,loss,accuracy\n1,-1,1,1\n",
+                                  "train_seconds,epoch,loss,accuracy\n,1,1,1\n",
+                                  "train_seconds,epoch,loss,accuracy\n1,1,inf,1\n"])
+def test_a_corrupt_live_file_is_one_clear_error(tmp_path, text):
+    (tmp_path / runs.LIVE_FILE).write_text(text)
+    with pytest.raises(RunFolderError, match=runs.LIVE_FILE):
+        runs.read_live(tmp_path)
+
+
+def test_an_oversized_live_file_is_refused_unread(tmp_path, monkeypatch):
+    monkeypatch.setattr(runs, "MAX_LIVE_BYTES", 100)
+    (tmp_path / runs.LIVE_FILE).write_text("train_seconds,epoch,loss,accuracy\n" + "1,1,1,1\n" * 20)
+    with pytest.raises(RunFolderError):
+        runs.read_live(tmp_path)
+
+
+# --- epoch-predictions.npz ----------------------------------------------------------------------
+
+def test_epoch_predictions_round_trip(tmp_path):
+    runs.write_epoch_predictions(tmp_path, [0, 1, 2], [[0, 0, 0], [0, 1, 2]], [1, 2])
+    saved = runs.read_epoch_predictions(tmp_path)
+    assert saved["predicted"].tolist() == [[0, 0, 0], [0, 1, 2]] and saved["epochs"].tolist() == [1, 2]
+    assert runs.read_epoch_predictions(tmp_path / "absent") is None
+
+
+def _npz(path, **arrays):
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    path.write_bytes(buffer.getvalue())
+
+
+@pytest.mark.parametrize("arrays", [
+    dict(y_true=np.zeros(3, np.int16), predicted=np.zeros((2, 4), np.int16), epochs=np.array([1, 2])),
+    dict(y_true=np.zeros(3, np.int16), predicted=np.zeros((1, 3), np.float32), epochs=np.array([1])),
+    dict(y_true=np.zeros(3, np.int16), predicted=np.full((1, 3), -1, np.int16), epochs=np.array([1])),
+    dict(y_true=np.zeros(3, np.int16), predicted=np.zeros((1, 3), np.int16), epochs=np.array([0])),
+    dict(y_true=np.zeros(3, np.int16), epochs=np.array([1])),
+])
+def test_inconsistent_epoch_predictions_are_refused(tmp_path, arrays):
+    _npz(tmp_path / runs.EPOCH_PREDICTIONS_FILE, **arrays)
+    with pytest.raises(RunFolderError, match=runs.EPOCH_PREDICTIONS_FILE):
+        runs.read_epoch_predictions(tmp_path)
+
+
+def test_epoch_predictions_that_would_unpack_too_large_are_refused_before_unpacking(tmp_path, monkeypatch):
+    monkeypatch.setattr(runs, "MAX_EPOCH_PREDICTIONS_BYTES", 10_000)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("predicted.npy", b"\0" * 50_000)  # compresses to ~100 bytes
+    (tmp_path / runs.EPOCH_PREDICTIONS_FILE).write_bytes(buffer.getvalue())
+    with pytest.raises(RunFolderError, match="unpacked"):
+        runs.read_epoch_predictions(tmp_path)
+
+
+# --- reading photos -----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_run(shipped_runs):
+    from cifar_core.inference import load_run_model
+
+    return load_run_model(shipped_runs["runs"] / "g3-tiny")
+
+
+def test_one_pass_gives_the_evaluation_probabilities_and_each_photo_its_own_grad_cam(tiny_run):
+    from cifar_core.data.pipeline import make_inference_dataset
+    from cifar_core.evaluation import predict_proba
+    from cifar_core.explain import grad_cam, read_photos
+    from cifar_core.models import REGISTRY
+
+    rng = np.random.default_rng(1)
+    photos = [rng.integers(0, 256, (40 + 10 * i, 50, 3), dtype=np.uint8) for i in range(3)]
+    reading = read_photos(tiny_run, photos)
+    views = np.stack(reading.views)
+    np.testing.assert_allclose(reading.probabilities, predict_proba(tiny_run.model, views), atol=1e-5)
+    assert reading.class_names == tiny_run.class_names and len(reading.heatmaps) == 3
+    layer = REGISTRY["g3"].last_conv_layer
+    for view, heatmap in zip(views, reading.heatmaps, strict=True):
+        batch = next(iter(make_inference_dataset(view[None], 1, tiny_run.input_size))).numpy()
+        np.testing.assert_allclose(heatmap, grad_cam(tiny_run.model, batch, layer), atol=1e-2)  # graph vs eager
+        assert heatmap.min() >= 0 and heatmap.max() <= 1
+
+
+def test_the_worker_process_answers_like_the_dashboard_would(shipped_runs, tiny_run):
+    from cifar_core.explain import read_photos
+    from cifar_core.photo_worker import PhotoWorker
+
+    photo = np.random.default_rng(2).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    worker = PhotoWorker()
+    try:
+        worker.warm([str(shipped_runs["runs"] / "g3-tiny")])
+        reading = worker.read(str(shipped_runs["runs"] / "g3-tiny"), [photo])
+        np.testing.assert_allclose(reading.probabilities, read_photos(tiny_run, [photo]).probabilities, atol=1e-5)
+        with pytest.raises(RunFolderError, match="no trained model"):  # the error's kind survives the trip
+            worker.read(str(shipped_runs["runs"] / "broken"), [photo])
+        os.kill(worker._process.pid, signal.SIGKILL)  # a worker killed (out of memory) is replaced
+        worker._process.wait()
+        assert worker.read(str(shipped_runs["runs"] / "g3-tiny"), [photo]).probabilities.shape == (1, 3)
+        views = worker.augment(photo[None], {"augmentations": ["flip"]}, [1, 2])
+        assert len(views) == 2 and views[0].shape == (1, 32, 32, 3)
+    finally:
+        worker.close()
+
+
+def test_error_kinds_from_the_worker_map_to_the_package_classes_only():
+    from cifar_core.photo_worker import _error_class
+
+    assert _error_class("RunFolderError") is RunFolderError
+    assert _error_class("one_line") is CifarError  # a function of the errors module, not a class
+    assert _error_class("ValueError") is CifarError
