@@ -148,8 +148,8 @@ def latency_table() -> str:
              f"{report['browser']} ([docs/latency.json](docs/latency.json)).", ""]
     lines.append(table(["what the presenter waits for", "p95", "budget", "within", "samples", "range"], rows))
     lines.append(f"A browser that never opened the studio (downloading its JavaScript first) sees the home page "
-                 f"after {report['home_first_view_never_visited_s']:.1f} s; the Dataset page's first read of "
-                 f"the dataset in a fresh server (from the decoded cache) takes "
+                 f"after {report['home_first_view_never_visited_s']:.1f} s; the Dataset page's first visit in "
+                 f"the test's first server (which decodes the dataset into the cache if none exists yet) took "
                  f"{report['dataset_first_read_s']:.1f} s.\n")
     return "\n".join(lines)
 
