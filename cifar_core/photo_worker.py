@@ -10,7 +10,8 @@ dashboard up: the next request starts a fresh worker.
 The protocol is pickles over a private socket pair between this package's own
 two processes (never over the network): ("warm", [run_dir, ...]),
 ("read", run_dir, [uint8 image, ...]) -> ("ok", PhotoReading) and
-("augment", images, config dict, [seed, ...]) -> ("ok", [images, ...]); or ("error", kind, message).
+("augment", images, config dict, [seed, ...]) -> ("ok", [images, ...]) and ("status",) -> ("ok", warm?);
+or ("error", kind, message).
 The Augmentation page uses it too, so no page of the dashboard imports TensorFlow.
 """
 from __future__ import annotations
@@ -21,6 +22,8 @@ import subprocess
 import sys
 import threading
 from multiprocessing.connection import Connection
+
+import numpy as np
 
 from . import errors
 from .errors import CifarError
@@ -52,6 +55,15 @@ class PhotoWorker:
     def augment(self, images, config: dict, random_states: list[int]) -> list:
         """The training pipeline's augmentations of `images`, one draw per random state."""
         return self._call(("augment", images, config, random_states))
+
+    def is_warm(self) -> bool:
+        """True once the worker has loaded and traced every run it was asked to warm."""
+        if self._process is None:
+            return False
+        try:
+            return bool(self._call(("status",)))
+        except CifarError:
+            return False
 
     def _call(self, request: tuple) -> object:
         with self._lock:
@@ -103,18 +115,26 @@ class PhotoWorker:
         self._process, self._connection = None, None
 
 
+_warmed = threading.Event()  # set in the worker once its warm-up has finished
+
+
 def warm_up_runs(run_dirs: list[str]) -> threading.Thread:
     """Load and trace these runs in a background thread, in order: the first photo a
     visitor drops is then answered without loading or tracing anything."""
+    from .config import TrainConfig
+    from .data.pipeline import augment_preview
     from .explain import warm_up
     from .inference import shared_run
 
     def warm() -> None:
+        # The Augmentation page's default pipeline first: it costs little once TensorFlow is in.
+        augment_preview(np.zeros((1, 32, 32, 3), np.uint8), TrainConfig(augmentations=("flip", "translate")), 0)
         for run_dir in run_dirs:
             try:
                 warm_up(shared_run(run_dir))
             except Exception:  # noqa: BLE001 - a bad run shows its own error when a page loads it
                 continue
+        _warmed.set()
 
     thread = threading.Thread(target=warm, name="studio-warm-up", daemon=True)
     thread.start()
@@ -133,6 +153,8 @@ def _answer(request: tuple):
     from .explain import read_photos
     from .inference import shared_run
 
+    if request[0] == "status":
+        return _warmed.is_set()
     if request[0] == "read":
         return read_photos(shared_run(request[1]), request[2])
     if request[0] == "augment":

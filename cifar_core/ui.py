@@ -255,12 +255,18 @@ _warm_up_started = threading.Lock()
 
 def warm_up_models() -> None:
     """Once per server process: have the model worker load and trace the shipped models
-    in the background, the Classify page's default choice first."""
+    in the background, the Classify page's default choice first. Each page's sidebar says
+    whether they are ready."""
     if not _warm_up_started.acquire(blocking=False):
+        if photo_worker().is_warm():
+            st.sidebar.caption(":material/check_circle: Models ready")
+        else:
+            st.sidebar.caption(":material/hourglass_top: Loading the models in the background…")
         return
     records = [r for r in finished_runs() if r["has_model"]]
     first = best_run_per_model(sorted(records, key=lambda r: -(r["test_accuracy"] or 0)))
     photo_worker().warm([r["path"] for r in first] + [r["path"] for r in records if r not in first])
+    st.sidebar.caption(":material/hourglass_top: Loading the models in the background…")
 
 
 # --- data ---------------------------------------------------------------------------------------

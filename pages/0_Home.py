@@ -35,15 +35,17 @@ else:
             st.caption(f"Test accuracy against training minutes, each run on the machine it was measured on "
                        f"({'; '.join(cpus) or 'machine not recorded'}).")
             points = alt.Chart(timed).mark_circle(size=160).encode(
-                x=alt.X("train_minutes:Q", title="training minutes", scale=alt.Scale(type="symlog")),
+                x=alt.X("train_minutes:Q", title="training minutes (log scale)", scale=alt.Scale(type="log")),
                 y=alt.Y("test_accuracy:Q", title="test accuracy", axis=alt.Axis(format="%"),
                         scale=alt.Scale(zero=False)),
-                color=alt.Color("kind:N", title=None, legend=alt.Legend(orient="bottom")),
+                color=alt.Color("kind:N", title=None, legend=alt.Legend(orient="bottom"),
+                                scale=alt.Scale(domain=["trained from scratch", "transfer learning"],
+                                                range=["#1f77b4", "#e4572e"])),
                 tooltip=[alt.Tooltip("run:N"), alt.Tooltip("model:N"),
                          alt.Tooltip("test_accuracy:Q", title="test accuracy", format=".1%"),
                          alt.Tooltip("train_minutes:Q", title="training minutes", format=",.1f"),
                          alt.Tooltip("cpu:N", title="machine")])
-            labels = points.mark_text(align="left", dx=9, fontSize=12).encode(text="model:N")
+            labels = points.mark_text(align="right", dx=-9, dy=-9, fontSize=12).encode(text="run:N")
             st.altair_chart((points + labels).properties(height=320), width="stretch")
     st.dataframe(
         board.drop(columns=["path", "has_model", "progress"]), hide_index=True, width="stretch",

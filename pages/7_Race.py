@@ -80,9 +80,8 @@ def race_view() -> None:
     for label, fraction, caption in bars:
         st.progress(min(max(fraction, 0.0), 1.0), text=f"**{label}** — {caption}")
     if not points:
-        st.caption("No epoch finished yet.")
-        return
-    frame = pd.DataFrame(points)
+        st.caption("No epoch finished yet: the lines start at the end of each run's first epoch.")
+    frame = pd.DataFrame(points, columns=["minutes", "accuracy", "epoch", "curve", "run"])
     frame["line"] = frame["run"] + " (" + frame["curve"] + ")"
     figure = px.line(frame, x="minutes", y="accuracy", color="line", markers=True, height=420,
                      labels={"minutes": "training minutes", "line": ""}, hover_data=["epoch"])

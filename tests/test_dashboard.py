@@ -163,3 +163,31 @@ def test_compare_page_says_which_curve_each_run_draws(studio):
     table = app.dataframe[0].value
     assert table.loc["test accuracy"].str.endswith("%").all()
     assert table.loc["training time (min)"].str.fullmatch(r"[\d,]+\.\d|—").all()
+
+
+def test_race_page_draws_a_job_training_now_from_its_live_points(studio, tmp_path):
+    import json
+    import shutil
+
+    from cifar_core import runs, ui
+
+    live = studio["runs"] / "demo-live"
+    shutil.copytree(studio["runs"] / "demo-tiny", live)
+    try:
+        (live / runs.MODEL_FILE).unlink()
+        (live / runs.LOCK_FILE).unlink(missing_ok=True)  # a writer that is not ours: judged by heartbeat
+        runs.write_status(live, "running", progress=0.6, epoch=1, n_epochs=2)
+        ui._run_records.clear()
+        done = sum(row["seconds"] for row in runs.read_history(live)[:1])
+        runs.write_history(live, runs.read_history(live)[:1])
+        (live / runs.LIVE_FILE).unlink(missing_ok=True)
+        runs.append_live_point(live, done + 3.0, 1.5, 1.0, 0.42)
+        app = open_page("pages/7_Race.py")
+        assert app.multiselect(key="race_live").value == ["demo-live"]
+        assert app.multiselect(key="race_replay").value == []  # a live race is not mixed with replays
+        traces = {trace["name"]: trace for trace in json.loads(app.get("plotly_chart")[0].proto.spec)["data"]}
+        assert set(traces) == {"demo · live (validation accuracy)", "demo · live (training accuracy (running))"}
+        assert any("demo-live: running" in p.proto.text for p in app.get("progress"))
+    finally:
+        shutil.rmtree(live)
+        ui._run_records.clear()
