@@ -152,4 +152,32 @@ def run_benchmarks(source: str | None, output: Path, models: list[str], steps: i
         results["inference"].append(time_inference(shipped_run_for(name), name))
         print("inference:", results["inference"][-1])
     runs.atomic_write_text(output, json.dumps(results, indent=2) + "\n")
+    machine_file().parent.mkdir(parents=True, exist_ok=True)
+    runs.atomic_write_text(machine_file(), json.dumps(results, indent=2) + "\n")  # what the Train page reads
     return results
+
+
+MAX_BENCH_BYTES = 1 << 20
+
+
+def machine_file() -> Path:
+    """The last bench of this machine, kept in the studio's cache folder (never in a repository)."""
+    from .data.sources import cache_dir
+
+    return cache_dir() / "bench.json"
+
+
+def this_machine_speeds() -> dict[tuple[str, int, str], float]:
+    """(model, batch size, precision) -> training images/s, from the last bench of *this* CPU;
+    {} if there is none, or if it was measured on another CPU (a laptop's cache moved between machines)."""
+    from .errors import CifarError
+    from .safeio import read_json_file
+
+    try:
+        results = read_json_file(machine_file(), MAX_BENCH_BYTES)
+        if (results.get("machine") or {}).get("cpu") != backend.cpu_name():
+            return {}
+        return {(row["model"], int(row["batch_size"]), row["precision"]): float(row["train_images_per_second"])
+                for row in results.get("training") or [] if float(row["train_images_per_second"]) > 0}
+    except (CifarError, OSError, AttributeError, KeyError, TypeError, ValueError):
+        return {}

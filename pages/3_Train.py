@@ -20,7 +20,9 @@ preset_names = ["custom", *PRESETS]
 with st.form("train_form"):
     preset = st.selectbox("Preset", preset_names, key="train_preset", format_func=ui.preset_label,
                           help="A preset trains exactly the recipe of one shipped run; 'custom' uses the fields "
-                               "below. The time is what the shipped run took on the machine it was measured on.")
+                               "below. The time is the shipped run's, on the machine it was measured on; 'here' "
+                               "estimates this machine's from its training speed measured by "
+                               "`python -m cifar_core bench` (run it once on a new machine).")
     left, right = st.columns(2)
     model = left.selectbox("Model", model_names(), index=model_names().index("demo"), key="train_model")
     source = right.text_input("Data source", value=sources[0] if sources else "keras", key="train_source")

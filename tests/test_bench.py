@@ -29,3 +29,23 @@ def test_bench_writes_all_sections(image_folder, tmp_path):
         assert training["train_images_per_second"] > 0 and training["train_gflops_per_second"] > 0
     [inference] = results["inference"]
     assert 0 < inference["single_image_ms_p50"] <= inference["single_image_ms_p95"]
+
+
+def test_presets_show_the_time_on_this_machine_only_from_a_bench_of_this_cpu(monkeypatch):
+    from cifar_core import bench, ui
+    from cifar_core.backend import cpu_name
+    from cifar_core.config import preset_config
+
+    monkeypatch.setattr(ui, "run_json", lambda run_dir, name: {
+        "train_seconds": 600.0, "train_images_per_second": 100.0, "transfer": False,
+        "machine": {"cpu": "Old CPU", "cores": 2}})
+    config = preset_config("g3")
+    row = {"model": "g3", "batch_size": config.batch_size, "precision": config.precision,
+           "train_images_per_second": 1000.0}
+    bench.machine_file().parent.mkdir(parents=True, exist_ok=True)
+    bench.machine_file().write_text(json.dumps({"machine": {"cpu": "Another CPU"}, "training": [row]}))
+    assert ui.preset_label("g3").endswith("10 min on Old CPU, 2 cores")  # another CPU's bench is not used
+    bench.machine_file().write_text(json.dumps({"machine": {"cpu": cpu_name()}, "training": [row]}))
+    assert ui.preset_label("g3").endswith("10 min on Old CPU, 2 cores; about 60 s here (bench)")
+    bench.machine_file().write_text("{not json")
+    assert bench.this_machine_speeds() == {}
