@@ -116,6 +116,15 @@ class PhotoWorker:
 
 
 _warmed = threading.Event()  # set in the worker once its warm-up has finished
+_import_lock = threading.Lock()
+
+
+def _import_tensorflow() -> None:
+    """Import TensorFlow and Keras once, whole, before any thread uses them: two threads importing
+    TensorFlow at once can see its modules half-initialised (AttributeError deep inside tf.data)."""
+    with _import_lock:
+        import keras  # noqa: F401
+        import tensorflow  # noqa: F401
 
 
 def warm_up_runs(run_dirs: list[str]) -> threading.Thread:
@@ -127,6 +136,7 @@ def warm_up_runs(run_dirs: list[str]) -> threading.Thread:
     from .inference import shared_run
 
     def warm() -> None:
+        _import_tensorflow()
         # The Augmentation page's default pipeline first: it costs little once TensorFlow is in.
         augment_preview(np.zeros((1, 32, 32, 3), np.uint8), TrainConfig(augmentations=("flip", "translate")), 0)
         for run_dir in run_dirs:
@@ -155,6 +165,7 @@ def _answer(request: tuple):
 
     if request[0] == "status":
         return _warmed.is_set()
+    _import_tensorflow()  # waits for the warm-up thread's import if one is under way
     if request[0] == "read":
         return read_photos(shared_run(request[1]), request[2])
     if request[0] == "augment":
