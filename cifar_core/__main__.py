@@ -1,4 +1,4 @@
-"""Command line: python -m cifar_core {train,evaluate,predict,models,bench}.
+"""Command line: python -m cifar_core {train,evaluate,predict,models,bench,analyze}.
 
 Every failure a user can cause ends with one line on stderr and a non-zero
 exit status; set CIFAR_DEBUG=1 to see tracebacks.
@@ -65,6 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("models", help="list the model registry")
 
+    analyze = commands.add_parser("analyze", help="embedding, calibration, robustness and label issues of a run")
+    analyze.add_argument("run_dir", type=Path)
+    analyze.add_argument("--only", help="comma-separated: embedding,calibration,robustness,labels (default: all)")
+    analyze.add_argument("--data", help="data source (default: the run's config)")
+    analyze.add_argument("--force", action="store_true", help="recompute even if the model has not changed")
     bench = commands.add_parser("bench", help="measure this machine: data, training, inference")
     bench.add_argument("--data", help="data source to time (default: $CIFAR10_SOURCE)")
     bench.add_argument("--output", type=Path, default=Path("benchmarks.json"))
@@ -212,8 +217,17 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_analyze(args) -> int:
+    from .analysis import analyze, parse_only
+
+    outcome = analyze(args.run_dir, parse_only(args.only), source=args.data, force=args.force,
+                      progress=lambda line: print(line, flush=True))
+    print(", ".join(f"{name} {state}" for name, state in outcome.items()))
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "models": cmd_models,
-            "bench": cmd_bench, "worker": cmd_worker}
+            "bench": cmd_bench, "worker": cmd_worker, "analyze": cmd_analyze}
 
 
 def _terminate_as_interrupt(signum, frame):

@@ -52,6 +52,7 @@ class PhotoReading:
     class_names: tuple[str, ...]
     views: list[np.ndarray]  # each photo as the model sees it (its training resolution)
     heatmaps: list[np.ndarray] | None  # Grad-CAM per photo; None for a model without a named last convolution
+    features: np.ndarray | None = None  # (photos, features) entering the classifier: for nearest neighbours
 
 
 _readers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -63,9 +64,10 @@ def read_photos(run, images: list[np.ndarray]) -> PhotoReading:
     from .inference import model_view
 
     views = [model_view(run, image) for image in images]
-    probs, cams = _reader(run)(np.stack(views))
+    probs, cams, features = _reader(run)(np.stack(views))
     heatmaps = None if cams is None else [np.asarray(cam) for cam in cams.numpy()]
-    return PhotoReading(probs.numpy().astype(np.float32), run.class_names, views, heatmaps)
+    return PhotoReading(probs.numpy().astype(np.float32), run.class_names, views, heatmaps,
+                        np.asarray(features.numpy(), np.float32))
 
 
 def _reader(run):
@@ -79,8 +81,10 @@ def _reader(run):
 
 
 def _build_reader(run):
+    import keras
     import tensorflow as tf
 
+    from .analysis.features import classifier_layer
     from .data.pipeline import resize_for_model
     from .models import REGISTRY
 
@@ -94,22 +98,27 @@ def _build_reader(run):
         x = tf.cast(batch, tf.float32)
         return resize_for_model(x, run.input_size) if needs_resize else x
 
+    features_in = classifier_layer(run.model).input
     if not layer:
+        reader = keras.Model(run.model.inputs, [features_in, run.model.outputs[0]])
+
         @tf.function(input_signature=signature)
         def probabilities_only(batch):
-            return tf.cast(run.model(model_input(batch), training=False), tf.float32), None
+            features, probs = reader(model_input(batch), training=False)
+            return tf.cast(probs, tf.float32), None, tf.cast(features, tf.float32)
         return lambda batch: probabilities_only(tf.constant(batch))
 
-    probe = _probe(run.model, layer)
+    probe = keras.Model(run.model.inputs, [run.model.get_layer(layer).output, features_in, run.model.outputs[0]])
 
     @tf.function(input_signature=signature)
     def probabilities_and_cams(batch):
         with tf.GradientTape() as tape:
-            activations, probs = probe(model_input(batch), training=False)
+            activations, features, probs = probe(model_input(batch), training=False)
             # Each photo's own top class; photos are independent in inference mode, so the
             # gradient of the sum is each photo's own gradient.
             score = tf.reduce_sum(tf.reduce_max(probs, axis=1))
-        return tf.cast(probs, tf.float32), _normalised_cams(tape.gradient(score, activations), activations)
+        cams = _normalised_cams(tape.gradient(score, activations), activations)
+        return tf.cast(probs, tf.float32), cams, tf.cast(features, tf.float32)
 
     return lambda batch: probabilities_and_cams(tf.constant(batch))
 

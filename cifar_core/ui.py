@@ -32,6 +32,10 @@ PAGES = {
                    ("pages/5_Evaluate.py", "Evaluate a run", ":material/grid_on:", "Evaluate")],
     "Explain": [("pages/6_Classify.py", "Classify your photos", ":material/photo_camera:", "Classify"),
                 ("pages/8_Audience.py", "Audience mode", ":material/groups:", "Audience")],
+    "Insight lab": [("pages/9_Calibration.py", "Calibration", ":material/target:", "Calibration"),
+                    ("pages/10_Label_issues.py", "Label issues", ":material/label_off:", "Labels"),
+                    ("pages/11_Embedding.py", "Embedding map", ":material/scatter_plot:", "Embedding"),
+                    ("pages/12_Robustness.py", "Robustness lab", ":material/shield:", "Robustness")],
 }
 # The home page links to every other page.
 PAGE_LINKS = [(file, title, icon) for section in PAGES.values() for file, title, icon, path in section if path]
@@ -193,6 +197,75 @@ def run_epoch_predictions(run_dir: str) -> dict | None:
     except CifarError as exc:
         st.warning(f"{Path(run_dir).name}: {exc}")
         return None
+
+
+# --- analysis files (written by `python -m cifar_core analyze`) -----------------------------------
+
+# The arrays each analysis .npz must hold.
+ANALYSIS_ARRAYS = {"embedding": ("coords", "indices", "labels", "predictions"),
+                   "neighbours.npz": ("mean", "components", "features", "labels")}
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _analysis(run_dir: str, name: str, mtime: float):
+    from .analysis import analysis_path, files
+
+    path = analysis_path(run_dir, name)
+    return files.read_npz(path, ANALYSIS_ARRAYS[name]) if path.suffix == ".npz" else files.read_json(path)
+
+
+def analysis(run_dir: str, name: str):
+    """A run's analysis file (embedding, calibration, robustness, labels, neighbours.npz), or None
+    when it has none; a bad file is a warning and None, never an exception."""
+    from .analysis import analysis_path
+
+    path = analysis_path(run_dir, name)
+    try:
+        return _analysis(run_dir, name, path.stat().st_mtime) if path.is_file() else None
+    except CifarError as exc:
+        st.warning(f"{Path(run_dir).name}: {exc}")
+        return None
+
+
+def missing_analysis(record: dict, name: str) -> None:
+    st.info(f"{record['run']} has no {name} analysis yet: `python -m cifar_core analyze {record['path']} "
+            f"--only {name}` computes it (the page only reads it).")
+
+
+def calibrated(run_dir: str, probabilities: np.ndarray) -> tuple[np.ndarray, bool]:
+    """(probabilities after the run's fitted temperature, True) where calibration.json has one,
+    else (the model's own, False)."""
+    from .analysis.calibration import softmax
+
+    report = analysis(run_dir, "calibration")
+    temperature = report.get("temperature") if isinstance(report, dict) else None
+    if not isinstance(temperature, (int, float)) or not 0 < temperature < 1000:
+        return probabilities, False
+    return softmax(np.log(np.maximum(probabilities, 1e-30)), float(temperature)), True
+
+
+NEIGHBOURS = 8
+
+
+def show_neighbours(record: dict, reading, position: int) -> None:
+    """'It says cat because it looks like these': the photo's nearest training images in the
+    model's feature space (cosine), from the run's neighbours.npz."""
+    from .analysis.embedding import nearest
+    from .imaging import upscale
+
+    index = analysis(record["path"], "neighbours.npz")
+    if index is None or reading.features is None or reading.features.shape[1] != index["components"].shape[1]:
+        return
+    found, similarity = nearest(index, reading.features[position], NEIGHBOURS)
+    names = reading.class_names
+    labels = [names[int(index["labels"][i])] for i in found[0]]
+    data = default_dataset()
+    caption = f"nearest training images: {', '.join(labels)}"
+    if data is None or data.source == "sample" or len(data.y_train) != len(index["labels"]):
+        st.caption(caption)
+        return
+    st.image(np.hstack([upscale(data.x_train[i], 48) for i in found[0]]),
+             caption=f"looks like these training images: {', '.join(labels)}")
 
 
 # --- models -------------------------------------------------------------------------------------

@@ -63,13 +63,15 @@ for position, (name, image) in enumerate(photos):
     columns[0].image(image, caption="your photo", width="stretch")
     for column, (record, reading) in zip(columns[1:], readings, strict=True):
         with column:
-            top = top_k(reading.probabilities[position:position + 1], reading.class_names, 3)[0]
+            probabilities, calibrated = ui.calibrated(record["path"], reading.probabilities[position:position + 1])
+            top = top_k(probabilities, reading.class_names, 3)[0]
             st.markdown(f"**{record['model']}** · {record['run']}")
             for label, probability in top:  # native bars: no chart library to load on a stage laptop
                 st.progress(float(probability), text=f"{label} · {probability:.1%}")
-            st.markdown(f"Prediction: **{top[0][0]}** ({top[0][1]:.1%})")
+            st.markdown(f"Prediction: **{top[0][0]}** ({top[0][1]:.1%}{', calibrated' if calibrated else ''})")
             if top[0][1] < ui.LOW_CONFIDENCE:
-                st.warning(f"Not confident: the top class has only {top[0][1]:.0%}. "
+                st.warning(f"Not confident: the top class has only {top[0][1]:.0%}"
+                           f"{' (calibrated)' if calibrated else ''}. "
                            f"This model knows only: {', '.join(reading.class_names)}.")
             seen = upscale(reading.views[position])
             if reading.heatmaps is None:
@@ -78,4 +80,5 @@ for position, (name, image) in enumerate(photos):
                 gap = np.full((seen.shape[0], 8, 3), 255, np.uint8)
                 st.image(np.hstack([seen, gap, overlay(seen, reading.heatmaps[position])]),
                          caption=f"what it sees ({reading.views[position].shape[0]} px) · where it looked (Grad-CAM)")
+            ui.show_neighbours(record, reading, position)
 st.caption(f"{len(photos)} photo(s) read by {len(readings)} model(s) in {ui.elapsed(started)}")

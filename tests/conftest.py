@@ -99,3 +99,32 @@ def studio(shipped_runs, monkeypatch, tmp_path):
     monkeypatch.setenv("CIFAR_JOBS_DB", str(tmp_path / "jobs.sqlite"))
     monkeypatch.chdir(ROOT)
     return shipped_runs
+
+
+@pytest.fixture(scope="session")
+def analysed_runs(shipped_runs, tmp_path_factory):
+    """A copy of the tiny shipped runs with every analysis computed (the insight lab's pages read them)."""
+    import shutil
+
+    from cifar_core.analysis import analyze
+
+    root = tmp_path_factory.mktemp("analysed") / "runs"
+    shutil.copytree(shipped_runs["runs"], root)
+    previous = os.environ.get("CIFAR_CORE_CACHE")
+    os.environ["CIFAR_CORE_CACHE"] = str(shipped_runs["cache"])
+    try:
+        for run in ("demo-tiny", "g3-tiny"):
+            analyze(root / run, source=str(shipped_runs["data"]), progress=lambda line: None)
+    finally:
+        if previous is None:
+            os.environ.pop("CIFAR_CORE_CACHE", None)
+        else:
+            os.environ["CIFAR_CORE_CACHE"] = previous
+    return {**shipped_runs, "runs": root}
+
+
+@pytest.fixture
+def lab(analysed_runs, studio, monkeypatch):
+    """The dashboard pointed at the analysed copy of the tiny runs."""
+    monkeypatch.setenv("CIFAR_RUNS_DIR", str(analysed_runs["runs"]))
+    return analysed_runs

@@ -1,0 +1,256 @@
+"""The insight lab's computations, each on synthetic data with a known answer, and the analysis files."""
+import shutil
+
+import numpy as np
+import pytest
+
+from cifar_core import analysis
+from cifar_core.analysis import calibration, corruptions, embedding, files, labels
+from cifar_core.errors import ConfigError, RunFolderError
+
+RNG = np.random.default_rng(0)
+
+
+# --- calibration --------------------------------------------------------------------------------
+
+def _sampled(logits: np.ndarray, seed: int = 1) -> np.ndarray:
+    """Labels drawn from softmax(logits): predictions calibrated by construction."""
+    probs = calibration.softmax(logits)
+    rng = np.random.default_rng(seed)
+    return np.array([rng.choice(len(p), p=p) for p in probs])
+
+
+def test_temperature_scaling_recovers_the_temperature_that_made_logits_overconfident():
+    logits = RNG.normal(size=(20_000, 10)) * 2.0
+    truth = _sampled(logits)
+    assert calibration.fit_temperature(logits * 3.0, truth) == pytest.approx(3.0, rel=0.08)
+    assert calibration.fit_temperature(logits / 2.0, truth) == pytest.approx(0.5, rel=0.08)
+    assert calibration.fit_temperature(logits, truth) == pytest.approx(1.0, rel=0.08)
+
+
+def test_ece_is_about_zero_when_calibrated_and_large_for_a_confident_wrong_model():
+    logits = RNG.normal(size=(20_000, 10)) * 2.0
+    truth = _sampled(logits)
+    assert calibration.expected_calibration_error(calibration.softmax(logits), truth) < 0.02
+    wrong = np.full((1000, 10), 0.001 / 9)
+    wrong[:, 0] = 0.999
+    assert calibration.expected_calibration_error(wrong, np.ones(1000, int)) == pytest.approx(0.999)
+
+
+def test_reliability_bins_nll_and_brier_by_hand():
+    probs = np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8], [0.5, 0.5]])
+    truth = np.array([0, 1, 1, 0])
+    bins = calibration.reliability_bins(probs, truth, n_bins=5)  # (0,.2] (.2,.4] (.4,.6] (.6,.8] (.8,1]
+    assert [b["count"] for b in bins] == [0, 0, 2, 1, 1]
+    assert bins[2]["confidence"] == pytest.approx(0.55) and bins[2]["accuracy"] == 0.5  # 0.6 wrong, 0.5 right
+    assert bins[3]["accuracy"] == 1.0 and bins[4]["accuracy"] == 1.0 and bins[0]["confidence"] is None
+    assert calibration.expected_calibration_error(probs, truth, 5) == pytest.approx(
+        2 / 4 * 0.05 + 1 / 4 * 0.2 + 1 / 4 * 0.1)
+    assert calibration.nll(probs, truth) == pytest.approx(-np.mean(np.log([0.9, 0.4, 0.8, 0.5])))
+    assert calibration.brier(probs, truth) == pytest.approx(np.mean([0.02, 0.72, 0.08, 0.5]))
+
+
+def test_the_report_measures_on_the_test_logits_with_the_fitted_temperature():
+    logits = RNG.normal(size=(5000, 10)) * 2.0
+    truth = _sampled(logits)
+    report = calibration.calibration_report(logits[:2500] * 4, truth[:2500], logits[2500:] * 4, truth[2500:],
+                                            "held out")
+    assert report["ece_after"] < report["ece_before"] and report["nll_after"] < report["nll_before"]
+    assert report["n_fit"] == 2500 and report["fitted_on"] == "held out" and len(report["bins"]["after"]) == 15
+
+
+# --- corruptions and robustness -----------------------------------------------------------------
+
+IMAGES = RNG.integers(0, 256, (12, 32, 32, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("name", corruptions.CORRUPTIONS)
+def test_severity_zero_is_the_identity_and_every_severity_changes_the_images(name):
+    np.testing.assert_array_equal(corruptions.corrupt(IMAGES, name, 0), IMAGES)
+    for severity in corruptions.SEVERITIES:
+        changed = corruptions.corrupt(IMAGES, name, severity)
+        assert changed.dtype == np.uint8 and changed.shape == IMAGES.shape
+        assert not np.array_equal(changed, IMAGES)
+
+
+@pytest.mark.parametrize("name", ["gaussian_noise", "shot_noise", "gaussian_blur", "contrast", "pixelate"])
+def test_damage_grows_with_severity(name):
+    damage = [np.abs(corruptions.corrupt(IMAGES, name, s).astype(int) - IMAGES).mean() for s in range(6)]
+    assert damage == sorted(damage) and damage[5] > damage[1]
+
+
+def test_corruptions_are_seeded_and_unknown_ones_refused():
+    np.testing.assert_array_equal(corruptions.corrupt(IMAGES, "gaussian_noise", 3, seed=4),
+                                  corruptions.corrupt(IMAGES, "gaussian_noise", 3, seed=4))
+    assert not np.array_equal(corruptions.corrupt(IMAGES, "gaussian_noise", 3, seed=4),
+                              corruptions.corrupt(IMAGES, "gaussian_noise", 3, seed=5))
+    with pytest.raises(ValueError, match="unknown corruption"):
+        corruptions.corrupt(IMAGES, "fog", 1)
+    with pytest.raises(ValueError, match="severity"):
+        corruptions.corrupt(IMAGES, "contrast", 6)
+
+
+def test_brightness_lifts_black_to_grey_and_keeps_hue():
+    black_and_red = np.zeros((1, 1, 2, 3), np.uint8)
+    black_and_red[0, 0, 1] = (200, 0, 0)
+    out = corruptions.corrupt(black_and_red, "brightness", 5)  # value + 0.3
+    assert tuple(out[0, 0, 0]) == (76, 76, 76)
+    assert out[0, 0, 1, 0] == 255 and out[0, 0, 1, 1] == 0 and out[0, 0, 1, 2] == 0
+
+
+class TextureRun:
+    """A fixed Keras model that calls an image 'textured' (class 1) when its high-frequency energy
+    is high, else 'flat' (class 0): noise must make flat images look textured."""
+
+    def __init__(self):
+        import keras
+
+        inputs = keras.Input((32, 32, 3))
+        grey = keras.layers.Lambda(lambda x: keras.ops.mean(x, axis=-1, keepdims=True))(inputs)
+        laplacian = keras.layers.Conv2D(1, 3, use_bias=False, trainable=False)
+        edges = laplacian(grey)
+        laplacian.set_weights([np.array([[0, -1, 0], [-1, 4, -1], [0, -1, 0]], np.float32)[:, :, None, None]])
+        energy = keras.layers.GlobalAveragePooling2D()(keras.layers.Lambda(keras.ops.abs)(edges))
+        score = keras.layers.Lambda(lambda e: (e - 12.0) / 4.0)(energy)
+        logits = keras.layers.Concatenate()([-score, score])
+        self.model = keras.Model(inputs, keras.layers.Softmax()(logits))
+        self.input_size = self.data_image_size = 32
+
+
+def _flat_and_textured(n: int = 40):
+    rng = np.random.default_rng(3)
+    flat = np.repeat(rng.integers(60, 200, (n, 1, 1, 1)), 32, 1).repeat(32, 2).repeat(3, 3)
+    # A faint checkerboard (amplitude 8): textured to the model, and FGSM at 4/255 can flatten it.
+    checks = (np.indices((32, 32)).sum(0) % 2 * 8 + 100)[None, :, :, None].repeat(n, 0).repeat(3, 3)
+    return np.concatenate([flat, checks]).astype(np.uint8), np.array([0] * n + [1] * n)
+
+
+def test_noise_accuracy_falls_with_severity_and_fgsm_at_zero_is_clean_accuracy():
+    from cifar_core.analysis.robustness import measure_robustness
+
+    images, truth = _flat_and_textured()
+    report = measure_robustness(TextureRun(), images, truth, subset=80, seed=0, epsilons=(0.0, 4 / 255),
+                                progress=lambda line: None)
+    assert report["clean_accuracy"] == 1.0 and report["subset_size"] == 80
+    noise = report["corruptions"]["gaussian_noise"]
+    assert noise == sorted(noise, reverse=True) and noise[-1] < 0.75
+    assert report["fgsm"][0]["accuracy"] == report["clean_accuracy"]
+    assert report["fgsm"][-1]["accuracy"] < report["clean_accuracy"]
+    assert report["mean_corruption_accuracy"] == pytest.approx(
+        np.mean([a for accs in report["corruptions"].values() for a in accs]))
+
+
+def test_the_subset_is_the_same_for_every_model():
+    from cifar_core.analysis.robustness import subset_indices
+
+    np.testing.assert_array_equal(subset_indices(10_000, 2000, 0), subset_indices(10_000, 2000, 0))
+    assert len(set(subset_indices(10_000, 2000, 0))) == 2000 and len(subset_indices(50, 2000, 0)) == 50
+
+
+# --- neighbours and the embedding ---------------------------------------------------------------
+
+def test_a_training_images_nearest_neighbour_is_itself():
+    features = RNG.normal(size=(500, 32)).astype(np.float32)
+    index = embedding.neighbour_index(features, RNG.integers(0, 10, 500), dimensions=16)
+    assert index["features"].dtype == np.float16 and index["features"].shape == (500, 16)
+    found, similarity = embedding.nearest(index, features[[7, 123]], k=3)
+    assert list(found[:, 0]) == [7, 123] and np.all(similarity[:, 0] > 0.99)
+    assert np.all(np.diff(similarity, axis=1) <= 0)  # most similar first
+
+
+def test_the_embedding_keeps_clusters_apart():
+    centres = RNG.normal(size=(3, 20)) * 10
+    points = np.concatenate([c + RNG.normal(size=(60, 20)) for c in centres])
+    coords = embedding.project_2d(points, pca_dimensions=10)
+    groups = [coords[i * 60:(i + 1) * 60] for i in range(3)]
+    inside = max(np.linalg.norm(g - g.mean(0), axis=1).mean() for g in groups)
+    apart = min(np.linalg.norm(a.mean(0) - b.mean(0)) for i, a in enumerate(groups) for b in groups[i + 1:])
+    assert coords.shape == (180, 2) and apart > 2 * inside
+
+
+# --- label issues -------------------------------------------------------------------------------
+
+def test_deliberately_flipped_labels_rank_first():
+    truth = np.arange(300) % 10
+    probs = np.full((300, 10), 0.02)
+    probs[np.arange(300), truth] = 0.82
+    flipped = RNG.choice(300, 12, replace=False)
+    given = truth.copy()
+    given[flipped] = (truth[flipped] + 3) % 10
+    issues = labels.rank_label_issues(given, probs, keep=50)
+    assert {i["index"] for i in issues[:12]} == set(flipped.tolist())
+    assert all(i["flagged"] for i in issues[:12]) and not any(i["flagged"] for i in issues[12:])
+    first = issues[0]
+    assert first["suggested"] == truth[first["index"]] and first["given"] == given[first["index"]]
+    assert first["quality"] == pytest.approx(0.02)
+
+
+def test_marks_round_trip_and_accuracy_without_them(tmp_path):
+    path = tmp_path / "marks.json"
+    assert labels.read_marks(path) == set()
+    labels.write_marks({4, 2}, path)
+    assert labels.read_marks(path) == {2, 4}
+    truth, guessed = np.array([0, 1, 2, 3, 4]), np.array([0, 1, 0, 3, 0])
+    assert labels.accuracy_without(truth, guessed, set()) == pytest.approx(0.6)
+    assert labels.accuracy_without(truth, guessed, {2, 4}) == 1.0
+    for bad in ('{"wrong_labels": [1, "x"]}', '{"wrong_labels": [-1]}', "[1, 2]", '{"wrong_labels": [true]}'):
+        path.write_text(bad)
+        with pytest.raises(RunFolderError):
+            labels.read_marks(path)
+
+
+# --- the runner and its files -------------------------------------------------------------------
+
+def test_analyze_writes_every_file_once_and_again_when_the_model_changes(shipped_runs, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(shipped_runs["runs"] / "g3-tiny", run_dir)
+    lines = []
+    outcome = analysis.analyze(run_dir, source=str(shipped_runs["data"]), progress=lines.append)
+    assert outcome == {name: "computed" for name in analysis.ANALYSES} and any("done in" in line for line in lines)
+    coords = files.read_npz(analysis.analysis_path(run_dir, "embedding"), ("coords", "indices", "labels",
+                                                                            "predictions"))
+    assert coords["coords"].shape == (9, 2) and list(coords["indices"]) == list(range(9))
+    report = files.read_json(analysis.analysis_path(run_dir, "calibration"))
+    assert report["temperature"] > 0 and report["fitted_on"].startswith("the run's validation split")
+    robustness = files.read_json(analysis.analysis_path(run_dir, "robustness"))
+    assert set(robustness["corruptions"]) == set(corruptions.CORRUPTIONS) and len(robustness["fgsm"]) == 5
+    assert isinstance(files.read_json(analysis.analysis_path(run_dir, "labels")), list)
+    assert files.read_npz(run_dir / "analysis" / analysis.NEIGHBOURS_FILE, ("features",))["features"].shape[0] == 18
+
+    assert set(analysis.analyze(run_dir, ("calibration",), source=str(shipped_runs["data"]),
+                                progress=lines.append).values()) == {"up to date"}
+    with open(run_dir / "model.keras", "ab") as handle:
+        handle.write(b"\0")  # a different model file (a zip tolerates trailing bytes)
+    assert analysis.analyze(run_dir, ("labels",), progress=lines.append) == {"labels": "computed"}
+
+
+def test_only_names_known_analyses():
+    assert analysis.parse_only(None) == analysis.ANALYSES
+    assert analysis.parse_only("labels, calibration") == ("labels", "calibration")
+    with pytest.raises(ConfigError, match="unknown analysis umap"):
+        analysis.parse_only("labels,umap")
+
+
+def test_a_corrupt_or_oversized_analysis_file_is_one_clear_error(tmp_path, monkeypatch):
+    path = tmp_path / "analysis" / "embedding.npz"
+    path.parent.mkdir()
+    path.write_bytes(b"not a zip")
+    with pytest.raises(RunFolderError, match="corrupt embedding.npz"):
+        files.read_npz(path, ("coords",))
+    files.write_npz(path, {"coords": np.zeros((4, 2))}, "abc")
+    with pytest.raises(RunFolderError, match="corrupt"):  # an array is missing
+        files.read_npz(path, ("coords", "labels"))
+    monkeypatch.setattr(files, "MAX_NPZ_BYTES", 64)
+    files.write_npz(path, {"coords": np.zeros((4000, 2))}, "abc")  # compresses small, unpacks large
+    with pytest.raises(RunFolderError):
+        files.read_npz(path, ("coords",))
+    assert files.stamped_fingerprint(path) == "abc" and files.stamped_fingerprint(tmp_path / "absent.npz") is None
+
+
+def test_newer_computations_redo_older_files(shipped_runs, tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    shutil.copytree(shipped_runs["runs"] / "g3-tiny", run_dir)
+    assert analysis.analyze(run_dir, ("labels",), progress=print) == {"labels": "computed"}
+    assert analysis.analyze(run_dir, ("labels",), progress=print) == {"labels": "up to date"}
+    monkeypatch.setattr(analysis, "COMPUTATION_VERSION", analysis.COMPUTATION_VERSION + 1)
+    assert analysis.analyze(run_dir, ("labels",), progress=print) == {"labels": "computed"}
