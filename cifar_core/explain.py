@@ -138,3 +138,101 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45) -> np.n
     colour = np.stack([np.ones_like(heat), heat, np.zeros_like(heat)], axis=-1) * 255
     blend = image.astype(np.float32) * (1 - alpha * heat[..., None]) + colour * alpha * heat[..., None]
     return np.clip(blend, 0, 255).astype(np.uint8)
+
+
+# --- inside the network -------------------------------------------------------------------------
+
+STAGES_SHOWN = 6  # convolution layers shown, evenly spread from the first to the last
+CHANNELS_SHOWN = 8  # the strongest channels of each
+OCCLUSION_PATCH = 8  # pixels of the model's view (32 px for every shipped model)
+OCCLUSION_STRIDE = 4
+
+
+@dataclass
+class Inspection:
+    """What one model does with one photo, layer by layer."""
+    view: np.ndarray  # the photo as the model sees it
+    top_class: str
+    probability: float
+    stages: list[tuple[str, np.ndarray]]  # (layer name, CHANNELS_SHOWN maps in [0, 1], strongest first)
+    filters: np.ndarray  # the first convolution's kernels as RGB tiles in [0, 1], (n, k, k, 3)
+    gradcam: np.ndarray | None  # [0, 1]
+    occlusion: np.ndarray  # drop of the top class's probability per patch position, scaled to [0, 1]
+
+
+def convolution_layers(model) -> list:
+    """Every ordinary 2-D convolution, input to output (depthwise ones are per-channel filters)."""
+    import keras
+
+    return [layer for layer in model.layers
+            if isinstance(layer, keras.layers.Conv2D) and not isinstance(layer, keras.layers.DepthwiseConv2D)]
+
+
+def inspect_photo(run, image: np.ndarray) -> Inspection:
+    import keras
+    import tensorflow as tf
+
+    from .data.pipeline import resize_for_model
+    from .inference import model_view
+
+    view = model_view(run, image)
+    convolutions = convolution_layers(run.model)
+    picks = sorted({round(i * (len(convolutions) - 1) / max(STAGES_SHOWN - 1, 1)) for i in range(STAGES_SHOWN)})
+    chosen = [convolutions[i] for i in picks] if convolutions else []
+    probe = keras.Model(run.model.inputs, [layer.output for layer in chosen] + [run.model.outputs[0]])
+
+    def model_input(batch):
+        x = tf.cast(batch, tf.float32)
+        return resize_for_model(x, run.input_size) if run.input_size != run.data_image_size else x
+
+    outputs = probe(model_input(view[None]), training=False)
+    probs = np.asarray(outputs[-1], np.float32)[0]
+    top = int(probs.argmax())
+    stages = [(layer.name, _strongest_channels(np.asarray(tf.cast(maps, tf.float32))[0]))
+              for layer, maps in zip(chosen, outputs[:-1], strict=True)]
+    filters = _filter_tiles(convolutions[0]) if convolutions else np.zeros((0, 1, 1, 3))
+    return Inspection(view, run.class_names[top], float(probs[top]), stages, filters,
+                      read_photos(run, [image]).heatmaps[0] if _has_cam(run) else None,
+                      occlusion_map(lambda batch: np.asarray(run.model(model_input(batch), training=False)),
+                                    view, top))
+
+
+def _has_cam(run) -> bool:
+    from .models import REGISTRY
+
+    spec = REGISTRY.get(run.config.model)
+    return bool(spec and spec.last_conv_layer)
+
+
+def _strongest_channels(maps: np.ndarray) -> np.ndarray:
+    """The CHANNELS_SHOWN channels of largest mean activation, each scaled to [0, 1]."""
+    order = np.argsort(-maps.mean(axis=(0, 1)))[:CHANNELS_SHOWN]
+    chosen = maps[:, :, order].transpose(2, 0, 1)
+    low = chosen.min(axis=(1, 2), keepdims=True)
+    span = chosen.max(axis=(1, 2), keepdims=True) - low
+    return np.divide(chosen - low, span, out=np.zeros_like(chosen), where=span > 0)
+
+
+def _filter_tiles(layer) -> np.ndarray:
+    """Kernels (k, k, channels, n) as n RGB tiles, each scaled to [0, 1] (the first 3 input channels)."""
+    kernel = np.asarray(layer.get_weights()[0], np.float32)[:, :, :3, :]
+    tiles = kernel.transpose(3, 0, 1, 2)
+    low = tiles.min(axis=(1, 2, 3), keepdims=True)
+    span = tiles.max(axis=(1, 2, 3), keepdims=True) - low
+    return np.divide(tiles - low, span, out=np.zeros_like(tiles), where=span > 0)
+
+
+def occlusion_map(predict, view: np.ndarray, class_index: int, patch: int = OCCLUSION_PATCH,
+                  stride: int = OCCLUSION_STRIDE) -> np.ndarray:
+    """Occlusion sensitivity (Zeiler & Fergus, 2014): a grey patch slid over the image; each cell is
+    how much the class's probability drops with the patch there, scaled to [0, 1]. No gradients."""
+    height, width = view.shape[:2]
+    rows = range(0, max(height - patch, 0) + 1, stride)
+    cols = range(0, max(width - patch, 0) + 1, stride)
+    batch = np.repeat(view[None], len(rows) * len(cols) + 1, axis=0)
+    for n, (r, c) in enumerate((r, c) for r in rows for c in cols):
+        batch[n + 1, r:r + patch, c:c + patch] = 128
+    probs = np.asarray(predict(batch), np.float32)[:, class_index]
+    drop = np.maximum(probs[0] - probs[1:], 0).reshape(len(rows), len(cols))
+    peak = drop.max()
+    return drop / peak if peak > 0 else drop

@@ -11,6 +11,7 @@ resumed beside itself). A corrupt registry is set aside, never fatal.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -57,10 +58,18 @@ class Job:
     created_at: float
     updated_at: float
     message: str | None
+    analyses: tuple[str, ...] | None = None  # an analysis job (`analyze` of a finished run), not training
 
     @property
     def model(self) -> str:
+        if self.analyses:
+            return "analysis"
         return self.config.model if self.config is not None else "?"
+
+    @property
+    def log_file(self) -> Path:
+        """Where the worker's output goes: the run's train.log, or its analysis/analyze.log."""
+        return self.run_dir / ("analysis/analyze.log" if self.analyses else runs.LOG_FILE)
 
 
 def db_path() -> Path:
@@ -129,13 +138,32 @@ def _set_aside(path: Path, exc: Exception) -> None:
                   "started (run folders are untouched)", stacklevel=2)
 
 
+ANALYZE_KEY = "analyze"  # an analysis job's stored config: {"analyze": ["embedding", ...]}
+
+
 def _row_to_job(row) -> Job:
     config, message = None, row[8]
+    analyses = _stored_analyses(row[2])
+    if analyses is None:
+        try:
+            config = TrainConfig.from_json(row[2])
+        except (ConfigError, TypeError) as exc:
+            message = f"its stored config is unreadable ({exc})"[:500]
+    return Job(row[0], Path(row[1]), config, row[3], row[4], row[5], row[6], row[7], message, analyses)
+
+
+def _stored_analyses(text) -> tuple[str, ...] | None:
+    """The analyses an analysis job's stored config names, or None for a training job."""
+    from .analysis import ANALYSES
+
     try:
-        config = TrainConfig.from_json(row[2])
-    except (ConfigError, TypeError) as exc:
-        message = f"its stored config is unreadable ({exc})"[:500]
-    return Job(row[0], Path(row[1]), config, row[3], row[4], row[5], row[6], row[7], message)
+        data = json.loads(text) if isinstance(text, str) and len(text) < 10_000 else None
+    except ValueError:
+        return None
+    chosen = data.get(ANALYZE_KEY) if isinstance(data, dict) and len(data) == 1 else None
+    if isinstance(chosen, list) and chosen and all(name in ANALYSES for name in chosen):
+        return tuple(chosen)
+    return None
 
 
 COLUMNS = "id, run_dir, config, state, pid, pid_started, created_at, updated_at, message"
@@ -149,6 +177,23 @@ def create_job(config: TrainConfig, run_dir: Path | None = None) -> Job:
                             (str(run_dir), config.to_json(), "queued", now, now))
         job_id = cursor.lastrowid
     return get_job(job_id)
+
+
+def launch_analysis(run_dir: Path | str, analyses: tuple[str, ...]) -> Job:
+    """Analyse a finished run in a background worker (`python -m cifar_core analyze`'s work)."""
+    from .analysis import parse_only
+
+    chosen = parse_only(",".join(analyses))
+    run_dir = Path(run_dir)
+    if not (run_dir / runs.MODEL_FILE).is_file():
+        raise CifarError(f"{run_dir.name} has no trained model to analyse")
+    now = time.time()
+    with connect() as db:
+        cursor = db.execute("INSERT INTO jobs (run_dir, config, state, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
+                            (str(run_dir), json.dumps({ANALYZE_KEY: list(chosen)}), "queued", now, now))
+        job = get_job(cursor.lastrowid)
+    _spawn(job, resume=False)
+    return get_job(job.id)
 
 
 def get_job(job_id: int) -> Job:
@@ -230,7 +275,7 @@ def launch(config: TrainConfig, run_dir: Path | None = None) -> Job:
 
 def resume_job(job_id: int) -> Job:
     job = get_job(job_id)
-    if job.config is None:
+    if job.config is None and not job.analyses:
         raise CifarError(f"job {job_id} cannot be resumed: {job.message}")
     if worker_alive(job):
         raise CifarError(f"job {job_id} is still running (its worker holds the run folder)")
@@ -240,8 +285,8 @@ def resume_job(job_id: int) -> Job:
 
 
 def _spawn(job: Job, resume: bool) -> None:
-    job.run_dir.mkdir(parents=True, exist_ok=True)
-    log = open(job.run_dir / runs.LOG_FILE, "ab")
+    job.log_file.parent.mkdir(parents=True, exist_ok=True)
+    log = open(job.log_file, "ab")
     env = dict(os.environ, CIFAR_JOBS_DB=str(db_path().resolve()))
     command = [sys.executable, "-m", "cifar_core", "worker", str(job.id)] + (["--resume"] if resume else [])
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -281,12 +326,16 @@ def run_worker(job_id: int, resume: bool = False) -> int:
     job = get_job(job_id)
     if job.state == "cancelled":  # cancelled before this process got going
         return 130
-    if job.config is None:
+    if job.config is None and not job.analyses:
         update_job(job_id, state="failed")
         raise CifarError(f"job {job_id}: {job.message}")
     update_job(job_id, state="running", pid=os.getpid(), pid_started=process_start_time(os.getpid()))
     try:
-        if resume and (job.run_dir / runs.CONFIG_FILE).exists():
+        if job.analyses:
+            from .analysis import analyze
+
+            analyze(job.run_dir, job.analyses, progress=lambda line: print(line, flush=True))
+        elif resume and (job.run_dir / runs.CONFIG_FILE).exists():
             resume_run(job.run_dir, verbose=2)
         else:
             train(job.config, job.run_dir, verbose=2)

@@ -10,7 +10,8 @@ dashboard up: the next request starts a fresh worker.
 The protocol is pickles over a private socket pair between this package's own
 two processes (never over the network): ("warm", [run_dir, ...]),
 ("read", run_dir, [uint8 image, ...]) -> ("ok", PhotoReading) and
-("augment", images, config dict, [seed, ...]) -> ("ok", [images, ...]) and ("status",) -> ("ok", warm?);
+("augment", images, config dict, [seed, ...]) -> ("ok", [images, ...]), ("inspect", run_dir, image)
+-> ("ok", Inspection) and ("status",) -> ("ok", warm?);
 or ("error", kind, message).
 The Augmentation page uses it too, so no page of the dashboard imports TensorFlow.
 """
@@ -51,6 +52,10 @@ class PhotoWorker:
     def read(self, run_dir: str, images: list) -> object:
         """The run's PhotoReading for these images; CifarError with the worker's message on failure."""
         return self._call(("read", str(run_dir), images))
+
+    def inspect(self, run_dir: str, image) -> object:
+        """The run's Inspection of one photo: feature maps, first filters, Grad-CAM, occlusion."""
+        return self._call(("inspect", str(run_dir), image))
 
     def augment(self, images, config: dict, random_states: list[int]) -> list:
         """The training pipeline's augmentations of `images`, one draw per random state."""
@@ -160,7 +165,7 @@ def _error_class(name: str) -> type[CifarError]:
 def _answer(request: tuple):
     from .config import TrainConfig
     from .data.pipeline import augment_preview
-    from .explain import read_photos
+    from .explain import inspect_photo, read_photos
     from .inference import shared_run
 
     if request[0] == "status":
@@ -168,6 +173,8 @@ def _answer(request: tuple):
     _import_tensorflow()  # waits for the warm-up thread's import if one is under way
     if request[0] == "read":
         return read_photos(shared_run(request[1]), request[2])
+    if request[0] == "inspect":
+        return inspect_photo(shared_run(request[1]), request[2])
     if request[0] == "augment":
         config = TrainConfig.from_dict(request[2])
         return [augment_preview(request[1], config, random_state=seed) for seed in request[3]]

@@ -35,7 +35,8 @@ PAGES = {
     "Insight lab": [("pages/9_Calibration.py", "Calibration", ":material/target:", "Calibration"),
                     ("pages/10_Label_issues.py", "Label issues", ":material/label_off:", "Labels"),
                     ("pages/11_Embedding.py", "Embedding map", ":material/scatter_plot:", "Embedding"),
-                    ("pages/12_Robustness.py", "Robustness lab", ":material/shield:", "Robustness")],
+                    ("pages/12_Robustness.py", "Robustness lab", ":material/shield:", "Robustness"),
+                    ("pages/13_Inside.py", "Inside the network", ":material/layers:", "Inside")],
 }
 # The home page links to every other page.
 PAGE_LINKS = [(file, title, icon) for section in PAGES.values() for file, title, icon, path in section if path]
@@ -228,8 +229,21 @@ def analysis(run_dir: str, name: str):
 
 
 def missing_analysis(record: dict, name: str) -> None:
-    st.info(f"{record['run']} has no {name} analysis yet: `python -m cifar_core analyze {record['path']} "
-            f"--only {name}` computes it (the page only reads it).")
+    """Say a run lacks an analysis, and offer to compute it as a background job."""
+    from . import jobs
+
+    if runs.writer_alive(record["path"]):
+        st.info(f"{record['run']} is being analysed (or trained) right now; this page shows the result "
+                f"when it is written.")
+        return
+    st.info(f"{record['run']} has no {name} analysis yet. Compute it here in the background, or with "
+            f"`python -m cifar_core analyze {record['path']} --only {name}` (the page only reads it).")
+    if st.button(f"Compute the {name} analysis of {record['run']}", key=f"analyze_{name}_{record['run']}"):
+        try:
+            job = jobs.launch_analysis(record["path"], (name,))
+            st.success(f"Started job {job.id}; its progress is in the Train page's jobs table.")
+        except CifarError as exc:
+            fail(exc)
 
 
 def calibrated(run_dir: str, probabilities: np.ndarray) -> tuple[np.ndarray, bool]:

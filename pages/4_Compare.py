@@ -66,6 +66,18 @@ for record in chosen:
     }
 st.dataframe(pd.DataFrame(rows), width="stretch")
 
+reports = [(r, ui.analysis(r["path"], "calibration")) for r in chosen[:2]]
+if any(isinstance(report, dict) and "bins" in report for _, report in reports):
+    from cifar_core.charts import reliability_figure
+
+    st.subheader("How far to trust their probabilities")
+    for column, (record, report) in zip(st.columns(2), reports, strict=False):
+        if isinstance(report, dict) and "bins" in report:
+            column.plotly_chart(reliability_figure(report, record["run"]), width="stretch",
+                                key=f"compare_calibration_{record['run']}")
+        else:
+            column.caption(f"{record['run']}: no calibration analysis (see the Calibration page).")
+
 st.subheader("Configs (differences first)")
 configs = pd.DataFrame({r["run"]: ui.run_json(r["path"], "config.json") or {} for r in chosen}).astype(str)
 differs = configs.nunique(axis=1) > 1

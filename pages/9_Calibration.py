@@ -1,9 +1,9 @@
 """Calibration: how far to trust each model's probabilities, before and after temperature scaling."""
 import pandas as pd
-import plotly.graph_objects as go
 import streamlit as st
 
 from cifar_core import ui
+from cifar_core.charts import reliability_figure
 
 ui.page("Calibration", "🎯")
 st.caption("A model is calibrated when, of the photos it calls 80% sure, 80% are right. Temperature scaling "
@@ -13,23 +13,6 @@ st.caption("A model is calibrated when, of the photos it calls 80% sure, 80% are
 chosen = ui.pick_runs("Runs", key="calibration_runs", multiple=True, default_count=2)
 if not chosen:
     st.stop()
-
-
-def reliability_figure(report: dict, title: str) -> go.Figure:
-    figure = go.Figure()
-    figure.add_scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="grey"), name="perfect")
-    for when, colour in (("before", "#e4572e"), ("after", "#1f77b4")):
-        bins = [b for b in report["bins"][when] if b["count"]]
-        figure.add_scatter(x=[b["confidence"] for b in bins], y=[b["accuracy"] for b in bins], mode="lines+markers",
-                           name=f"{when} scaling (ECE {report[f'ece_{when}']:.1%})", line=dict(color=colour),
-                           marker=dict(size=[4 + 16 * b["count"] / report["n_test"] ** 0.5 / 10 for b in bins]),
-                           customdata=[b["count"] for b in bins],
-                           hovertemplate="confidence %{x:.0%}: accuracy %{y:.0%} (%{customdata:,} images)")
-    figure.update_layout(title=title, height=380, xaxis=dict(title="confidence (top class)", tickformat=".0%",
-                                                             range=[0, 1]),
-                         yaxis=dict(title="accuracy", tickformat=".0%", range=[0, 1]),
-                         legend=dict(orientation="h", y=-0.25), margin=dict(t=40))
-    return figure
 
 
 columns = st.columns(len(chosen))

@@ -78,3 +78,55 @@ def test_nearest_neighbours_come_from_the_photos_own_features(lab):
     found, _ = nearest(index, reading.features[0], 3)
     assert found[0][0] == 4  # a training image's nearest training image is itself
     assert png_bytes(np.zeros((2, 2, 3), np.uint8))  # helpers import kept honest
+
+
+def test_occlusion_finds_the_region_the_class_depends_on():
+    from cifar_core.explain import occlusion_map
+
+    def predict(batch):  # the class's probability is the brightness of the bottom-right corner
+        corner = batch[:, 24:, 24:].astype(np.float32).mean(axis=(1, 2, 3)) / 255
+        return np.stack([1 - corner, corner], axis=1)
+
+    view = np.full((32, 32, 3), 255, np.uint8)
+    heat = occlusion_map(predict, view, class_index=1)
+    assert heat.shape == (7, 7) and heat.max() == 1.0
+    assert np.unravel_index(heat.argmax(), heat.shape) == (6, 6) and heat[0, 0] == 0
+
+
+def test_inspection_shows_stages_filters_and_both_heatmaps(shipped_runs):
+    from cifar_core.explain import CHANNELS_SHOWN, inspect_photo
+    from cifar_core.inference import load_run_model
+
+    run = load_run_model(shipped_runs["runs"] / "g3-tiny")
+    photo = np.random.default_rng(5).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    seen = inspect_photo(run, photo)
+    assert seen.top_class in run.class_names and 0 < seen.probability <= 1
+    names = [name for name, _ in seen.stages]
+    assert names[0] == "conv1" and len(names) == len(set(names)) >= 2
+    assert all(maps.shape[0] == CHANNELS_SHOWN and 0 <= maps.min() and maps.max() <= 1 for _, maps in seen.stages)
+    assert seen.filters.shape[1:] == (3, 3, 3) and seen.gradcam is not None and seen.occlusion.shape == (7, 7)
+
+
+def test_inside_page_renders_for_the_sample_photo(lab):
+    app = open_page("pages/13_Inside.py")
+    assert not app.exception and any("says" in m.value for m in app.markdown)
+    assert len(app.get("image")) >= 5
+
+
+def test_compare_shows_two_runs_reliability_diagrams_side_by_side(lab):
+    app = open_page("pages/4_Compare.py")
+    titles = [chart.proto.spec for chart in app.get("plotly_chart")]
+    assert sum('"text":"demo-tiny"' in t or '"text":"g3-tiny"' in t for t in titles) == 2
+
+
+def test_a_missing_analysis_can_be_started_as_a_job(studio, monkeypatch):
+    from cifar_core import jobs
+
+    spawned = []
+    monkeypatch.setattr(jobs, "_spawn", lambda job, resume: spawned.append(job.id))  # the shared runs stay as they are
+    app = open_page("pages/9_Calibration.py")
+    [first, *_] = [b for b in app.button if b.key and b.key.startswith("analyze_calibration_")]
+    first.click().run()
+    assert not app.exception and any("Started job" in s.value for s in app.success)
+    [job] = jobs.list_jobs(refresh=False)
+    assert job.analyses == ("calibration",) and spawned == [job.id]

@@ -107,3 +107,45 @@ def test_concurrent_writers_lose_nothing(db):
     assert {job.message for job in listed} == {f"{w}:{i}" for w in range(4) for i in range(40)}
     with jobs.connect() as connection:
         assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_an_analysis_runs_as_a_background_job(shipped_runs, tmp_path, monkeypatch):
+    import shutil
+    import time
+
+    from cifar_core.analysis import analysis_path
+
+    monkeypatch.setenv("CIFAR_JOBS_DB", str(tmp_path / "jobs.sqlite"))
+    monkeypatch.setenv("CIFAR_CORE_CACHE", str(shipped_runs["cache"]))
+    run_dir = tmp_path / "g3-tiny"
+    shutil.copytree(shipped_runs["runs"] / "g3-tiny", run_dir)
+    job = jobs.launch_analysis(run_dir, ("labels", "calibration"))
+    assert job.analyses == ("labels", "calibration") and job.model == "analysis"
+    deadline = time.time() + 120
+    while jobs.get_job(job.id).state in jobs.ACTIVE_STATES and time.time() < deadline:
+        time.sleep(0.2)
+    finished = jobs.get_job(job.id)
+    assert finished.state == "completed", (run_dir / "analysis" / "analyze.log").read_text()[-2000:]
+    assert analysis_path(run_dir, "labels").is_file() and analysis_path(run_dir, "calibration").is_file()
+    assert not analysis_path(run_dir, "robustness").exists()
+    assert "calibration: done" in (run_dir / "analysis" / "analyze.log").read_text()
+    assert not (run_dir / "train.log").exists() or "analysis" not in (run_dir / "train.log").read_text()
+
+
+def test_an_analysis_job_needs_a_model_and_known_analyses(tmp_path, monkeypatch):
+    from cifar_core.errors import CifarError, ConfigError
+
+    monkeypatch.setenv("CIFAR_JOBS_DB", str(tmp_path / "jobs.sqlite"))
+    with pytest.raises(CifarError, match="no trained model"):
+        jobs.launch_analysis(tmp_path, ("labels",))
+    (tmp_path / "model.keras").write_bytes(b"")
+    with pytest.raises(ConfigError, match="unknown analysis"):
+        jobs.launch_analysis(tmp_path, ("umap",))
+    assert jobs.list_jobs() == []
+
+
+def test_a_stored_analysis_config_is_read_strictly():
+    assert jobs._stored_analyses('{"analyze": ["labels"]}') == ("labels",)
+    for text in ('{"analyze": []}', '{"analyze": ["umap"]}', '{"analyze": ["labels"], "model": "g3"}', "[1]",
+                 "{bad", None, '{"model": "g3"}'):
+        assert jobs._stored_analyses(text) is None
