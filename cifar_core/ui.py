@@ -46,7 +46,7 @@ def navigation():
     """st.navigation over PAGES: real titles, icons and sections in the sidebar."""
     sections = {name: [st.Page(file, title=title, icon=icon, url_path=path or None, default=not path)
                        for file, title, icon, path in pages] for name, pages in PAGES.items()}
-    return st.navigation(sections)
+    return st.navigation(sections, expanded=True)  # every page listed: no "view more" in a talk
 
 
 def page(title: str, icon: str) -> None:

@@ -137,6 +137,28 @@ def curves() -> str:
     return "\n".join(parts)
 
 
+def analysis_table() -> str:
+    """Calibration, robustness and label issues of each shipped run, from its analysis/ files."""
+    from cifar_core.analysis import analysis_path, files
+
+    rows = []
+    for run in _records(SHIPPED):
+        calibration = files.read_json(analysis_path(run.path, "calibration")) or {}
+        robustness = files.read_json(analysis_path(run.path, "robustness")) or {}
+        issues = files.read_json(analysis_path(run.path, "labels")) or []
+        fgsm = {round(r["epsilon"] * 255): r["accuracy"] for r in robustness.get("fgsm", [])}
+        rows.append([f"`{run.run_id}`",
+                     f"{pct(calibration.get('ece_before'))} → {pct(calibration.get('ece_after'))}",
+                     f"{calibration['nll_before']:.3f} → {calibration['nll_after']:.3f}" if calibration else "—",
+                     f"{calibration['temperature']:.2f}" if calibration else "—",
+                     calibration.get("fitted_on", "—"), pct(robustness.get("clean_accuracy")),
+                     pct(robustness.get("mean_corruption_accuracy")), pct(fgsm.get(2)), pct(fgsm.get(8)),
+                     sum(bool(i.get("flagged")) for i in issues)])
+    return table(["run", "ECE before → after scaling", "NLL before → after", "temperature", "temperature fitted on",
+                  "clean (2,000-image subset)", "mean over 40 corruptions", "FGSM 2/255", "FGSM 8/255",
+                  "test labels flagged by cleanlab"], rows)
+
+
 def latency_table() -> str:
     from cifar_core.safeio import read_json_file
 
@@ -158,7 +180,7 @@ def latency_table() -> str:
 
 GENERATORS = {"presets": preset_table, "readme-presets": readme_table, "transfer": transfer_table,
               "superseded": superseded_table, "curves": curves,
-              "latency": latency_table}
+              "latency": latency_table, "analysis": analysis_table}
 
 
 def render(text: str) -> str:
