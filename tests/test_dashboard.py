@@ -94,7 +94,7 @@ def test_navigation_declares_every_page_with_a_title_in_a_section(studio):
 
     declared = [file for pages in PAGES.values() for file, *_ in pages]
     assert sorted(declared) == sorted(f"pages/{p.name}" for p in (ROOT / "pages").glob("*.py"))
-    assert list(PAGES) == ["Studio", "Data", "Training", "Evaluation", "Explain"]
+    assert list(PAGES) == ["Studio", "Data", "Training", "Evaluation", "Explain", "Insight lab"]
     app = open_page("streamlit_app.py")  # the entry point runs the home page by default
     assert app.title[0].value == "CIFAR-10 Studio" and len(app.dataframe) == 1
 
