@@ -35,7 +35,7 @@ from typing import Any
 
 from .config import MAX_INPUT_SIZE, TrainConfig
 from .errors import CifarError, RunFolderError, one_line
-from .safeio import parse_json, read_regular_file, size_text
+from .safeio import parse_json, read_npz, read_regular_file
 
 DEFAULT_RUNS_ROOT = Path(__file__).resolve().parent.parent / "artifacts" / "runs"
 
@@ -537,23 +537,13 @@ def read_epoch_predictions(run_dir: Path | str) -> dict | None:
 
     Bounded before numpy decompresses anything: the file's bytes, then each member's
     declared size; then every array's dtype and shape must agree."""
-    import zipfile
-
     import numpy as np
 
     path = Path(run_dir) / EPOCH_PREDICTIONS_FILE
     if _absent(path):
         return None
     where = f"{EPOCH_PREDICTIONS_FILE} in {Path(run_dir).name}"
-    data = read_regular_file(path, MAX_EPOCH_PREDICTIONS_BYTES, RunFolderError, what="epoch predictions file")
-    try:
-        with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            if sum(info.file_size for info in archive.infolist()) > MAX_EPOCH_PREDICTIONS_BYTES:
-                raise ValueError(f"more than {size_text(MAX_EPOCH_PREDICTIONS_BYTES)} once unpacked")
-        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            arrays = {key: npz[key] for key in ("y_true", "predicted", "epochs")}
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
-        raise RunFolderError(f"corrupt {where}: {one_line(exc)}") from None
+    arrays = read_npz(path, MAX_EPOCH_PREDICTIONS_BYTES, ("y_true", "predicted", "epochs"), RunFolderError, where)
     y_true, predicted, epochs = arrays["y_true"], arrays["predicted"], arrays["epochs"]
     if not all(np.issubdtype(a.dtype, np.integer) for a in arrays.values()) or y_true.ndim != 1 or \
             predicted.ndim != 2 or predicted.shape != (len(epochs), len(y_true)) or epochs.ndim != 1 or \

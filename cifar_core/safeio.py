@@ -107,3 +107,26 @@ def nesting_depth(value: Any, stop_after: int) -> int:
             children = node.values() if isinstance(node, dict) else node
             stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
     return deepest
+
+
+def read_npz(path: Path | str, max_bytes: int, keys: tuple[str, ...], error: type[CifarError] = CifarError,
+             where: str | None = None) -> dict:
+    """The named arrays of a .npz, bounded before numpy unpacks anything: the file's bytes, the
+    members' declared sizes (a zip bomb is refused unread), no pickled objects. A missing array
+    or a damaged file is `error`."""
+    import io
+    import zipfile
+
+    import numpy as np
+
+    path = Path(path)
+    where = where or f"{path.name} in {path.parent.name}"
+    data = read_regular_file(path, max_bytes, error, what="array file")
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            if sum(info.file_size for info in archive.infolist()) > max_bytes:
+                raise ValueError(f"more than {size_text(max_bytes)} once unpacked")
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            return {key: npz[key] for key in keys}
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        raise error(f"corrupt {where}: {one_line(exc)}") from None

@@ -401,6 +401,30 @@ def sample_dataset():
     return Dataset(images, labels, images, labels, names, "sample", "CIFAR-10 sample (100 test images, shipped)")
 
 
+# What the uploaders offer (a browser's file picker filters by extension); the decoder then checks
+# the bytes themselves, whatever the name says.
+UPLOAD_TYPES = ["jpg", "jpeg", "png", "gif", "bmp", "webp"]
+
+
+def dropped_photo(key: str, sample_index: int = 0):
+    """A photo dropped on the page's uploader (decoded and validated), else one image of the shipped
+    sample (said so); None, with the reason on the page, when there is neither."""
+    from .imaging import decode_image
+
+    upload = st.file_uploader("A photo", type=UPLOAD_TYPES, key=key)
+    if upload is not None:
+        try:
+            return decode_image(upload.getvalue(), upload.name)
+        except CifarError as exc:
+            fail(exc)
+            return None
+    sample = sample_dataset()
+    if sample is None:
+        return None
+    st.caption("No photo dropped: using an image of the shipped sample.")
+    return sample.x_test[sample_index]
+
+
 def example_indices(n_available: int, count: int = 3, seed: int | None = None) -> list[int]:
     """`count` different image indices (fewer if fewer exist): one image twice would repeat its charts."""
     rng = np.random.default_rng(seed)

@@ -8,7 +8,7 @@ from cifar_core import ui
 from cifar_core.analysis.corruptions import CORRUPTIONS, corrupt
 from cifar_core.errors import CifarError
 from cifar_core.evaluation import top_k
-from cifar_core.imaging import decode_image, resize_image, upscale
+from cifar_core.imaging import resize_image, upscale
 
 ui.page("Robustness lab", "🛡️")
 st.caption("CIFAR-10-C-style corruptions (Hendrycks & Dietterich, 2019, their 32x32 parameters), 5 severities each, "
@@ -47,18 +47,8 @@ if curves:
     st.plotly_chart(figure, width="stretch", key="robustness_fgsm")
 
 st.subheader("Your photo, corrupted live")
-upload = st.file_uploader("A photo", type=["jpg", "jpeg", "png", "gif", "bmp", "webp"], key="robustness_upload")
-sample = ui.sample_dataset()
-if upload is not None:
-    try:
-        photo = decode_image(upload.getvalue(), upload.name)
-    except CifarError as exc:
-        ui.fail(exc)
-        st.stop()
-elif sample is not None:
-    photo = sample.x_test[0]
-    st.caption("No photo dropped: using the first image of the shipped sample.")
-else:
+photo = ui.dropped_photo("robustness_upload")
+if photo is None:
     st.stop()
 left, right = st.columns(2)
 corruption = left.selectbox("Corruption", CORRUPTIONS, key="robustness_corruption",

@@ -6,24 +6,14 @@ import streamlit as st
 from cifar_core import ui
 from cifar_core.errors import CifarError
 from cifar_core.explain import overlay
-from cifar_core.imaging import decode_image, mosaic, upscale
+from cifar_core.imaging import mosaic, upscale
 
 ui.page("Inside the network", "🔬")
 record = ui.pick_runs("Model", key="inside_run", with_model=True)
-upload = st.file_uploader("A photo", type=["jpg", "jpeg", "png", "gif", "bmp", "webp"], key="inside_upload")
-sample = ui.sample_dataset()
 if record is None:
     st.stop()
-if upload is not None:
-    try:
-        photo = decode_image(upload.getvalue(), upload.name)
-    except CifarError as exc:
-        ui.fail(exc)
-        st.stop()
-elif sample is not None:
-    photo = sample.x_test[1]
-    st.caption("No photo dropped: using an image of the shipped sample.")
-else:
+photo = ui.dropped_photo("inside_upload", sample_index=1)
+if photo is None:
     st.stop()
 try:
     with st.spinner("Looking inside…"):

@@ -11,7 +11,7 @@ from cifar_core.imaging import ACCEPTED_FORMATS, decode_image, upscale
 ui.page("Classify your photos", "📷")
 
 chosen = ui.pick_runs("Models", key="classify_runs", multiple=True, default_count=2, with_model=True)
-uploads = st.file_uploader("Drop photos here", type=["jpg", "jpeg", "png", "gif", "bmp", "webp"],
+uploads = st.file_uploader("Drop photos here", type=ui.UPLOAD_TYPES,
                            accept_multiple_files=True, key="classify_uploads",
                            help=f"Accepted: {', '.join(sorted(ACCEPTED_FORMATS))}. Checked by content, not name.")
 files = [(upload.name, upload.getvalue()) for upload in uploads or []]

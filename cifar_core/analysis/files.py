@@ -3,15 +3,15 @@ from __future__ import annotations
 
 import io
 import json
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .. import runs
-from ..errors import RunFolderError, one_line
-from ..safeio import read_json_file, read_regular_file, size_text
+from ..errors import RunFolderError
+from ..safeio import read_json_file
+from ..safeio import read_npz as safe_read_npz
 
 MAX_JSON_BYTES = 16 * 1024 * 1024
 MAX_NPZ_BYTES = 64 * 1024 * 1024
@@ -55,19 +55,10 @@ def read_json(path: Path) -> Any:
 
 
 def read_npz(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray] | None:
-    """The named arrays of an analysis .npz (None if absent), bounded before numpy unpacks anything:
-    the file's bytes, each member's declared size, plain (non-object) dtypes."""
+    """The named arrays of an analysis .npz (None if absent), bounded (safeio.read_npz)."""
     if not path.is_file():
         return None
-    data = read_regular_file(path, MAX_NPZ_BYTES, RunFolderError, what="analysis file")
-    try:
-        with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            if sum(info.file_size for info in archive.infolist()) > MAX_NPZ_BYTES:
-                raise ValueError(f"more than {size_text(MAX_NPZ_BYTES)} once unpacked")
-        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            return {key: npz[key] for key in keys}  # KeyError: an array is missing
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
-        raise RunFolderError(f"corrupt {path.name} in {path.parent.parent.name}: {one_line(exc)}") from None
+    return safe_read_npz(path, MAX_NPZ_BYTES, keys, RunFolderError, f"{path.name} in {path.parent.parent.name}")
 
 
 def stamped_fingerprint(path: Path) -> str | None:
