@@ -125,6 +125,7 @@ def _flat_and_textured(n: int = 40):
     return np.concatenate([flat, checks]).astype(np.uint8), np.array([0] * n + [1] * n)
 
 
+@pytest.mark.integration
 def test_noise_accuracy_falls_with_severity_and_fgsm_at_zero_is_clean_accuracy():
     from cifar_core.analysis.robustness import measure_robustness
 
@@ -201,6 +202,7 @@ def test_marks_round_trip_and_accuracy_without_them(tmp_path):
 
 # --- the runner and its files -------------------------------------------------------------------
 
+@pytest.mark.integration
 def test_analyze_writes_every_file_once_and_again_when_the_model_changes(shipped_runs, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(shipped_runs["runs"] / "g3-tiny", run_dir)
@@ -247,6 +249,7 @@ def test_a_corrupt_or_oversized_analysis_file_is_one_clear_error(tmp_path, monke
     assert files.stamped_fingerprint(path) == "abc" and files.stamped_fingerprint(tmp_path / "absent.npz") is None
 
 
+@pytest.mark.integration
 def test_newer_computations_redo_older_files(shipped_runs, tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
     shutil.copytree(shipped_runs["runs"] / "g3-tiny", run_dir)

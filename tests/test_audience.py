@@ -126,6 +126,7 @@ def test_the_port_flag_is_checked():
             audience.port_from(bad)
 
 
+@pytest.mark.integration
 def test_a_real_server_answers_while_flooded_and_stops(room):
     import httpx
 
@@ -154,11 +155,13 @@ def test_qr_code_is_a_png():
     assert audience.qr_png("http://192.168.1.20:8502/join/ABC234").startswith(b"\x89PNG")
 
 
+@pytest.mark.integration
 def test_the_presenter_page_explains_how_to_turn_it_on(studio):
     page = open_page("pages/8_Audience.py")
     assert any("-- --audience" in info.value for info in page.info)
 
 
+@pytest.mark.integration
 def test_the_presenter_page_shows_the_room_and_the_votes(studio, monkeypatch):
     from cifar_core import ui
 

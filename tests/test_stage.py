@@ -128,6 +128,7 @@ def tiny_run(shipped_runs):
     return load_run_model(shipped_runs["runs"] / "g3-tiny")
 
 
+@pytest.mark.integration
 def test_one_pass_gives_the_evaluation_probabilities_and_each_photo_its_own_grad_cam(tiny_run):
     from cifar_core.data.pipeline import make_inference_dataset
     from cifar_core.evaluation import predict_proba
@@ -147,6 +148,7 @@ def test_one_pass_gives_the_evaluation_probabilities_and_each_photo_its_own_grad
         assert heatmap.min() >= 0 and heatmap.max() <= 1
 
 
+@pytest.mark.integration
 def test_the_worker_process_answers_like_the_dashboard_would(shipped_runs, tiny_run):
     from cifar_core.explain import read_photos
     from cifar_core.photo_worker import PhotoWorker
