@@ -6,7 +6,7 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from cifar_core import race, runs, ui
+from cifar_core import jobs, race, runs, ui
 from cifar_core.errors import CifarError
 
 ui.page("Race and replay", "🏁")
@@ -15,8 +15,16 @@ st.caption("Each line is a run's accuracy against its training minutes: validati
            "Live jobs also draw the running accuracy of the epoch in progress, every few seconds.")
 
 records = ui.run_records()[0]
-live_runs = [r for r in records if r["state"] in ("running", "queued")]
 recorded = [r for r in records if r["state"] == "completed"]
+# Jobs the registry knows are active count at once, before their worker has written a run folder.
+live_runs = {r["run"]: r for r in records if r["state"] in ("running", "queued")}
+try:
+    for job in jobs.list_jobs():
+        if job.state in jobs.ACTIVE_STATES and job.run_dir.name not in live_runs and not job.analyses:
+            live_runs[job.run_dir.name] = {"run": job.run_dir.name, "path": str(job.run_dir), "model": job.model}
+except CifarError as exc:
+    st.warning(f"Jobs: {exc}")
+live_runs = list(live_runs.values())
 left, right = st.columns(2)
 live_choice = left.multiselect("Jobs training now", [r["run"] for r in live_runs],
                                default=[r["run"] for r in live_runs][:4], key="race_live",
@@ -35,7 +43,7 @@ if replay_choice:
 if not live_choice and not replay_choice:
     st.info("Pick jobs training now, or recorded runs to replay.")
     st.stop()
-by_name = {r["run"]: r for r in records}
+by_name = {r["run"]: r for r in records + live_runs}
 
 
 def _lines(now: float) -> tuple[list[dict], list[tuple[str, float, str]]]:
