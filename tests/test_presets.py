@@ -22,7 +22,20 @@ def test_the_repository_ships_one_run_per_preset_and_nothing_else():
     shipped = sorted(p.name for p in SHIPPED.iterdir() if p.is_dir())
     assert shipped == sorted(preset.shipped_run for preset in PRESETS.values())
     for run_dir in SHIPPED.iterdir():
-        assert sorted(p.name for p in run_dir.iterdir()) == sorted(runs.SHIPPED_FILES), run_dir.name
+        present = sorted(p.name for p in run_dir.iterdir() if p.name != runs.LOCK_FILE)  # the lock is local only
+        assert present == sorted([*runs.SHIPPED_FILES, "analysis"]), run_dir.name
+
+
+def test_every_shipped_run_ships_every_analysis_of_its_current_model():
+    from cifar_core import analysis
+    from cifar_core.analysis import files
+
+    for run_dir in SHIPPED.iterdir():
+        fingerprint = analysis.model_fingerprint(run_dir)
+        for name in analysis.ANALYSES:
+            assert files.stamped_fingerprint(analysis.analysis_path(run_dir, name)) == fingerprint, (run_dir, name)
+        neighbours = run_dir / analysis.ANALYSIS_DIR / analysis.NEIGHBOURS_FILE
+        assert files.stamped_fingerprint(neighbours) == fingerprint, run_dir
 
 
 def test_every_shipped_run_reads_cleanly_through_the_validating_readers():
