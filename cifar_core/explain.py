@@ -191,10 +191,16 @@ def inspect_photo(run, image: np.ndarray) -> Inspection:
     stages = [(layer.name, _strongest_channels(np.asarray(tf.cast(maps, tf.float32))[0]))
               for layer, maps in zip(chosen, outputs[:-1], strict=True)]
     filters = _filter_tiles(convolutions[0]) if convolutions else np.zeros((0, 1, 1, 3))
+    def predict(batch):  # in inference-sized batches: 50 occluded copies at 224 px are a lot of activations
+        from .evaluation import inference_batch_size
+
+        size = inference_batch_size(run.input_size)
+        return np.concatenate([np.asarray(run.model(model_input(batch[i:i + size]), training=False))
+                               for i in range(0, len(batch), size)])
+
     return Inspection(view, run.class_names[top], float(probs[top]), stages, filters,
                       read_photos(run, [image]).heatmaps[0] if _has_cam(run) else None,
-                      occlusion_map(lambda batch: np.asarray(run.model(model_input(batch), training=False)),
-                                    view, top))
+                      occlusion_map(predict, view, top))
 
 
 def _has_cam(run) -> bool:

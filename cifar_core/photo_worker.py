@@ -17,11 +17,13 @@ The Augmentation page uses it too, so no page of the dashboard imports TensorFlo
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import subprocess
 import sys
 import threading
+from collections import OrderedDict
 from multiprocessing.connection import Connection
 
 import numpy as np
@@ -56,6 +58,11 @@ class PhotoWorker:
     def inspect(self, run_dir: str, image) -> object:
         """The run's Inspection of one photo: feature maps, first filters, Grad-CAM, occlusion."""
         return self._call(("inspect", str(run_dir), image))
+
+    def warm_inspection(self, run_dir: str, image) -> None:
+        """Have the worker inspect this photo in the background (the Inside page's default photo)."""
+        with self._lock:
+            self._send(("warm_inspection", str(run_dir), image))
 
     def augment(self, images, config: dict, random_states: list[int]) -> list:
         """The training pipeline's augmentations of `images`, one draw per random state."""
@@ -156,6 +163,28 @@ def warm_up_runs(run_dirs: list[str]) -> threading.Thread:
     return thread
 
 
+_inspections: OrderedDict = OrderedDict()  # (run folder, photo digest) -> Inspection, the latest few
+_inspections_lock = threading.Lock()
+MAX_INSPECTIONS = 16
+
+
+def inspect_cached(run_dir: str, image: np.ndarray):
+    """inspect_photo, remembered per run and photo: the Inside page reruns on every widget change."""
+    from .explain import inspect_photo
+    from .inference import shared_run
+
+    key = (run_dir, hashlib.sha256(np.ascontiguousarray(image).tobytes() + str(image.shape).encode()).hexdigest())
+    with _inspections_lock:
+        if key in _inspections:
+            return _inspections[key]
+    inspection = inspect_photo(shared_run(run_dir), image)
+    with _inspections_lock:
+        _inspections[key] = inspection
+        while len(_inspections) > MAX_INSPECTIONS:
+            _inspections.popitem(last=False)
+    return inspection
+
+
 def _error_class(name: str) -> type[CifarError]:
     """The worker's error kind as this package's class of that name (CifarError if none)."""
     found = getattr(errors, name, None)
@@ -165,7 +194,7 @@ def _error_class(name: str) -> type[CifarError]:
 def _answer(request: tuple):
     from .config import TrainConfig
     from .data.pipeline import augment_preview
-    from .explain import inspect_photo, read_photos
+    from .explain import read_photos
     from .inference import shared_run
 
     if request[0] == "status":
@@ -174,11 +203,19 @@ def _answer(request: tuple):
     if request[0] == "read":
         return read_photos(shared_run(request[1]), request[2])
     if request[0] == "inspect":
-        return inspect_photo(shared_run(request[1]), request[2])
+        return inspect_cached(request[1], request[2])
     if request[0] == "augment":
         config = TrainConfig.from_dict(request[2])
         return [augment_preview(request[1], config, random_state=seed) for seed in request[3]]
     raise CifarError(f"unknown request {request[0]!r}")
+
+
+def _warm_inspection(run_dir: str, image) -> None:
+    _warmed.wait()
+    try:
+        inspect_cached(run_dir, image)
+    except Exception:  # noqa: BLE001 - the page shows its own error when it asks
+        pass
 
 
 def serve(connection: Connection) -> None:
@@ -192,6 +229,9 @@ def serve(connection: Connection) -> None:
             os._exit(0)
         if request[0] == "warm":
             warm_up_runs(request[1])
+            continue
+        if request[0] == "warm_inspection":  # runs once the models are warm (it waits for them)
+            threading.Thread(target=_warm_inspection, args=request[1:], daemon=True).start()
             continue
         try:
             reply = ("ok", _answer(request))

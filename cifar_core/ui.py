@@ -207,7 +207,7 @@ ANALYSIS_ARRAYS = {"embedding": ("coords", "indices", "labels", "predictions"),
                    "neighbours.npz": ("mean", "components", "features", "labels")}
 
 
-@st.cache_data(show_spinner=False, max_entries=32)
+@st.cache_resource(show_spinner=False, max_entries=32)  # shared, not copied per call: read-only arrays
 def _analysis(run_dir: str, name: str, mtime: float):
     from .analysis import analysis_path, files
 
@@ -338,6 +338,7 @@ def close_audience_room() -> None:
 
 
 _warm_up_started = threading.Lock()
+INSIDE_SAMPLE_INDEX = 1  # the shipped sample's photo the Inside page shows when none is dropped
 
 
 def warm_up_models() -> None:
@@ -353,6 +354,9 @@ def warm_up_models() -> None:
     records = [r for r in finished_runs() if r["has_model"]]
     first = best_run_per_model(sorted(records, key=lambda r: -(r["test_accuracy"] or 0)))
     photo_worker().warm([r["path"] for r in first] + [r["path"] for r in records if r not in first])
+    sample = sample_dataset()
+    if first and sample is not None:  # the Inside page's default: the best model on the sample's photo
+        photo_worker().warm_inspection(first[0]["path"], sample.x_test[INSIDE_SAMPLE_INDEX])
     st.sidebar.caption(":material/hourglass_top: Loading the models in the background…")
 
 

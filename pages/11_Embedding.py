@@ -1,11 +1,11 @@
 """Embedding map: each test image placed by what the network's last layer makes of it (PCA, then
 t-SNE), two runs side by side; select a region to see its images."""
 import numpy as np
-import pandas as pd
 import plotly.express as px
 import streamlit as st
 
 from cifar_core import ui
+from cifar_core.analysis import analysis_path
 from cifar_core.imaging import upscale
 
 ui.page("Embedding map", "🗺️")
@@ -21,31 +21,51 @@ colour_by = st.radio("Colour by", ["true class", "predicted class"], horizontal=
 data = ui.default_dataset()
 columns = st.columns(min(len(chosen), 2))
 selections = []
+
+
+PALETTE = px.colors.qualitative.D3  # ten distinct colours, one per CIFAR-10 class
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def embedding_figure(run: str, model: str, names: tuple[str, ...], colour_by: str, stamp: float, _embedding):
+    """The map of one run as ONE WebGL trace (colour and symbol per point): twenty traces of a
+    colour-by-class plot cost the browser far more to draw. Built once per run, colouring and file."""
+    import plotly.graph_objects as go
+
+    labels, predictions = _embedding["labels"], _embedding["predictions"]
+    colours = labels if colour_by == "true class" else predictions
+    wrong = labels != predictions
+    figure = go.Figure(go.Scattergl(
+        x=_embedding["coords"][:, 0], y=_embedding["coords"][:, 1], mode="markers",
+        marker=dict(size=np.where(wrong, 6, 4), opacity=0.75, symbol=np.where(wrong, "x", "circle"),
+                    color=[PALETTE[c % len(PALETTE)] for c in colours]),
+        customdata=_embedding["indices"],
+        text=[f"{names[t]} → {names[p]}" for t, p in zip(labels, predictions, strict=True)],
+        hovertemplate="#%{customdata}: %{text}<extra></extra>"))
+    figure.update_layout(title=f"{model} · {run}", height=520, xaxis=dict(visible=False), yaxis=dict(visible=False),
+                         margin=dict(t=40, l=0, r=0, b=0), dragmode="lasso", showlegend=False)
+    return figure
+
+
+def colour_key(names) -> str:
+    return " ".join(f'<span style="color:{PALETTE[i % len(PALETTE)]}">●</span> {name}' for i, name in enumerate(names))
+
+
 for column, record in zip(columns, chosen[:2], strict=False):
     embedding = ui.analysis(record["path"], "embedding")
     with column:
         if embedding is None:
             ui.missing_analysis(record, "embedding")
             continue
-        names = (ui.run_json(record["path"], "metrics.json") or {}).get("class_names") or \
-            [str(i) for i in range(int(embedding["labels"].max()) + 1)]
-        frame = pd.DataFrame({"x": embedding["coords"][:, 0], "y": embedding["coords"][:, 1],
-                              "index": embedding["indices"],
-                              "true class": [names[i] for i in embedding["labels"]],
-                              "predicted class": [names[i] for i in embedding["predictions"]]})
-        frame["result"] = np.where(embedding["labels"] == embedding["predictions"], "right", "misclassified")
-        figure = px.scatter(frame, x="x", y="y", color=colour_by, symbol="result", render_mode="webgl",
-                            symbol_map={"right": "circle", "misclassified": "x"}, custom_data=["index"],
-                            hover_data={"x": False, "y": False, "true class": True, "predicted class": True},
-                            category_orders={colour_by: list(names)}, height=520,
-                            title=f"{record['model']} · {record['run']}")
-        figure.update_traces(marker=dict(size=4, opacity=0.7))
-        figure.update_layout(xaxis=dict(visible=False), yaxis=dict(visible=False), legend=dict(font=dict(size=10)),
-                             margin=dict(t=40, l=0, r=0, b=0), dragmode="lasso")
+        names = tuple((ui.run_json(record["path"], "metrics.json") or {}).get("class_names") or
+                      [str(i) for i in range(int(embedding["labels"].max()) + 1)])
+        stamp = analysis_path(record["path"], "embedding").stat().st_mtime
+        figure = embedding_figure(record["run"], record["model"], names, colour_by, stamp, embedding)
+        st.markdown(colour_key(names) + " · ✕ misclassified", unsafe_allow_html=True)
         event = st.plotly_chart(figure, width="stretch", on_select="rerun", selection_mode=("box", "lasso"),
                                 key=f"embedding_{record['run']}")
         points = (event or {}).get("selection", {}).get("points", []) if event else []
-        selected = [int(p["customdata"][0]) for p in points if p.get("customdata")]
+        selected = [int(p["customdata"]) for p in points if p.get("customdata") is not None]
         if selected:
             selections.append((record, names, embedding, selected))
 

@@ -12,7 +12,7 @@ ui.page("Inside the network", "🔬")
 record = ui.pick_runs("Model", key="inside_run", with_model=True)
 if record is None:
     st.stop()
-photo = ui.dropped_photo("inside_upload", sample_index=1)
+photo = ui.dropped_photo("inside_upload", sample_index=ui.INSIDE_SAMPLE_INDEX)
 if photo is None:
     st.stop()
 try:

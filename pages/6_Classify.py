@@ -33,6 +33,9 @@ if not files:
             buffer = io.BytesIO()
             Image.fromarray(sample.x_test[index]).save(buffer, format="PNG")
             files.append((f"sample-{index} (a {sample.class_names[sample.y_test[index]]}).png", buffer.getvalue()))
+for record in chosen:  # on arrival, not when the first photo is waiting: what each answer will need
+    ui.analysis(record["path"], "calibration")
+    ui.analysis(record["path"], "neighbours.npz")
 if not files or not chosen:
     st.stop()
 
