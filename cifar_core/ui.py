@@ -338,7 +338,8 @@ def close_audience_room() -> None:
 
 
 _warm_up_started = threading.Lock()
-INSIDE_SAMPLE_INDEX = 1  # the shipped sample's photo the Inside page shows when none is dropped
+INSIDE_SAMPLE_INDEX = 1
+WORKER_START_DELAY_SECONDS = 1.5  # the shipped sample's photo the Inside page shows when none is dropped
 
 
 def warm_up_models() -> None:
@@ -353,10 +354,18 @@ def warm_up_models() -> None:
         return
     records = [r for r in finished_runs() if r["has_model"]]
     first = best_run_per_model(sorted(records, key=lambda r: -(r["test_accuracy"] or 0)))
-    photo_worker().warm([r["path"] for r in first] + [r["path"] for r in records if r not in first])
+    order = [r["path"] for r in first] + [r["path"] for r in records if r not in first]
     sample = sample_dataset()
-    if first and sample is not None:  # the Inside page's default: the best model on the sample's photo
-        photo_worker().warm_inspection(first[0]["path"], sample.x_test[INSIDE_SAMPLE_INDEX])
+    inside = (first[0]["path"], sample.x_test[INSIDE_SAMPLE_INDEX]) if first and sample is not None else None
+
+    def start() -> None:
+        photo_worker().warm(order)
+        if inside:  # the Inside page's default: the best model on the sample's photo
+            photo_worker().warm_inspection(*inside)
+
+    # A moment after the first page's script: its charts draw in the browser before TensorFlow's
+    # import takes a core.
+    threading.Timer(WORKER_START_DELAY_SECONDS, start).start()
     st.sidebar.caption(":material/hourglass_top: Loading the models in the background…")
 
 

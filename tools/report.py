@@ -169,6 +169,11 @@ def latency_table() -> str:
     lines = [f"Measured {report['measured_at']} on {report['measured_on']}, {report['runs']}, "
              f"{report['browser']} ([docs/latency.json](docs/latency.json)).", ""]
     lines.append(table(["what the presenter waits for", "p95", "budget", "within", "samples", "range"], rows))
+    slow = {page: max(times) for page, times in report.get("page_switch_by_page_s", {}).items() if max(times) > 1.5}
+    if slow:
+        lines.append("Page switches over 1.5 s: " + ", ".join(f"{page} {seconds:.2f} s" for page, seconds in
+                                                              sorted(slow.items(), key=lambda item: -item[1])) +
+                     " (slowest of two visits each).\n")
     lines.append(f"The models were loaded and traced (sidebar: *Models ready*) {report['models_ready_after_s']:.1f} s "
                  f"after `streamlit run`; the budget is for a warm studio, after that.\n")
     lines.append(f"A browser that never opened the studio (downloading its JavaScript first) sees the home page "
