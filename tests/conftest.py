@@ -128,3 +128,15 @@ def lab(analysed_runs, studio, monkeypatch):
     """The dashboard pointed at the analysed copy of the tiny runs."""
     monkeypatch.setenv("CIFAR_RUNS_DIR", str(analysed_runs["runs"]))
     return analysed_runs
+
+
+@pytest.fixture
+def spawn_context(monkeypatch):
+    """multiprocessing's spawn context with a clean __main__: a spawned child re-runs the parent's
+    __main__ by path, and after an AppTest that may be a dashboard page (which must not run bare)."""
+    import multiprocessing
+    import sys
+    import types
+
+    monkeypatch.setitem(sys.modules, "__main__", types.ModuleType("__main__"))
+    return multiprocessing.get_context("spawn")

@@ -1,5 +1,4 @@
 """Background jobs: real worker processes, SIGKILL, cancel, resume, concurrent writers."""
-import multiprocessing
 import os
 import signal
 import time
@@ -94,8 +93,8 @@ def _hammer(path, worker, n):
         registry.update_job(job.id, state="running", message=f"{worker}:{i}")
 
 
-def test_concurrent_writers_lose_nothing(db):
-    context = multiprocessing.get_context("spawn")
+def test_concurrent_writers_lose_nothing(db, spawn_context):
+    context = spawn_context
     workers = [context.Process(target=_hammer, args=(db, w, 40)) for w in range(4)]
     for process in workers:
         process.start()

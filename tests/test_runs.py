@@ -1,6 +1,5 @@
 """Run folders: atomic writes and tolerant listing."""
 import json
-import multiprocessing
 import time
 
 import pytest
@@ -18,10 +17,10 @@ def _rewrite_forever(path, stop_at):
         i += 1
 
 
-def test_a_reader_never_sees_a_partial_file(tmp_path):
+def test_a_reader_never_sees_a_partial_file(tmp_path, spawn_context):
     path = tmp_path / "status.json"
     runs.atomic_write_json(path, {"i": -1, "values": []})
-    writer = multiprocessing.get_context("spawn").Process(target=_rewrite_forever, args=(path, time.time() + 2.0))
+    writer = spawn_context.Process(target=_rewrite_forever, args=(path, time.time() + 2.0))
     writer.start()
     reads = 0
     try:
