@@ -19,57 +19,66 @@ if not chosen:
     st.stop()
 colour_by = st.radio("Colour by", ["true class", "predicted class"], horizontal=True, key="embedding_colour")
 data = ui.default_dataset()
-columns = st.columns(min(len(chosen), 2))
-selections = []
-
-
 PALETTE = px.colors.qualitative.D3  # ten distinct colours, one per CIFAR-10 class
 
 
-@st.cache_resource(show_spinner=False, max_entries=8)
-def embedding_figure(run: str, model: str, names: tuple[str, ...], colour_by: str, stamp: float, _embedding):
-    """The map of one run as ONE WebGL trace (colour and symbol per point): twenty traces of a
-    colour-by-class plot cost the browser far more to draw. Built once per run, colouring and file."""
+def map_trace(embedding, colour_by: str):
+    """One run's map as ONE WebGL trace whose colours and symbols are numbers (sent as typed arrays):
+    a trace per class, or a string per point, costs the browser far more to receive and draw."""
     import plotly.graph_objects as go
 
-    labels, predictions = _embedding["labels"], _embedding["predictions"]
-    colours = labels if colour_by == "true class" else predictions
+    labels, predictions = embedding["labels"], embedding["predictions"]
+    colours = (labels if colour_by == "true class" else predictions).astype(np.int16)
     wrong = labels != predictions
-    figure = go.Figure(go.Scattergl(
-        x=_embedding["coords"][:, 0], y=_embedding["coords"][:, 1], mode="markers",
-        marker=dict(size=np.where(wrong, 6, 4), opacity=0.75, symbol=np.where(wrong, "x", "circle"),
-                    color=[PALETTE[c % len(PALETTE)] for c in colours]),
-        customdata=_embedding["indices"],
-        text=[f"{names[t]} → {names[p]}" for t, p in zip(labels, predictions, strict=True)],
-        hovertemplate="#%{customdata}: %{text}<extra></extra>"))
-    figure.update_layout(title=f"{model} · {run}", height=520, xaxis=dict(visible=False), yaxis=dict(visible=False),
-                         margin=dict(t=40, l=0, r=0, b=0), dragmode="lasso", showlegend=False)
+    scale = [[i / (len(PALETTE) - 1), colour] for i, colour in enumerate(PALETTE)]
+    return go.Scattergl(
+        x=embedding["coords"][:, 0], y=embedding["coords"][:, 1], mode="markers",
+        marker=dict(size=np.where(wrong, 6, 4).astype(np.int8), opacity=0.75,
+                    symbol=np.where(wrong, 4, 0).astype(np.int8),  # 4: x, 0: circle
+                    color=colours, colorscale=scale, cmin=0, cmax=len(PALETTE) - 1),
+        customdata=embedding["indices"], hovertemplate="test image #%{customdata}<extra></extra>")
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def maps_figure(titles: tuple[str, ...], names: tuple[str, ...], colour_by: str, stamps: tuple[float, ...],
+                _embeddings):
+    """Both runs' maps in ONE figure (side by side): one WebGL canvas for the page, not one per map.
+    Built once per choice of runs, colouring and file versions."""
+    from plotly.subplots import make_subplots
+
+    figure = make_subplots(rows=1, cols=len(titles), subplot_titles=titles, horizontal_spacing=0.03)
+    for position, embedding in enumerate(_embeddings, start=1):
+        figure.add_trace(map_trace(embedding, colour_by), row=1, col=position)
+    figure.update_xaxes(visible=False)
+    figure.update_yaxes(visible=False)
+    figure.update_layout(height=540, margin=dict(t=40, l=0, r=0, b=0), dragmode="lasso", showlegend=False)
     return figure
 
 
-def colour_key(names) -> str:
-    return " ".join(f'<span style="color:{PALETTE[i % len(PALETTE)]}">●</span> {name}' for i, name in enumerate(names))
-
-
-for column, record in zip(columns, chosen[:2], strict=False):
+shown = []
+for record in chosen[:2]:
     embedding = ui.analysis(record["path"], "embedding")
-    with column:
-        if embedding is None:
-            ui.missing_analysis(record, "embedding")
-            continue
-        names = tuple((ui.run_json(record["path"], "metrics.json") or {}).get("class_names") or
-                      [str(i) for i in range(int(embedding["labels"].max()) + 1)])
-        stamp = analysis_path(record["path"], "embedding").stat().st_mtime
-        figure = embedding_figure(record["run"], record["model"], names, colour_by, stamp, embedding)
-        st.markdown(colour_key(names) + " · ✕ misclassified", unsafe_allow_html=True)
-        event = st.plotly_chart(figure, width="stretch", on_select="rerun", selection_mode=("box", "lasso"),
-                                key=f"embedding_{record['run']}")
-        points = (event or {}).get("selection", {}).get("points", []) if event else []
-        selected = [int(p["customdata"]) for p in points if p.get("customdata") is not None]
-        if selected:
-            selections.append((record, names, embedding, selected))
-
-for record, names, embedding, selected in selections:
+    if embedding is None:
+        ui.missing_analysis(record, "embedding")
+    else:
+        shown.append((record, embedding))
+if not shown:
+    st.stop()
+names = tuple((ui.run_json(shown[0][0]["path"], "metrics.json") or {}).get("class_names") or
+              [str(i) for i in range(int(shown[0][1]["labels"].max()) + 1)])
+st.markdown(" ".join(f'<span style="color:{PALETTE[i % len(PALETTE)]}">●</span> {name}'
+                     for i, name in enumerate(names)) + " · ✕ misclassified", unsafe_allow_html=True)
+figure = maps_figure(tuple(f"{r['model']} · {r['run']}" for r, _ in shown), names, colour_by,
+                     tuple(analysis_path(r["path"], "embedding").stat().st_mtime for r, _ in shown),
+                     [embedding for _, embedding in shown])
+event = st.plotly_chart(figure, width="stretch", on_select="rerun", selection_mode=("box", "lasso"),
+                        key="embedding_maps")
+points = (event or {}).get("selection", {}).get("points", []) if event else []
+for position, (record, embedding) in enumerate(shown):
+    selected = [int(p["customdata"]) for p in points
+                if p.get("customdata") is not None and p.get("curve_number", 0) == position]
+    if not selected:
+        continue
     st.markdown(f"**{len(selected):,} images selected on {record['run']}** (the first 40)")
     if data is None or data.source == "sample" or len(data.y_test) != len(embedding["labels"]):
         st.caption("Point CIFAR10_SOURCE at the dataset to see the images; their test indices: "

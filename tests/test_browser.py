@@ -55,11 +55,12 @@ def _measuring_shipped_runs() -> bool:
 @pytest.fixture
 def studio_env(shipped_runs, tmp_path):
     env = dict(os.environ, CIFAR_JOBS_DB=str(tmp_path / "jobs.sqlite"))
-    if _measuring_shipped_runs():  # a copy: the live race's job must not add a run to artifacts/runs
-        shutil.copytree(ROOT / "artifacts" / "runs", tmp_path / "runs", ignore=shutil.ignore_patterns(".writer.lock"))
-        shipped_runs = {"runs": tmp_path / "runs", "cache": None, "data": None}
+    if _measuring_shipped_runs():
+        shipped_runs = {"runs": ROOT / "artifacts" / "runs", "cache": None, "data": None}
         env.pop("CIFAR_CORE_CACHE", None)  # the machine's own decoded-dataset cache, as a user has it
-    env["CIFAR_RUNS_DIR"] = str(shipped_runs["runs"])
+    # A copy: the live race's job must add its run neither to artifacts/runs nor to the suite's shared runs.
+    shutil.copytree(shipped_runs["runs"], tmp_path / "runs", ignore=shutil.ignore_patterns(".writer.lock"))
+    env["CIFAR_RUNS_DIR"] = str(tmp_path / "runs")
     if shipped_runs["cache"]:
         env.update(CIFAR_CORE_CACHE=str(shipped_runs["cache"]), CIFAR10_SOURCE=str(shipped_runs["data"]))
     return env

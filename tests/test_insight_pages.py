@@ -35,9 +35,14 @@ def test_label_issues_page_marks_an_image_and_shows_accuracy_without_it(lab, mon
     assert any(m.label == "Without the 1 marked" for m in app.metric)
 
 
-def test_embedding_page_maps_two_runs(lab):
+def test_embedding_page_maps_two_runs_in_one_webgl_figure(lab):
+    import json
+
     app = open_page("pages/11_Embedding.py")
-    assert len(app.get("plotly_chart")) == 2
+    [chart] = app.get("plotly_chart")
+    spec = json.loads(chart.proto.spec)
+    assert [trace["type"] for trace in spec["data"]] == ["scattergl", "scattergl"]
+    assert {a["text"] for a in spec["layout"]["annotations"]} == {"demo · demo-tiny", "g3 · g3-tiny"}
     app.radio(key="embedding_colour").set_value("predicted class").run()
     assert not app.exception
 
