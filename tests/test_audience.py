@@ -183,3 +183,95 @@ def test_the_presenter_page_shows_the_room_and_the_votes(studio, monkeypatch):
     captions = " ".join(caption for image in page.get("image") for caption in _captions(image))
     label, probability = next(iter(room.photos()[0].votes.values()))
     assert "#1 · " in captions and f"{label} ({probability:.0%})" in captions
+
+
+def test_the_port_flag_bounds_are_inclusive_and_the_program_args_are_read_by_default(monkeypatch):
+    assert audience.port_from(["app", "--audience-port", "1024"]) == 1024
+    assert audience.port_from(["app", "--audience-port", "65535"]) == 65535
+    for bad in ("1023", "65536", "-1"):
+        with pytest.raises(CifarError, match="1024 to 65535"):
+            audience.port_from(["app", "--audience-port", bad])
+    monkeypatch.setattr(audience.sys, "argv", ["streamlit_app.py", "--audience", "--audience-port", "9100"])
+    assert audience.port_from() == 9100 and audience.enabled()
+
+
+def test_tokens_refill_at_the_stated_rate_up_to_the_burst():
+    clock = Clock()
+    limiter = audience.RateLimiter(burst=2, refill_seconds=10.0, clock=clock)
+    assert limiter.allow("a") and limiter.allow("a") and not limiter.allow("a")
+    clock.now = 9.9
+    assert not limiter.allow("a")  # 0.99 of a token
+    clock.now = 10.0
+    assert limiter.allow("a") and not limiter.allow("a")
+    clock.now = 1000.0  # a long pause refills to the burst, no more
+    assert limiter.allow("a") and limiter.allow("a") and not limiter.allow("a")
+
+
+def test_saved_photos_are_the_gallery_pixels(tmp_path):
+    from PIL import Image
+
+    room = audience.Room(code="ABC234")
+    pixels = np.random.default_rng(4).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    room.add(png_bytes(pixels))
+    assert room.save(tmp_path / "nested" / "folder") == 1
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "nested" / "folder" / "audience-001.png")), pixels)
+
+
+def test_a_form_without_a_photo_or_with_text_instead_is_refused(client, room):
+    for files in ({"other": ("p.png", io.BytesIO(PHOTO), "image/png")}, None):
+        answer = client.post("/join/ABC234/photo", files=files, data={"photo": "not a file"} if files is None else {})
+        assert answer.status_code == 400 and "no photo" in answer.json()["message"]
+    assert room.photos() == []
+
+
+def test_a_photo_one_byte_over_the_cap_is_refused_and_one_at_the_cap_read(client, room, monkeypatch):
+    monkeypatch.setattr(audience, "MAX_UPLOAD_BYTES", len(PHOTO))
+    assert _send(client).status_code == 200
+    answer = _send(client, data=PHOTO + b"\0")
+    assert answer.status_code == 400 and "too large" in answer.json()["message"]
+    assert len(room.photos()) == 1
+
+
+def test_answers_speak_html_to_browsers_and_json_to_programs(client):
+    html_answer = _send(client, accept="text/html")
+    assert html_answer.headers["content-type"].startswith("text/html")
+    assert "Thanks! Your photo is on the screen." in html_answer.text and "Up to 8 MiB." in html_answer.text
+    json_answer = _send(client, data=b"junk")
+    assert json_answer.headers["content-type"].startswith("application/json")
+    assert client.get("/join/WRONG1").json() == {"message": "wrong or expired join code"}
+
+
+def test_the_join_url_names_this_machine_on_the_network(room, monkeypatch):
+    server = audience.AudienceServer(room, host="0.0.0.0", port=8502)  # noqa: S104
+    monkeypatch.setattr(audience, "lan_address", lambda: "192.168.1.20")
+    assert server.join_url() == "http://192.168.1.20:8502/join/ABC234"
+    assert audience.AudienceServer(room, host="127.0.0.1", port=9000).join_url() == "http://127.0.0.1:9000/join/ABC234"
+
+
+def test_lan_address_falls_back_to_loopback_without_a_network(monkeypatch):
+    class NoRoute:
+        def __init__(self, *args):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def connect(self, address):
+            raise OSError("network is unreachable")
+
+    monkeypatch.setattr(audience.socket, "socket", NoRoute)
+    assert audience.lan_address() == "127.0.0.1"
+
+
+def test_a_busy_port_is_one_clear_error(room):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        server = audience.AudienceServer(room, host="127.0.0.1", port=taken.getsockname()[1])
+        with pytest.raises(CifarError, match="could not listen on port"):
+            server.start(timeout=5)
