@@ -257,3 +257,55 @@ def test_newer_computations_redo_older_files(shipped_runs, tmp_path, monkeypatch
     assert analysis.analyze(run_dir, ("labels",), progress=print) == {"labels": "up to date"}
     monkeypatch.setattr(analysis, "COMPUTATION_VERSION", analysis.COMPUTATION_VERSION + 1)
     assert analysis.analyze(run_dir, ("labels",), progress=print) == {"labels": "computed"}
+
+
+def test_the_calibration_file_has_its_contract_each_field_equal_to_its_measure():
+    logits = RNG.normal(size=(400, 4)) * 3.0
+    truth = _sampled(logits, seed=7)
+    report = calibration.calibration_report(logits[:200], truth[:200], logits[200:], truth[200:], "somewhere")
+    assert set(report) == {"temperature", "fitted_on", "n_fit", "n_test", "bins_count", "ece_before", "ece_after",
+                           "nll_before", "nll_after", "brier_before", "brier_after", "bins"}
+    temperature = report["temperature"]
+    assert temperature == calibration.fit_temperature(logits[:200], truth[:200])
+    for when, probs in (("before", calibration.softmax(logits[200:])),
+                        ("after", calibration.softmax(logits[200:], temperature))):
+        assert report[f"ece_{when}"] == calibration.expected_calibration_error(probs, truth[200:])
+        assert report[f"nll_{when}"] == calibration.nll(probs, truth[200:])
+        assert report[f"brier_{when}"] == calibration.brier(probs, truth[200:])
+        assert report["bins"][when] == calibration.reliability_bins(probs, truth[200:])
+    assert (report["n_fit"], report["n_test"], report["bins_count"]) == (200, 200, 15)
+
+
+def test_brier_of_float16_probabilities_is_computed_in_float64():
+    probs = np.array([[0.3333, 0.3333, 0.3334]], np.float16)
+    assert calibration.brier(probs, np.array([0])) == pytest.approx(
+        (0.3333 - 1) ** 2 + 0.3333 ** 2 + 0.3334 ** 2, abs=2e-3)
+
+
+def test_marks_accept_every_index_from_zero_and_refuse_anything_else(tmp_path):
+    path = tmp_path / "marks.json"
+    path.write_text('{"wrong_labels": [0, 9999999]}')
+    assert labels.read_marks(path) == {0, 9_999_999}
+    for bad in ('{"wrong_labels": [10000000]}', '{"wrong_labels": 3}', '{"other": [1]}'):
+        path.write_text(bad)
+        with pytest.raises(RunFolderError, match="'wrong_labels' must be a list of test indices"):
+            labels.read_marks(path)
+    path.write_text("{not json")
+    with pytest.raises(RunFolderError):
+        labels.read_marks(path)
+    labels.write_marks({3, 1}, path)
+    assert path.read_text() == '{\n "wrong_labels": [\n  1,\n  3\n ]\n}\n'
+
+
+def test_accuracy_without_ignores_marks_past_the_end_and_is_nan_when_nothing_is_left():
+    truth, guessed = np.array([0, 1, 2]), np.array([0, 0, 2])
+    assert labels.accuracy_without(truth, guessed, {3, 99}) == pytest.approx(2 / 3)
+    assert labels.accuracy_without(truth, guessed, {1}) == 1.0
+    assert np.isnan(labels.accuracy_without(truth, guessed, {0, 1, 2}))
+
+
+def test_equal_quality_keeps_test_order():
+    truth = np.array([0, 0, 0, 0])
+    probs = np.tile([[0.25, 0.75]], (4, 1))  # every label equally doubtful
+    assert [issue["index"] for issue in labels.rank_label_issues(truth, probs, keep=4)] == [0, 1, 2, 3]
+    assert labels.rank_label_issues(truth, probs, keep=2)[0]["quality"] == pytest.approx(0.25)
