@@ -171,10 +171,15 @@ COLUMNS = "id, run_dir, config, state, pid, pid_started, created_at, updated_at,
 
 def create_job(config: TrainConfig, run_dir: Path | None = None) -> Job:
     run_dir = Path(run_dir) if run_dir else runs.create_run_dir(config.model)
+    return _insert_job(run_dir, config.to_json())
+
+
+def _insert_job(run_dir: Path, stored_config: str) -> Job:
+    """A queued job row: a training config, or an analysis job's {"analyze": [...]}."""
     now = time.time()
     with connect() as db:
         cursor = db.execute("INSERT INTO jobs (run_dir, config, state, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
-                            (str(run_dir), config.to_json(), "queued", now, now))
+                            (str(run_dir), stored_config, "queued", now, now))
         job_id = cursor.lastrowid
     return get_job(job_id)
 
@@ -187,11 +192,7 @@ def launch_analysis(run_dir: Path | str, analyses: tuple[str, ...]) -> Job:
     run_dir = Path(run_dir)
     if not (run_dir / runs.MODEL_FILE).is_file():
         raise CifarError(f"{run_dir.name} has no trained model to analyse")
-    now = time.time()
-    with connect() as db:
-        cursor = db.execute("INSERT INTO jobs (run_dir, config, state, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
-                            (str(run_dir), json.dumps({ANALYZE_KEY: list(chosen)}), "queued", now, now))
-        job = get_job(cursor.lastrowid)
+    job = _insert_job(run_dir, json.dumps({ANALYZE_KEY: list(chosen)}))
     _spawn(job, resume=False)
     return get_job(job.id)
 

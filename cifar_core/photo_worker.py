@@ -44,6 +44,7 @@ class PhotoWorker:
         self._process: subprocess.Popen | None = None
         self._connection: Connection | None = None
         self._warm: list[str] = []
+        self._warm_known = False  # the worker has said it is warm (reset when it is replaced)
 
     def warm(self, run_dirs: list[str]) -> None:
         """Start the worker (if needed) and have it load and trace these runs in the background."""
@@ -69,13 +70,16 @@ class PhotoWorker:
         return self._call(("augment", images, config, random_states))
 
     def is_warm(self) -> bool:
-        """True once the worker has loaded and traced every run it was asked to warm."""
-        if self._process is None:
-            return False
+        """True once the worker has loaded and traced every run it was asked to warm. Asked of the
+        worker only until it says yes (every page asks; a yes holds until the worker is replaced),
+        so a page never waits behind another visitor's photo just to draw the sidebar."""
+        if self._warm_known or self._process is None:
+            return self._warm_known
         try:
-            return bool(self._call(("status",)))
+            self._warm_known = bool(self._call(("status",)))
         except CifarError:
             return False
+        return self._warm_known
 
     def _call(self, request: tuple) -> object:
         with self._lock:
@@ -125,6 +129,7 @@ class PhotoWorker:
             self._process.kill()
             self._process.wait()
         self._process, self._connection = None, None
+        self._warm_known = False
 
 
 _warmed = threading.Event()  # set in the worker once its warm-up has finished
