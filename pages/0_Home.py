@@ -61,3 +61,4 @@ st.subheader("Where next")
 columns = st.columns(3)
 for i, (target, label, icon) in enumerate(ui.PAGE_LINKS):
     columns[i % 3].page_link(target, label=label, icon=icon)
+ui.preload_plotly()  # last: nothing on this page waits for it

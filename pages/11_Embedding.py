@@ -6,6 +6,7 @@ import streamlit as st
 
 from cifar_core import ui
 from cifar_core.analysis import analysis_path
+from cifar_core.analysis.embedding import MAP_SAMPLE, map_sample
 from cifar_core.imaging import upscale
 
 ui.page("Embedding map", "🗺️")
@@ -17,16 +18,20 @@ chosen = ui.pick_runs("Runs (two side by side: homebrew against transfer is the 
                       multiple=True, default_count=2)
 if not chosen:
     st.stop()
-colour_by = st.radio("Colour by", ["true class", "predicted class"], horizontal=True, key="embedding_colour")
+left, right = st.columns([3, 2])
+colour_by = left.radio("Colour by", ["true class", "predicted class"], horizontal=True, key="embedding_colour")
+# A browser without a GPU (a projector laptop, headless Chromium) draws WebGL in software: two maps of
+# 10,000 points took 2-2.4 s there, so the page opens on the same seeded sample of each map.
+every_point = right.toggle("Every test image (slower to draw)", key="embedding_all_points")
 data = ui.default_dataset()
 PALETTE = px.colors.qualitative.D3  # ten distinct colours, one per CIFAR-10 class
-
-
-def map_trace(embedding, colour_by: str):
+def map_trace(embedding, colour_by: str, every: bool):
     """One run's map as ONE WebGL trace whose colours and symbols are numbers (sent as typed arrays):
     a trace per class, or a string per point, costs the browser far more to receive and draw."""
     import plotly.graph_objects as go
 
+    keep = np.arange(len(embedding["labels"])) if every else map_sample(len(embedding["labels"]))
+    embedding = {key: embedding[key][keep] for key in ("labels", "predictions", "coords", "indices")}
     labels, predictions = embedding["labels"], embedding["predictions"]
     colours = (labels if colour_by == "true class" else predictions).astype(np.int16)
     wrong = labels != predictions
@@ -40,15 +45,15 @@ def map_trace(embedding, colour_by: str):
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
-def maps_figure(titles: tuple[str, ...], names: tuple[str, ...], colour_by: str, stamps: tuple[float, ...],
-                _embeddings):
+def maps_figure(titles: tuple[str, ...], names: tuple[str, ...], colour_by: str, every: bool,
+                stamps: tuple[float, ...], _embeddings):
     """Both runs' maps in ONE figure (side by side): one WebGL canvas for the page, not one per map.
     Built once per choice of runs, colouring and file versions."""
     from plotly.subplots import make_subplots
 
     figure = make_subplots(rows=1, cols=len(titles), subplot_titles=titles, horizontal_spacing=0.03)
     for position, embedding in enumerate(_embeddings, start=1):
-        figure.add_trace(map_trace(embedding, colour_by), row=1, col=position)
+        figure.add_trace(map_trace(embedding, colour_by, every), row=1, col=position)
     figure.update_xaxes(visible=False)
     figure.update_yaxes(visible=False)
     figure.update_layout(height=540, margin=dict(t=40, l=0, r=0, b=0), dragmode="lasso", showlegend=False)
@@ -68,7 +73,11 @@ names = tuple((ui.run_json(shown[0][0]["path"], "metrics.json") or {}).get("clas
               [str(i) for i in range(int(shown[0][1]["labels"].max()) + 1)])
 st.markdown(" ".join(f'<span style="color:{PALETTE[i % len(PALETTE)]}">●</span> {name}'
                      for i, name in enumerate(names)) + " · ✕ misclassified", unsafe_allow_html=True)
-figure = maps_figure(tuple(f"{r['model']} · {r['run']}" for r, _ in shown), names, colour_by,
+total = len(shown[0][1]["labels"])
+if not every_point and total > MAP_SAMPLE:
+    st.caption(f"Each map shows the same {MAP_SAMPLE:,} of the {total:,} test images (a seeded sample); "
+               "switch on *Every test image* for all of them.")
+figure = maps_figure(tuple(f"{r['model']} · {r['run']}" for r, _ in shown), names, colour_by, every_point,
                      tuple(analysis_path(r["path"], "embedding").stat().st_mtime for r, _ in shown),
                      [embedding for _, embedding in shown])
 event = st.plotly_chart(figure, width="stretch", on_select="rerun", selection_mode=("box", "lasso"),

@@ -309,3 +309,13 @@ def test_equal_quality_keeps_test_order():
     probs = np.tile([[0.25, 0.75]], (4, 1))  # every label equally doubtful
     assert [issue["index"] for issue in labels.rank_label_issues(truth, probs, keep=4)] == [0, 1, 2, 3]
     assert labels.rank_label_issues(truth, probs, keep=2)[0]["quality"] == pytest.approx(0.25)
+
+
+def test_maps_draw_the_same_seeded_sample_of_points():
+    from cifar_core.analysis.embedding import map_sample
+
+    np.testing.assert_array_equal(map_sample(40, size=100), np.arange(40))
+    chosen = map_sample(10_000, size=3000)
+    assert len(chosen) == len(set(chosen)) == 3000 and np.all(np.diff(chosen) > 0)
+    assert chosen.max() < 10_000 and chosen.max() > 9_000 and chosen.min() < 1_000  # spread over the maps
+    np.testing.assert_array_equal(chosen, map_sample(10_000, size=3000))  # every map, every visit

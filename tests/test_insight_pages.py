@@ -44,7 +44,9 @@ def test_embedding_page_maps_two_runs_in_one_webgl_figure(lab):
     assert [trace["type"] for trace in spec["data"]] == ["scattergl", "scattergl"]
     assert {a["text"] for a in spec["layout"]["annotations"]} == {"demo · demo-tiny", "g3 · g3-tiny"}
     app.radio(key="embedding_colour").set_value("predicted class").run()
+    app.toggle(key="embedding_all_points").set_value(True).run()
     assert not app.exception
+    assert len(json.loads(app.get("plotly_chart")[0].proto.spec)["data"][0]["x"]["bdata"]) > 0
 
 
 def test_robustness_page_draws_curves_and_corrupts_a_photo_live(lab):

@@ -4,6 +4,17 @@ from __future__ import annotations
 import numpy as np
 
 TSNE_SEED = 0
+# The points an embedding map draws by default: a browser without a GPU draws WebGL in software,
+# and two maps of 10,000 points took it 2-2.4 s (BENCHMARKS.md, stage latency budget).
+MAP_SAMPLE = 3000
+
+
+def map_sample(n: int, size: int = MAP_SAMPLE) -> np.ndarray:
+    """Sorted positions of the points a map draws: all of them up to `size`, else the same seeded
+    `size` of them on every map, so a region selected on one map holds the same images on the other."""
+    if n <= size:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(TSNE_SEED).permutation(n)[:size])
 
 
 def project_2d(features: np.ndarray, pca_dimensions: int = 50) -> np.ndarray:
