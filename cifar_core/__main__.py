@@ -1,4 +1,4 @@
-"""Command line: python -m cifar_core {train,evaluate,predict,models,bench,analyze}.
+"""Command line: python -m cifar_core {train,evaluate,predict,models,bench,analyze,export,serve}.
 
 Every failure a user can cause ends with one line on stderr and a non-zero
 exit status; set CIFAR_DEBUG=1 to see tracebacks.
@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--class-weights", action="store_true", default=None)
     train.add_argument("--random-state", "--seed", type=int, dest="random_state")
     train.add_argument("--precision", choices=PRECISIONS,
-                       help="mixed_bfloat16 computes in bf16 (faster on CPUs with bf16 instructions)")
+                       help="mixed_bfloat16 computes in bf16 (faster on CPUs with bf16 instructions); auto picks "
+                            "the faster of the two here by a short probe and saves the choice in the config")
     train.add_argument("--config", type=Path, help="a config.json to start from (e.g. a shipped run's)")
     _add_remaining_config_flags(train)
 
@@ -77,6 +78,20 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--steps", type=int, default=20, help="timed training steps per model")
     bench.add_argument("--batch-sizes", default="", help="also time these batch sizes, e.g. 128,512")
     bench.add_argument("--precisions", default="", help="also time these precisions, e.g. float32,mixed_bfloat16")
+    bench.add_argument("--compare", default="",
+                       help="time these models' previous recipes beside today's in this call, e.g. fastnet,g3")
+    export = commands.add_parser("export", help="export a run's model (SavedModel, LiteRT, ONNX), checked on the "
+                                                "test split with the runtime that will run it")
+    export.add_argument("run_dir", type=Path)
+    export.add_argument("--format", required=True, choices=("saved_model", "tflite", "onnx"), dest="fmt")
+    export.add_argument("--quantize", choices=("int8",), help="post-training INT8, calibrated on training images")
+    export.add_argument("--out", type=Path, help="folder for the file and manifest.json (default: RUN_DIR/export)")
+    export.add_argument("--data", help="data source for the check (default: the run's config)")
+    serve = commands.add_parser("serve", help="an HTTP prediction service (FastAPI; docs at /docs)")
+    serve.add_argument("--run", type=Path, action="append", required=True, dest="run_dirs",
+                       help="a run folder to serve (repeat for several)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8000)
     worker = commands.add_parser("worker", help=argparse.SUPPRESS)  # started by the dashboard's job registry
     worker.add_argument("job_id", type=int)
     worker.add_argument("--resume", action="store_true")
@@ -139,16 +154,21 @@ def config_from_args(args):
 
 
 def cmd_train(args) -> int:
+    from . import runs
     from .training import resume, train
+    from .training.distributed import is_chief
 
     if args.resume:
         if not args.run_dir:
             raise CifarError("--resume needs --run-dir (the run folder to continue)")
         run_dir = resume(args.run_dir)
+        config = runs.read_config(args.run_dir)  # the chief's folder: every worker was given it
     else:
-        run_dir = train(config_from_args(args), args.run_dir)
-    from . import runs
-
+        config = config_from_args(args)
+        run_dir = train(config, args.run_dir)
+    if not is_chief(config.distribute):
+        print("this worker's share is done; the chief writes the run folder and its test accuracy")
+        return 0
     metrics = runs.read_metrics(run_dir)
     print(f"run folder: {run_dir}")
     print(_accuracy_line(metrics))
@@ -212,7 +232,7 @@ def cmd_bench(args) -> int:
     batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
     precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
     run_benchmarks(args.data, args.output, [m for m in args.models.split(",") if m], args.steps, batch_sizes,
-                   precisions)
+                   precisions, [m.strip() for m in args.compare.split(",") if m.strip()])
     print(f"results written to {args.output}")
     return 0
 
@@ -226,8 +246,28 @@ def cmd_analyze(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .export import export_run
+
+    entry = export_run(args.run_dir, args.fmt, args.quantize, args.out, args.data,
+                       progress=lambda line: print(line, flush=True))
+    print(f"{entry['file']}: {entry['size_bytes']:,} bytes; test accuracy {entry['accuracy']:.2%} "
+          f"(Keras {entry['keras_accuracy']:.2%}, top-1 agreement {entry['agreement']:.2%}); "
+          f"batch 1 {entry['latency_ms_p50']} ms p50, {entry['latency_ms_p95']} ms p95; "
+          f"batch 64 {entry['throughput_batch64']:,.0f} images/s on {entry['runtime']}")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from .serve import serve
+
+    serve(args.run_dirs, args.host, args.port, progress=lambda line: print(line, flush=True))
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "models": cmd_models,
-            "bench": cmd_bench, "worker": cmd_worker, "analyze": cmd_analyze}
+            "bench": cmd_bench, "worker": cmd_worker, "analyze": cmd_analyze, "export": cmd_export,
+            "serve": cmd_serve}
 
 
 def _terminate_as_interrupt(signum, frame):

@@ -26,12 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CifarError, ImageDecodeError
+from .errors import CifarError
+from .uploads import MAX_UPLOAD_BYTES, single_file, size_refusal
 
 ENABLE_FLAG = "--audience"
 DEFAULT_PORT = 8502
-MAX_UPLOAD_BYTES = 8 * 1024 * 1024
-FORM_OVERHEAD_BYTES = 64 * 1024  # multipart headers and boundaries around the photo
 MAX_GALLERY = 48  # the oldest photo leaves when a new one arrives
 THUMBNAIL_SIZE = 256
 JOIN_CODE_LETTERS = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I: read aloud from a screen
@@ -157,31 +156,17 @@ def create_app(room: Room):
         client = request.client.host if request.client else "unknown"
         if not room.limiter.allow(client):
             return answer(request, 429, "Too many photos from this device: wait a few seconds.")
-        declared = request.headers.get("content-length", "")
-        if not declared.isdigit():
-            return answer(request, 411, "The upload must declare its size.")
-        if int(declared) > MAX_UPLOAD_BYTES + FORM_OVERHEAD_BYTES:
-            return answer(request, 413, f"Photos up to {size_text(MAX_UPLOAD_BYTES)}, please.")
+        refusal = size_refusal(request, MAX_UPLOAD_BYTES)
+        if refusal:
+            return answer(request, *refusal)
         try:
-            data = await _single_file(request)
+            data, _ = await single_file(request, "photo", MAX_UPLOAD_BYTES)
             room.add(data)
         except CifarError as exc:
             return answer(request, 400, f"That photo was not accepted: {exc}")
         return answer(request, 200, "Thanks! Your photo is on the screen.")
 
     return app
-
-
-async def _single_file(request) -> bytes:
-    """The one uploaded file's bytes (the body is already capped by its declared length)."""
-    form = await request.form(max_files=1, max_fields=4)
-    upload = form.get("photo")
-    if upload is None or isinstance(upload, str):
-        raise ImageDecodeError("no photo in the upload (field 'photo')")
-    data = await upload.read(MAX_UPLOAD_BYTES + 1)
-    if len(data) > MAX_UPLOAD_BYTES:
-        raise ImageDecodeError("the photo is too large")
-    return data
 
 
 def lan_address() -> str:

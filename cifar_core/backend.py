@@ -70,12 +70,22 @@ def _cpuinfo() -> dict[str, str]:
     return fields
 
 
+def cpu_flags() -> set[str]:
+    """The first processor's instruction-set flags, as /proc/cpuinfo names them (empty where unknown)."""
+    return set(_cpuinfo().get("flags", "").split())
+
+
+def has_bf16_units() -> bool:
+    """Whether the CPU computes bfloat16 natively (AVX512_BF16 or AMX); elsewhere bf16 is emulated."""
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+
+
 def cpu_name() -> str:
     """'AMD EPYC (family 26 model 2; AVX2, AVX-512, AVX512_BF16)': the model name alone does
     not tell a Zen 4 from a Zen 5, and the instruction sets decide the speed."""
     info = _cpuinfo()
     name = info.get("model name") or platform.processor() or platform.machine()
-    flags = set(info.get("flags", "").split())
+    flags = cpu_flags()
     features = ", ".join(label for flag, label in CPU_FEATURES.items() if flag in flags)
     family = f"family {info['cpu family']} model {info.get('model', '?')}" if "cpu family" in info else ""
     detail = "; ".join(part for part in (family, features) if part)

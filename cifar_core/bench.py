@@ -1,14 +1,22 @@
 """`python -m cifar_core bench`: what this machine does with the studio's models.
 
-Measures data load (cold and cached), training throughput of each homebrew
-model with FLOP/s counted from the architecture, single-image latency from
-image bytes to top-3 (p50/p95, warm), and batch inference throughput.
+Measures what the hardware offers (the CPU's instruction sets, the matrix-multiply
+and convolution peaks through TensorFlow in float32 and bfloat16, and which oneDNN
+kernels really run), data load (cold and cached), training throughput of each
+homebrew model with FLOP/s counted from the architecture and as a share of the
+measured peak, the input pipeline alone, single-image latency from image bytes to
+top-3 (p50/p95, warm), and batch inference throughput.
 Run it on an otherwise idle machine: timings vary with load.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import os
+import re
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -55,17 +63,149 @@ def time_data_load(source: str) -> dict:
             "cold_seconds": round(cold.load_seconds, 2), "cached_seconds": round(cached.load_seconds, 3)}
 
 
+# The probes that set this machine's peaks: a square matmul, and a 3x3 convolution the
+# size of a CIFAR net's middle layers (batch, side, channels in -> out), through TensorFlow.
+PEAK_MATMUL_SIDE = 2048
+PEAK_CONV = (256, 32, 64, 128)
+# Compute dtype of each training precision (the peaks are keyed by training precision).
+COMPUTE_DTYPES = {"float32": "float32", "mixed_bfloat16": "bfloat16"}
+
+
+def _best_seconds(call, repeats: int) -> float:
+    call()  # trace and warm
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        call()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def measure_peaks(repeats: int = 5) -> dict:
+    """GFLOP/s of the matmul and convolution probes per training precision: the best of
+    `repeats` calls of one compiled op, so the figure is what the kernels can do here."""
+    return {precision: _peaks_in(dtype, repeats) for precision, dtype in COMPUTE_DTYPES.items()}
+
+
+def _peaks_in(dtype: str, repeats: int) -> dict:
+    import tensorflow as tf
+
+    batch, side, c_in, c_out = PEAK_CONV
+    rng = np.random.default_rng(0)
+    a, b = (tf.constant(rng.standard_normal((PEAK_MATMUL_SIDE, PEAK_MATMUL_SIDE)), dtype) for _ in range(2))
+    x = tf.constant(rng.standard_normal((batch, side, side, c_in)), dtype)
+    k = tf.constant(rng.standard_normal((3, 3, c_in, c_out)), dtype)
+    matmul = tf.function(lambda: tf.matmul(a, b)[0, 0])
+    conv = tf.function(lambda: tf.nn.conv2d(x, k, 1, "SAME")[0, 0, 0, 0])
+    matmul_flops = 2 * PEAK_MATMUL_SIDE ** 3
+    conv_flops = 2 * batch * side * side * c_out * c_in * 9
+    return {"matmul_gflops": round(matmul_flops / _best_seconds(lambda: matmul().numpy(), repeats) / 1e9, 1),
+            "conv_gflops": round(conv_flops / _best_seconds(lambda: conv().numpy(), repeats) / 1e9, 1)}
+
+
+# Run in a child process: oneDNN reads ONEDNN_VERBOSE once, when TensorFlow loads.
+_ONEDNN_PROBE = """
+import tensorflow as tf
+x = tf.random.normal((16, 16, 16, 64)); k = tf.random.normal((3, 3, 64, 64))
+for dtype in (tf.float32, tf.bfloat16):
+    tf.nn.conv2d(tf.cast(x, dtype), tf.cast(k, dtype), 1, "SAME").numpy()
+    tf.matmul(tf.cast(x[0, 0], dtype), tf.cast(k[0, 0], dtype)).numpy()
+"""
+_SOURCE_DTYPE = re.compile(r"src[_:](?P<dtype>[a-z0-9]+)")
+_ONEDNN_DTYPES = {"f32": "float32", "bf16": "bfloat16"}
+
+
+def parse_onednn_verbose(text: str) -> dict:
+    """What oneDNN's verbose log says ran: {"isa": "...", "kernels": {"convolution": {"bfloat16":
+    ["brg_conv_fwd:avx512_core_bf16"]}, ...}}. Lines look like
+    `onednn_verbose,v1,primitive,exec,cpu,<kind>,<implementation>,<prop>,<memory descriptors>,...`."""
+    isa, kernels = None, {}
+    for line in text.splitlines():
+        parts = line.strip().split(",")
+        if not parts or parts[0] != "onednn_verbose":
+            continue
+        if "info" in parts[:4] and any(part.startswith("isa:") for part in parts):
+            isa = next(part for part in parts if part.startswith("isa:")).removeprefix("isa:")
+        if "exec" not in parts[:4] or len(parts) < parts.index("exec") + 6:
+            continue
+        at = parts.index("exec")
+        kind, implementation, descriptors = parts[at + 2], parts[at + 3] or "(default)", parts[at + 5]
+        dtype = _SOURCE_DTYPE.search(descriptors)
+        if parts[at + 1] == "cpu" and dtype:
+            name = _ONEDNN_DTYPES.get(dtype["dtype"], dtype["dtype"])
+            kernels.setdefault(kind, {}).setdefault(name, set()).add(implementation)
+    return {"isa": isa, "kernels": {kind: {dtype: sorted(found) for dtype, found in by_dtype.items()}
+                                    for kind, by_dtype in kernels.items()}}
+
+
+def expected_bf16_isa(flags: set[str]) -> str | None:
+    """The oneDNN kernel family a CPU with these /proc/cpuinfo flags should use for bf16."""
+    if "amx_bf16" in flags:
+        return "amx"
+    if "avx512_bf16" in flags:
+        return "avx512_core_bf16"
+    return None
+
+
+def onednn_verdict(kernels: dict, expected: str | None) -> str:
+    conv = kernels.get("convolution", {})
+    if not kernels:
+        return "oneDNN is not running (TF_ENABLE_ONEDNN_OPTS=0, or a TensorFlow built without it)"
+    bf16 = conv.get("bfloat16", [])
+    if expected is None:
+        return ("this CPU has no bfloat16 instructions: bf16 convolutions run on "
+                f"{', '.join(bf16) or 'no oneDNN kernel'}; train in float32")
+    if any(expected in impl for impl in bf16):
+        return f"bfloat16 convolutions run on oneDNN's {expected} kernels ({', '.join(bf16)}), as this CPU allows"
+    return (f"bfloat16 convolutions run on {', '.join(bf16) or 'no oneDNN kernel'}, not on this CPU's {expected} "
+            "kernels: mixed precision will not pay off")
+
+
+def onednn_kernels(timeout: float = 180) -> dict:
+    """Which oneDNN kernels run a float32 and a bfloat16 convolution and matmul here, and whether
+    they are the fast ones the CPU's instruction sets allow."""
+    env = {**os.environ, "ONEDNN_VERBOSE": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    try:
+        done = subprocess.run([sys.executable, "-c", _ONEDNN_PROBE], env=env, capture_output=True, text=True,
+                              timeout=timeout, check=False)
+        log = done.stdout + done.stderr
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return {"isa": None, "kernels": {}, "expected_bf16": None,
+                "verdict": f"oneDNN probe failed: {type(exc).__name__}"}
+    seen = parse_onednn_verbose(log)
+    expected = expected_bf16_isa(backend.cpu_flags())
+    return {**seen, "expected_bf16": expected, "verdict": onednn_verdict(seen["kernels"], expected)}
+
+
+@contextlib.contextmanager
+def _batchnorm_kind(fused: bool):
+    """Models built inside use the fused batch norm (today) or Keras' own (the previous recipe)."""
+    from .models import layers
+
+    if fused:
+        yield
+        return
+    with layers.stock_batchnorm():
+        yield
+
+
 def time_training(model_name: str, steps: int, warmup: int = 3, batch_size: int | None = None,
-                  precision: str | None = None) -> dict:
-    """Images/s of full training steps (augmentation pipeline included) on random images."""
+                  precision: str | None = None, peaks: dict | None = None, config=None,
+                  fused_batchnorm: bool = True, ns_dtype: str | None = None) -> dict:
+    """Images/s of full training steps (augmentation pipeline included) on random images,
+    and of the input pipeline alone; `config` replaces the model's recipe, and the last two
+    arguments rebuild the previous recipe's kernels (`compare_with_previous`)."""
     from .config import recipe_config
     from .data.pipeline import build_augmenter, make_dataset
     from .models import build_model
     from .training.optimizers import compile_model
+    from .training.precision import resolve_precision
 
-    config = recipe_config(model_name, batch_size=batch_size, precision=precision)
-    model = build_model(model_name, precision=config.precision)
-    compile_model(model, config, config.learning_rate, 1000)
+    config = config or recipe_config(model_name, batch_size=batch_size, precision=precision)
+    config = resolve_precision(config)
+    with _batchnorm_kind(fused_batchnorm):
+        model = build_model(model_name, precision=config.precision, **config.model_options)
+    compile_model(model, config, config.learning_rate, 1000, ns_dtype=ns_dtype)
     n = config.batch_size * (steps + warmup)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 255, (n, 32, 32, 3), dtype=np.uint8)
@@ -80,12 +220,58 @@ def time_training(model_name: str, steps: int, warmup: int = 3, batch_size: int 
     seconds = time.perf_counter() - started
     images_per_second = steps * config.batch_size / seconds
     flops = forward_flops(model)
+    # Training costs about 3x the forward pass (forward, input gradients, weight gradients).
+    gflops = 3 * flops * images_per_second / 1e9
+    conv_peak = ((peaks or {}).get(config.precision) or {}).get("conv_gflops")
     return {"model": model_name, "batch_size": config.batch_size, "precision": config.precision,
             "params": int(model.count_params()),
             "forward_mflops_per_image": round(flops / 1e6, 1), "train_images_per_second": round(images_per_second, 1),
-            # Training costs about 3x the forward pass (forward, input gradients, weight gradients).
-            "train_gflops_per_second": round(3 * flops * images_per_second / 1e9, 1),
+            "train_gflops_per_second": round(gflops, 1),
+            "percent_of_conv_peak": round(100 * gflops / conv_peak, 1) if conv_peak else None,
+            "pipeline_images_per_second": round(time_pipeline(data, steps, config.batch_size), 1),
             "epoch_minutes_50k": round(50_000 / images_per_second / 60, 2)}
+
+
+def time_pipeline(data, batches: int, batch_size: int) -> float:
+    """Images/s of the input pipeline alone (decode-free: images are in memory; augmentation included)."""
+    iterator = iter(data)
+    next(iterator)
+    started = time.perf_counter()
+    for _ in range(batches - 1):
+        next(iterator)
+    return (batches - 1) * batch_size / max(time.perf_counter() - started, 1e-9)
+
+
+def recipe_steps(model_name: str) -> list[tuple[str, dict]]:
+    """From the previous recipe to today's, one change at a time: (name, time_training arguments)."""
+    from .config import PREVIOUS_RECIPES, recipe_config
+
+    previous = recipe_config(model_name, **PREVIOUS_RECIPES[model_name])
+    current = recipe_config(model_name)
+    steps = [("previous recipe", dict(config=previous, fused_batchnorm=False, ns_dtype="float32")),
+             ("+ fused batch norm", dict(config=previous, ns_dtype="float32"))]
+    if current.model_options != previous.model_options:
+        changed = ", ".join(f"{k} {v}" for k, v in current.model_options.items()
+                            if previous.model_options.get(k) != v)
+        steps.append((f"+ {changed}", dict(config=current.replace(precision=previous.precision), ns_dtype="float32")))
+    if current.optimizer == "muon":
+        steps.append(("+ bf16 Newton-Schulz (today's recipe)", dict(config=current)))
+    else:
+        steps[-1] = (steps[-1][0] + " (today's recipe)", dict(config=current))
+    return steps
+
+
+def compare_with_previous(model_name: str, steps: int, peaks: dict | None, rounds: int = 2) -> dict:
+    """The recipe its shipped run had before this release against today's, one change at a time,
+    alternated over `rounds` in one call on one machine (best of each): where a speed-up comes from."""
+    plan = recipe_steps(model_name)
+    timed: dict[str, list[dict]] = {name: [] for name, _ in plan}
+    for _ in range(rounds):
+        for name, arguments in plan:
+            timed[name].append(time_training(model_name, steps, peaks=peaks, **arguments))
+    best = [{"step": name, **max(timed[name], key=lambda row: row["train_images_per_second"])} for name, _ in plan]
+    return {"model": model_name, "steps": best,
+            "speedup": round(best[-1]["train_images_per_second"] / best[0]["train_images_per_second"], 2)}
 
 
 def time_inference(run_dir: Path | None, model_name: str, repeats: int = 50) -> dict:
@@ -132,25 +318,33 @@ def shipped_run_for(model_name: str) -> Path | None:
 
 
 def run_benchmarks(source: str | None, output: Path, models: list[str], steps: int,
-                   batch_sizes: list[int] | None = None, precisions: list[str] | None = None) -> dict:
+                   batch_sizes: list[int] | None = None, precisions: list[str] | None = None,
+                   compare: list[str] | None = None) -> dict:
     backend.configure()
     from .data import default_source
 
     results = {"machine": backend.machine_description(), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-               "data_load": None, "training": [], "inference": []}
+               "peaks": measure_peaks(), "onednn": onednn_kernels(),
+               "data_load": None, "training": [], "comparison": [], "inference": []}
+    print("peaks (GFLOP/s):", results["peaks"])
+    print("oneDNN:", results["onednn"]["verdict"])
     source = source or default_source()
     if source != "keras":
         results["data_load"] = time_data_load(source)
         print("data load:", results["data_load"])
+    peaks = results["peaks"]
     for name in models:
-        results["training"].append(time_training(name, steps))
+        results["training"].append(time_training(name, steps, peaks=peaks))
         print("training:", results["training"][-1])
         variants = [dict(batch_size=b) for b in batch_sizes or []] + [dict(precision=p) for p in precisions or []]
         for variant in variants:  # the batch-size and precision sweeps
-            results["training"].append(time_training(name, steps, **variant))
+            results["training"].append(time_training(name, steps, peaks=peaks, **variant))
             print("training:", results["training"][-1])
         results["inference"].append(time_inference(shipped_run_for(name), name))
         print("inference:", results["inference"][-1])
+    for name in compare or []:
+        results["comparison"].append(compare_with_previous(name, steps, peaks))
+        print("previous vs current:", results["comparison"][-1])
     runs.atomic_write_text(output, json.dumps(results, indent=2) + "\n")
     machine_file().parent.mkdir(parents=True, exist_ok=True)
     runs.atomic_write_text(machine_file(), json.dumps(results, indent=2) + "\n")  # what the Train page reads

@@ -59,16 +59,21 @@ class Job:
     updated_at: float
     message: str | None
     analyses: tuple[str, ...] | None = None  # an analysis job (`analyze` of a finished run), not training
+    export: tuple[str, str | None] | None = None  # an export job: (format, quantization)
 
     @property
     def model(self) -> str:
         if self.analyses:
             return "analysis"
+        if self.export:
+            return "export"
         return self.config.model if self.config is not None else "?"
 
     @property
     def log_file(self) -> Path:
-        """Where the worker's output goes: the run's train.log, or its analysis/analyze.log."""
+        """Where the worker's output goes: the run's train.log, analysis/analyze.log or export/export.log."""
+        if self.export:
+            return self.run_dir / EXPORT_LOG
         return self.run_dir / ("analysis/analyze.log" if self.analyses else runs.LOG_FILE)
 
 
@@ -139,30 +144,51 @@ def _set_aside(path: Path, exc: Exception) -> None:
 
 
 ANALYZE_KEY = "analyze"  # an analysis job's stored config: {"analyze": ["embedding", ...]}
+EXPORT_KEY = "export"  # an export job's stored config: {"export": {"format": "onnx", "quantize": null}}
+EXPORT_LOG = "export/export.log"
 
 
 def _row_to_job(row) -> Job:
     config, message = None, row[8]
-    analyses = _stored_analyses(row[2])
-    if analyses is None:
+    task = _stored_task(row[2])
+    analyses, export = _stored_analyses(task), _stored_export(task)
+    if analyses is None and export is None:
         try:
             config = TrainConfig.from_json(row[2])
         except (ConfigError, TypeError) as exc:
             message = f"its stored config is unreadable ({exc})"[:500]
-    return Job(row[0], Path(row[1]), config, row[3], row[4], row[5], row[6], row[7], message, analyses)
+    return Job(row[0], Path(row[1]), config, row[3], row[4], row[5], row[6], row[7], message, analyses, export)
 
 
-def _stored_analyses(text) -> tuple[str, ...] | None:
-    """The analyses an analysis job's stored config names, or None for a training job."""
-    from .analysis import ANALYSES
-
+def _stored_task(text) -> tuple[str, object] | None:
+    """(key, value) of a stored {"analyze": ...} or {"export": ...}; None for a training config."""
     try:
         data = json.loads(text) if isinstance(text, str) and len(text) < 10_000 else None
     except ValueError:
         return None
-    chosen = data.get(ANALYZE_KEY) if isinstance(data, dict) and len(data) == 1 else None
+    if isinstance(data, dict) and len(data) == 1 and next(iter(data)) in (ANALYZE_KEY, EXPORT_KEY):
+        return next(iter(data.items()))
+    return None
+
+
+def _stored_analyses(task) -> tuple[str, ...] | None:
+    """The analyses an analysis job's stored config names, or None for any other job."""
+    from .analysis import ANALYSES
+
+    chosen = task[1] if task and task[0] == ANALYZE_KEY else None
     if isinstance(chosen, list) and chosen and all(name in ANALYSES for name in chosen):
         return tuple(chosen)
+    return None
+
+
+def _stored_export(task) -> tuple[str, str | None] | None:
+    """(format, quantization) of an export job's stored config, or None for any other job."""
+    from .export import FORMATS, QUANTIZATIONS
+
+    chosen = task[1] if task and task[0] == EXPORT_KEY else None
+    if isinstance(chosen, dict) and set(chosen) == {"format", "quantize"} and chosen["format"] in FORMATS \
+            and chosen["quantize"] in QUANTIZATIONS:
+        return chosen["format"], chosen["quantize"]
     return None
 
 
@@ -193,6 +219,20 @@ def launch_analysis(run_dir: Path | str, analyses: tuple[str, ...]) -> Job:
     if not (run_dir / runs.MODEL_FILE).is_file():
         raise CifarError(f"{run_dir.name} has no trained model to analyse")
     job = _insert_job(run_dir, json.dumps({ANALYZE_KEY: list(chosen)}))
+    _spawn(job, resume=False)
+    return get_job(job.id)
+
+
+def launch_export(run_dir: Path | str, fmt: str, quantize: str | None = None) -> Job:
+    """Export a finished run in a background worker (`python -m cifar_core export`'s work, into
+    RUN_DIR/export)."""
+    from .export import check_request
+
+    check_request(fmt, quantize)
+    run_dir = Path(run_dir)
+    if not (run_dir / runs.MODEL_FILE).is_file():
+        raise CifarError(f"{run_dir.name} has no trained model to export")
+    job = _insert_job(run_dir, json.dumps({EXPORT_KEY: {"format": fmt, "quantize": quantize}}))
     _spawn(job, resume=False)
     return get_job(job.id)
 
@@ -276,7 +316,7 @@ def launch(config: TrainConfig, run_dir: Path | None = None) -> Job:
 
 def resume_job(job_id: int) -> Job:
     job = get_job(job_id)
-    if job.config is None and not job.analyses:
+    if job.config is None and not job.analyses and not job.export:
         raise CifarError(f"job {job_id} cannot be resumed: {job.message}")
     if worker_alive(job):
         raise CifarError(f"job {job_id} is still running (its worker holds the run folder)")
@@ -327,7 +367,7 @@ def run_worker(job_id: int, resume: bool = False) -> int:
     job = get_job(job_id)
     if job.state == "cancelled":  # cancelled before this process got going
         return 130
-    if job.config is None and not job.analyses:
+    if job.config is None and not job.analyses and not job.export:
         update_job(job_id, state="failed")
         raise CifarError(f"job {job_id}: {job.message}")
     update_job(job_id, state="running", pid=os.getpid(), pid_started=process_start_time(os.getpid()))
@@ -336,6 +376,10 @@ def run_worker(job_id: int, resume: bool = False) -> int:
             from .analysis import analyze
 
             analyze(job.run_dir, job.analyses, progress=lambda line: print(line, flush=True))
+        elif job.export:
+            from .export import export_run
+
+            export_run(job.run_dir, *job.export, progress=lambda line: print(line, flush=True))
         elif resume and (job.run_dir / runs.CONFIG_FILE).exists():
             resume_run(job.run_dir, verbose=2)
         else:

@@ -32,6 +32,7 @@ PAGES = {
                    ("pages/5_Evaluate.py", "Evaluate a run", ":material/grid_on:", "Evaluate")],
     "Explain": [("pages/6_Classify.py", "Classify your photos", ":material/photo_camera:", "Classify"),
                 ("pages/8_Audience.py", "Audience mode", ":material/groups:", "Audience")],
+    "Deploy": [("pages/14_Deploy.py", "Deploy", ":material/deployed_code:", "Deploy")],
     "Insight lab": [("pages/9_Calibration.py", "Calibration", ":material/target:", "Calibration"),
                     ("pages/10_Label_issues.py", "Label issues", ":material/label_off:", "Labels"),
                     ("pages/11_Embedding.py", "Embedding map", ":material/scatter_plot:", "Embedding"),
@@ -52,6 +53,22 @@ def navigation():
 def page(title: str, icon: str) -> None:
     st.set_page_config(page_title=f"{title} · CIFAR-10 Studio", page_icon=icon, layout="wide")
     st.title(title)  # the icon goes to the browser tab only: headless fonts lack emoji
+
+
+def preload_plotly() -> None:
+    """Load plotly's JavaScript while the presenter is on the home page, so the first page with a
+    plotly chart does not wait for it: in headless Chromium that first load added about 0.9 s to
+    the page switch (BENCHMARKS.md). Streamlit ships plotly as its own lazily imported chunk; this
+    imports the same file, so the page's own import finds it loaded. No-op if the chunk is not found."""
+    chunk = _plotly_chunk()
+    if chunk:
+        st.html(f'<script>import("./static/js/{chunk}").catch(() => null);</script>', unsafe_allow_javascript=True)
+
+
+def _plotly_chunk() -> str | None:
+    folder = Path(st.__file__).parent / "static" / "static" / "js"
+    found = sorted(folder.glob("PlotlyChart.*.js"))
+    return found[0].name if found else None
 
 
 def fail(exc: Exception) -> None:
@@ -471,7 +488,10 @@ def preset_label(name: str) -> str:
         return f"{name} — {preset.summary}"
     label = f"{name} — {preset.summary}: {duration(seconds)} on {machine_name(metrics.get('machine')) or '?'}"
     config = preset_config(name)
-    here = this_machine_speeds().get((config.model, config.batch_size, config.precision))
+    speeds = this_machine_speeds()
+    # "auto" trains in whichever precision is faster here; bench timed the recipe the same way.
+    precisions = ("float32", "mixed_bfloat16") if config.precision == "auto" else (config.precision,)
+    here = max((speeds.get((config.model, config.batch_size, p)) or 0 for p in precisions), default=0)
     processed = seconds * (metrics.get("train_images_per_second") or 0)
     if here and processed and not metrics.get("transfer"):
         label += f"; about {duration(processed / here)} here (bench)"

@@ -204,10 +204,11 @@ def test_presets_are_recipes_with_settings_on_top():
     assert preset_config("lite0-224") == recipe_config("lite0", input_size=224, fine_tune_epochs=4)
     assert preset_config("lite0-224", fine_tune_epochs=None).fine_tune_epochs == 4  # None overrides nothing
     assert preset_config("demo", n_epochs=2) == recipe_config("demo", n_epochs=2)
-    with pytest.raises(ConfigError, match="^unknown preset 'nope'; choose one of demo, g3, fastnet, lite0-128, "
-                                          "lite0-224$"):
+    with pytest.raises(ConfigError, match="^unknown preset 'nope'; choose one of demo, g3, stage, fastnet, "
+                                          "lite0-128, lite0-224$"):
         preset_config("nope")
-    assert set(PRESETS) == {"demo", "g3", "fastnet", "lite0-128", "lite0-224"}
+    assert set(PRESETS) == {"demo", "g3", "stage", "fastnet", "lite0-128", "lite0-224"}
+    assert preset_config("stage") == recipe_config("fastnet", n_epochs=4, model_options={"activation": "silu"})
 
 
 def test_the_input_size_is_resolved_when_the_config_is_made():
@@ -217,3 +218,16 @@ def test_the_input_size_is_resolved_when_the_config_is_made():
     legacy = TrainConfig.from_dict({"model": "lite0", "image_size": 160})  # saved before the rename
     assert legacy.input_size == 160 and "image_size" not in legacy.to_dict()
     assert TrainConfig.from_dict({"model": "lite0", "image_size": None}).input_size == 128
+
+
+def test_a_run_made_by_a_preset_is_recognised_whatever_precision_auto_chose():
+    from cifar_core.config import made_by_preset, preset_config
+
+    made = preset_config("fastnet", data="/somewhere/cifar.tar.gz")
+    assert made.precision == "auto"
+    for chosen in ("float32", "mixed_bfloat16"):
+        assert made_by_preset(made.replace(precision=chosen), "fastnet")
+    assert not made_by_preset(made.replace(precision="float32", n_epochs=5), "fastnet")
+    assert made_by_preset(made.replace(precision="float32", n_epochs=4, model_options={"activation": "silu"}),
+                          "stage")
+    assert not made_by_preset(preset_config("demo").replace(precision="mixed_bfloat16"), "demo")  # demo: float32

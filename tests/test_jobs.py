@@ -2,6 +2,7 @@
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -143,8 +144,55 @@ def test_an_analysis_job_needs_a_model_and_known_analyses(tmp_path, monkeypatch)
     assert jobs.list_jobs() == []
 
 
+def _analyses(text):
+    return jobs._stored_analyses(jobs._stored_task(text))
+
+
+def _export(text):
+    return jobs._stored_export(jobs._stored_task(text))
+
+
 def test_a_stored_analysis_config_is_read_strictly():
-    assert jobs._stored_analyses('{"analyze": ["labels"]}') == ("labels",)
+    assert _analyses('{"analyze": ["labels"]}') == ("labels",)
     for text in ('{"analyze": []}', '{"analyze": ["umap"]}', '{"analyze": ["labels"], "model": "g3"}', "[1]",
-                 "{bad", None, '{"model": "g3"}'):
-        assert jobs._stored_analyses(text) is None
+                 "{bad", None, '{"model": "g3"}', '{"export": {"format": "onnx", "quantize": null}}',
+                 "x" * 10_001):
+        assert _analyses(text) is None
+
+
+def test_a_stored_export_config_is_read_strictly():
+    assert _export('{"export": {"format": "onnx", "quantize": null}}') == ("onnx", None)
+    assert _export('{"export": {"format": "tflite", "quantize": "int8"}}') == ("tflite", "int8")
+    for text in ('{"export": {"format": "pickle", "quantize": null}}', '{"export": {"format": "onnx"}}',
+                 '{"export": {"format": "onnx", "quantize": "int4"}}', '{"export": ["onnx"]}',
+                 '{"analyze": ["labels"]}', '{"export": {"format": "onnx", "quantize": null, "x": 1}}'):
+        assert _export(text) is None
+    row = (1, "/tmp/r", '{"export": {"format": "onnx", "quantize": "int8"}}', "queued", None, None, 0.0, 0.0, None)
+    job = jobs._row_to_job(row)
+    assert job.export == ("onnx", "int8") and job.config is None and job.message is None
+    assert job.model == "export" and job.log_file == Path("/tmp/r/export/export.log")
+
+
+def test_an_export_runs_as_a_background_job(shipped_runs, tmp_path, monkeypatch):
+    import shutil
+    import time
+
+    from cifar_core.errors import CifarError, ConfigError
+    from cifar_core.export import read_manifest
+
+    monkeypatch.setenv("CIFAR_JOBS_DB", str(tmp_path / "jobs.sqlite"))
+    monkeypatch.setenv("CIFAR_CORE_CACHE", str(shipped_runs["cache"]))
+    with pytest.raises(CifarError, match="no trained model"):
+        jobs.launch_export(tmp_path, "onnx")
+    with pytest.raises(ConfigError, match="SavedModel stays float32"):
+        jobs.launch_export(tmp_path, "saved_model", "int8")
+    run_dir = tmp_path / "demo-tiny"
+    shutil.copytree(shipped_runs["runs"] / "demo-tiny", run_dir)
+    job = jobs.launch_export(run_dir, "onnx")
+    deadline = time.time() + 180
+    while jobs.get_job(job.id).state in jobs.ACTIVE_STATES and time.time() < deadline:
+        time.sleep(0.2)
+    finished = jobs.get_job(job.id)
+    assert finished.state == "completed", (run_dir / "export" / "export.log").read_text()[-2000:]
+    assert read_manifest(run_dir / "export")["onnx"]["within_tolerance"]
+    assert "reading the 10,000 test images" in (run_dir / "export" / "export.log").read_text()

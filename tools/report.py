@@ -26,6 +26,9 @@ BENCHMARKS = ROOT / "BENCHMARKS.md"
 EXPERIMENTS_DOC = ROOT / "docs" / "experiments.md"
 README = ROOT / "README.md"
 LATENCY = ROOT / "docs" / "latency.json"  # written by tests/test_browser.py (STUDIO_LATENCY_REPORT)
+BENCH = ROOT / "docs" / "bench-results.json"  # written by `python -m cifar_core bench --output ...`
+EXPORTS = ROOT / "docs" / "exports"  # <run>.json: copies of each shipped run's export manifest
+SERVE_LOAD = ROOT / "docs" / "serve-load.json"  # written by tools/load_test.py --output
 LATENCY_NAMES = {"home_first_view": "home page, first view after `streamlit run`",
                  "page_switch": "switching pages (sidebar)", "photo_answer": "a dropped photo answered "
                  "(top-3 of two models, what each sees, Grad-CAM), the first included",
@@ -183,9 +186,78 @@ def latency_table() -> str:
     return "\n".join(lines)
 
 
+def _json(path: Path):
+    from cifar_core.safeio import read_json_file
+
+    return read_json_file(path, 1 << 22, SystemExit)
+
+
+def bench_tables() -> str:
+    """The machine, its measured peaks, each model's training step against them, and the
+    previous recipes timed beside today's, from the last `bench` in docs/bench-results.json."""
+    report = _json(BENCH)
+    machine, onednn = report["machine"], report.get("onednn") or {}
+    lines = [f"Measured {report['measured_at'][:10]} on {machine['cpu']}, {machine['cores']} cores, Keras "
+             f"{machine['keras']} on {machine['backend']} ([docs/bench-results.json](docs/bench-results.json)). "
+             f"oneDNN: {onednn.get('verdict', 'not checked')}.", ""]
+    peaks = report.get("peaks") or {}
+    lines.append(table(["peak through TensorFlow", *peaks], [
+        [f"{PEAK_NAMES[key]}", *(f"{peaks[p][key]:,.0f} GFLOP/s" for p in peaks)] for key in PEAK_NAMES]))
+    rows = [[f"`{r['model']}`", r["batch_size"], r["precision"], f"**{r['train_images_per_second']:,.0f}**",
+             f"{r['train_gflops_per_second']:,.0f}",
+             f"{r['percent_of_conv_peak']:.0f}%" if r.get("percent_of_conv_peak") is not None else "—",
+             f"{r['pipeline_images_per_second']:,.0f}" if r.get("pipeline_images_per_second") else "—",
+             f"{r['epoch_minutes_50k']:.2f}"] for r in report["training"]]
+    lines.append(table(["model", "batch", "precision", "training images/s", "GFLOP/s", "of the conv peak",
+                        "input pipeline alone, images/s", "minutes per 50k epoch"], rows))
+    for comparison in report.get("comparison") or []:
+        base = comparison["steps"][0]["train_images_per_second"]
+        lines.append(f"**{comparison['model']}**: from the previous recipe to today's, one change at a time "
+                     f"(alternated in one call, best of each): **{comparison['speedup']:.2f}x**\n")
+        lines.append(table(["step", "training images/s", "vs previous", "GFLOP/s", "of the conv peak"], [
+            [row["step"], f"{row['train_images_per_second']:,.0f}", f"{row['train_images_per_second'] / base:.2f}x",
+             f"{row['train_gflops_per_second']:,.0f}",
+             f"{row['percent_of_conv_peak']:.0f}%" if row.get("percent_of_conv_peak") is not None else "—"]
+            for row in comparison["steps"]]))
+    return "\n".join(lines)
+
+
+PEAK_NAMES = {"matmul_gflops": "2048x2048 matmul", "conv_gflops": "3x3 conv, 256x32x32x64 -> 128"}
+
+
+def export_table() -> str:
+    rows = []
+    for path in sorted(EXPORTS.glob("*.json")):
+        for name, e in sorted(_json(path)["exports"].items()):
+            rows.append([f"`{e['run']}`", f"`{name}`", f"{e['size_bytes'] / 1e6:.2f} MB", f"**{pct(e['accuracy'])}**",
+                         pct(e["keras_accuracy"]), pct(e["agreement"]), "yes" if e["within_tolerance"] else "**no**",
+                         f"{e['latency_ms_p50']:.2f} / {e['latency_ms_p95']:.2f} ms",
+                         f"{e['throughput_batch64']:,.0f}", e["runtime"]])
+    machines = sorted({e["machine"] for path in EXPORTS.glob("*.json") for e in _json(path)["exports"].values()})
+    return (f"Measured on {'; '.join(machines)} (manifests: [docs/exports/](docs/exports/)).\n\n" +
+            table(["run", "export", "size", "test accuracy", "Keras model (float32)", "top-1 agreement", "passed",
+                   "batch 1 p50 / p95", "batch 64 images/s", "runtime"], rows))
+
+
+def serve_table() -> str:
+    rows = [[r["runs"][0] if len(r["runs"]) == 1 else ", ".join(r["runs"]), r["clients"], f"{r['seconds']:.0f} s",
+             f"1 in {r['hostile_every']}" if r.get("hostile_every") else "none",
+             f"**{r['requests_per_second']:,.1f}**", f"{r['latency_ms']['p50']:.0f} / {r['latency_ms']['p95']:.0f} / "
+             f"{r['latency_ms']['p99']:.0f} ms", ", ".join(f"{k}: {v:,}" for k, v in r["statuses"].items()),
+             r["server_errors"], "yes" if r["still_answers"] else "**no**",
+             "{start:.0f} → {end:.0f} MB (peak {peak:.0f})".format(**r["server_memory_mb"])]
+            for r in _json(SERVE_LOAD)]
+    machines = sorted({r["machine"] for r in _json(SERVE_LOAD)})
+    return (f"Measured on {'; '.join(machines)} with `tools/load_test.py` ([docs/serve-load.json]"
+            f"(docs/serve-load.json)).\n\n" +
+            table(["served run", "clients", "for", "hostile requests", "requests/s", "good requests p50 / p95 / p99",
+                   "statuses", "5xx", "answers afterwards", "server memory"], rows))
+
+
 GENERATORS = {"presets": preset_table, "readme-presets": readme_table, "transfer": transfer_table,
               "superseded": superseded_table, "curves": curves,
-              "latency": latency_table, "analysis": analysis_table}
+              "latency": latency_table, "analysis": analysis_table, "bench": bench_tables,
+              "exports": export_table, "serving": serve_table}
 
 
 def render(text: str) -> str:

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from cifar_core import runs
-from cifar_core.config import PRESETS, preset_config
+from cifar_core.config import PRESETS, made_by_preset
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "artifacts" / "runs"
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     preset = PRESETS[args.preset]
     made_by = runs.read_config(args.run_dir)
-    if made_by.replace(data=None) != preset_config(args.preset):
+    if not made_by_preset(made_by, args.preset):
         parser.error(f"{args.run_dir} was not trained by the preset {args.preset!r}; train it with "
                      f"`python -m cifar_core train --preset {args.preset}`")
     current = SHIPPED / preset.shipped_run

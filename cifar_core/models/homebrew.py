@@ -10,6 +10,7 @@ import keras
 import numpy as np
 
 from ..errors import ConfigError
+from .layers import TanhGelu, batch_norm
 
 # CIFAR-10 channel statistics on the 0..1 scale (train split, official images).
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
@@ -64,7 +65,7 @@ def build_g3(input_shape=(32, 32, 3), num_classes: int = 10, dense_units: int = 
     for i, (filters, batchnorm, maxpool, dropout) in enumerate(G3_STAGES, start=1):
         x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"conv{i}")(x)
         if batchnorm:
-            x = keras.layers.BatchNormalization(name=f"bn{i}")(x)
+            x = batch_norm(name=f"bn{i}")(x)
         if maxpool:
             x = keras.layers.MaxPooling2D(2, name=f"pool{i}")(x)
         if dropout:
@@ -80,12 +81,18 @@ def build_g3(input_shape=(32, 32, 3), num_classes: int = 10, dense_units: int = 
 
 FASTNET_WIDTHS = (64, 256, 256)
 WHITEN_KERNEL = 2
+# airbench's GELU (exact, erf); "gelu_tanh": GELU trained by its tanh approximation (fewer kernels
+# per bf16 step; saved and measured as exact GELU, see models/layers.py); SiLU; ReLU. The recipe
+# picks (BENCHMARKS.md has what each costs and buys); the builder's default keeps old configs' net.
+FASTNET_ACTIVATIONS = ("gelu", "gelu_tanh", "silu", "relu")
+# airbench's 1e-12 is below TensorFlow's fused batch-norm floor; 1e-5 (PyTorch's default) is not.
+FASTNET_BN_EPSILON = 1e-5
 
 
 def build_fastnet(input_shape=(32, 32, 3), num_classes: int = 10, widths=FASTNET_WIDTHS,
-                  logit_scale: float = 1 / 9) -> keras.Model:
+                  logit_scale: float = 1 / 9, activation: str = "gelu") -> keras.Model:
     """A VGG-like net after airbench94: frozen 2x2 patch-whitening, three
-    conv-pool-BN-GELU blocks, global max pool, scaled linear head.
+    conv-pool-BN-activation blocks, global max pool, scaled linear head.
 
     Call `init_whitening(model, images)` once before training.
     """
@@ -93,26 +100,32 @@ def build_fastnet(input_shape=(32, 32, 3), num_classes: int = 10, widths=FASTNET
     _check_classes(num_classes, "fastnet")
     if len(widths) != 3 or min(widths) < 1:
         raise ConfigError(f"fastnet: widths must be three positive ints; received {widths}")
+    if activation not in FASTNET_ACTIVATIONS:
+        raise ConfigError(f"fastnet: activation must be one of {FASTNET_ACTIVATIONS}; received {activation!r}")
     inputs = keras.Input(input_shape, name="image")
     x = _normalize(inputs)
     # Frozen: its weights are the eigenvectors of the data's 2x2 patches.
     x = keras.layers.Conv2D(2 * 3 * WHITEN_KERNEL ** 2, WHITEN_KERNEL, padding="valid", name="whiten",
                             trainable=False)(x)
-    x = keras.layers.Activation("gelu", name="whiten_act")(x)
+    x = _activation(activation, "whiten_act")(x)
     for i, width in enumerate(widths, start=1):
         x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"block{i}_conv1")(x)
         x = keras.layers.MaxPooling2D(2, name=f"block{i}_pool")(x)
-        x = keras.layers.BatchNormalization(momentum=0.6, epsilon=1e-12, name=f"block{i}_bn1")(x)
-        x = keras.layers.Activation("gelu", name=f"block{i}_act1")(x)
+        x = batch_norm(momentum=0.6, epsilon=FASTNET_BN_EPSILON, name=f"block{i}_bn1")(x)
+        x = _activation(activation, f"block{i}_act1")(x)
         x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"block{i}_conv2")(x)
-        x = keras.layers.BatchNormalization(momentum=0.6, epsilon=1e-12, name=f"block{i}_bn2")(x)
-        x = keras.layers.Activation("gelu", name=f"block{i}_act2")(x)
+        x = batch_norm(momentum=0.6, epsilon=FASTNET_BN_EPSILON, name=f"block{i}_bn2")(x)
+        x = _activation(activation, f"block{i}_act2")(x)
     x = keras.layers.GlobalMaxPooling2D(name="gmp")(x)
     x = keras.layers.Dense(num_classes, use_bias=False, name="logits")(x)
     # airbench scales logits down: the head starts less confident, trains steadier.
     x = keras.layers.Rescaling(logit_scale, name="logit_scale", dtype=OUTPUT_DTYPE)(x)
     outputs = keras.layers.Activation("softmax", name="predictions", dtype=OUTPUT_DTYPE)(x)
     return keras.Model(inputs, outputs, name="fastnet")
+
+
+def _activation(name: str, layer_name: str) -> keras.layers.Layer:
+    return TanhGelu(name=layer_name) if name == "gelu_tanh" else keras.layers.Activation(name, name=layer_name)
 
 
 def init_whitening(model: keras.Model, images: np.ndarray, eps: float = 5e-4, max_images: int = 5000) -> None:
@@ -147,7 +160,7 @@ def build_demo(input_shape=(32, 32, 3), num_classes: int = 10, widths=DEMO_WIDTH
     for i, width in enumerate(widths, start=1):
         x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"conv{i}")(x)
         # Short runs: BN's moving statistics must settle within a few hundred steps.
-        x = keras.layers.BatchNormalization(momentum=0.9, name=f"bn{i}")(x)
+        x = batch_norm(momentum=0.9, name=f"bn{i}")(x)
         x = keras.layers.Activation("relu", name=f"relu{i}")(x)
         if i < len(widths):
             x = keras.layers.MaxPooling2D(2, name=f"pool{i}")(x)

@@ -72,7 +72,9 @@ def load_state(run_dir: Path) -> dict | None:
 
 
 def load_model(run_dir: Path, state: dict) -> keras.Model:
-    # Our own checkpoint, written by this code, so the registered schedules may load.
+    # Our own checkpoint, written by this code, so the registered schedules and layers may load.
+    from ..models import layers  # noqa: F401 - registers FusedBatchNormalization
+
     path = checkpoint_dir(run_dir) / state["model_file"]
     try:
         return keras.models.load_model(path)

@@ -22,18 +22,20 @@ def finish_run(model, config: TrainConfig, run_dir: Path, dataset: Dataset, hist
     import keras
 
     from ..evaluation import measure_on_test
+    from ..models.layers import to_stock_layers
     from .checkpoint import save_model_atomically
 
     runs.write_status(run_dir, "running", stage="evaluate", epoch=len(history), n_epochs=len(history),
                       progress=1.0, eta_seconds=None)
-    # An uncompiled clone of the graph: the saved file holds no optimizer and no
-    # custom schedule, so it loads with safe_mode and plain Keras layers.
-    inference = keras.Model(model.inputs, model.outputs, name=model.name)
+    # An uncompiled clone of the graph: the saved file holds no optimizer, no custom
+    # schedule and no training-speed layer, so it loads with safe_mode and plain Keras layers.
+    inference = to_stock_layers(keras.Model(model.inputs, model.outputs, name=model.name))
     save_model_atomically(inference, run_dir / runs.MODEL_FILE)
     size = input_size(config)
     started = time.perf_counter()
     heartbeat = [PredictHeartbeat(run_dir, "evaluate")]
-    metrics, probs, probs_tta = measure_on_test(model, dataset.x_test, dataset.y_test, dataset.class_names, size,
+    # Measured on the saved form, so the figures describe the file a user loads.
+    metrics, probs, probs_tta = measure_on_test(inference, dataset.x_test, dataset.y_test, dataset.class_names, size,
                                                 config.tta, callbacks=heartbeat)
     eval_seconds = time.perf_counter() - started
     train_seconds = float(sum(row.get("seconds") or 0 for row in history))

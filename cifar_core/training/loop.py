@@ -5,6 +5,7 @@ status.json); stages.py runs the epochs, finish.py measures and saves the result
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +18,10 @@ from ..data import Dataset, load_dataset
 from ..data.pipeline import AlternatingFlip, build_augmenter, make_dataset, split_train_val
 from ..errors import CifarError, RunFolderError
 from ..models import build_model, get_spec
-from . import checkpoint
+from . import checkpoint, distributed
 from .finish import finish_run, input_size
 from .optimizers import compile_model
+from .precision import resolve_precision
 from .stages import FitContext, fit_stage, train_transfer
 
 
@@ -43,8 +45,21 @@ def train(config: TrainConfig, run_dir: Path | str | None = None, dataset: Datas
     Bad arguments and unreadable data fail before the run folder exists, so
     a typo does not leave a dead run on the leaderboard.
     """
-    get_spec(config.model)
-    created = run_dir is None or not Path(run_dir).exists()
+    distributed.check_config(config, get_spec(config.model).transfer)
+    strategy = distributed.make_strategy(config.distribute)  # before any other TensorFlow op
+    config = resolve_precision(config, report=None if verbose == 0 else print)
+    if not distributed.is_chief(config.distribute):  # the chief writes the run folder; this worker, its own
+        scratch = distributed.scratch_dir(run_dir or config.model)
+        try:
+            return _train_in(config, scratch / "run", True, dataset, verbose, callbacks, strategy, chief=False)
+        finally:
+            distributed.remove_scratch(scratch)
+    return _train_in(config, run_dir, run_dir is None or not Path(run_dir).exists(), dataset, verbose, callbacks,
+                     strategy)
+
+
+def _train_in(config: TrainConfig, run_dir: Path | str | None, created: bool, dataset: Dataset | None, verbose,
+              callbacks, strategy, chief: bool = True) -> Path:
     run_dir = Path(run_dir) if run_dir else runs.create_run_dir(config.model)
     runs.check_new_run_dir(run_dir)  # before the lock file goes in: never touch a user's folder
     with runs.RunWriter(run_dir):
@@ -56,7 +71,7 @@ def train(config: TrainConfig, run_dir: Path | str | None = None, dataset: Datas
             raise
         runs.atomic_write_text(run_dir / runs.CONFIG_FILE, config.to_json())
         runs.write_status(run_dir, "queued", epoch=0, n_epochs=_total_epochs(config), progress=0.0)
-        return _guarded(config, run_dir, dataset, verbose, callbacks, state=None)
+        return _guarded(config, run_dir, dataset, verbose, callbacks, state=None, strategy=strategy, chief=chief)
 
 
 def _remove_unstarted(run_dir: Path, created: bool) -> None:
@@ -75,24 +90,37 @@ def resume(run_dir: Path | str, dataset: Dataset | None = None, verbose: int | s
     run_dir = Path(run_dir)
     if not (run_dir / runs.CONFIG_FILE).is_file():
         raise RunFolderError(f"not a run folder (no {runs.CONFIG_FILE}): {run_dir}")
+    config = runs.read_config(run_dir)
+    strategy = distributed.make_strategy(config.distribute)
+    if not distributed.is_chief(config.distribute):
+        # Another worker of a distributed run: the chief's checkpoint, read only, into a folder of its own.
+        state = checkpoint.load_state(run_dir)
+        scratch = distributed.scratch_dir(run_dir)
+        try:
+            with runs.RunWriter(scratch):
+                dataset = dataset if dataset is not None else load_dataset(config.data)
+                return _guarded(config, scratch, dataset, verbose, callbacks, state, strategy, source_dir=run_dir,
+                                chief=False)
+        finally:
+            distributed.remove_scratch(scratch)
     with runs.RunWriter(run_dir):
-        config = runs.read_config(run_dir)
         status = runs.read_status(run_dir) or {}
         if status.get("state") == "completed":
             raise RunFolderError(f"{run_dir.name} has already completed; nothing to resume")
         state = checkpoint.load_state(run_dir)  # a damaged checkpoint fails here, before the data loads
         dataset = dataset if dataset is not None else load_dataset(config.data)
-        return _guarded(config, run_dir, dataset, verbose, callbacks, state)
+        return _guarded(config, run_dir, dataset, verbose, callbacks, state, strategy)
 
 
 def _total_epochs(config: TrainConfig) -> int:
     return config.n_epochs + (config.fine_tune_epochs if get_spec(config.model).transfer else 0)
 
 
-def _guarded(config, run_dir, dataset, verbose, callbacks, state: dict | None) -> Path:
+def _guarded(config, run_dir, dataset, verbose, callbacks, state: dict | None, strategy=None,
+             source_dir: Path | None = None, chief: bool = True) -> Path:
     """Run training; whatever stops it is recorded in status.json first."""
     try:
-        _train(config, run_dir, dataset, verbose, callbacks or [], state)
+        _train(config, run_dir, dataset, verbose, callbacks or [], state, strategy, source_dir or run_dir, chief)
     except KeyboardInterrupt:
         _record_stop(run_dir, "interrupted", "stopped before the end; resume with --resume")
         raise
@@ -116,8 +144,10 @@ def _record_stop(run_dir: Path, state: str, message: str) -> None:
 
 
 def _train(config: TrainConfig, run_dir: Path, dataset: Dataset, verbose, extra_callbacks: list,
-           state: dict | None) -> None:
-    """Train from the checkpoint's state (None: from scratch), then finish the run."""
+           state: dict | None, strategy=None, source_dir: Path | None = None, chief: bool = True) -> None:
+    """Train from the checkpoint's state (None: from scratch), then finish the run. Under a
+    tf.distribute `strategy` the model is made in its scope and trained by the custom step;
+    `source_dir` is where the checkpoint to resume from lives (another worker's: the chief's)."""
     backend.configure()
     import keras
 
@@ -133,13 +163,14 @@ def _train(config: TrainConfig, run_dir: Path, dataset: Dataset, verbose, extra_
     runs.write_history(run_dir, history)  # drops rows written after the checkpoint
 
     steps_per_epoch = math.ceil(len(split.y_train) / config.batch_size)
-    if state:
-        model = checkpoint.load_model(run_dir, state)
-    else:
-        model = build_model(config.model, size, num_classes, config.precision, **config.model_options)
-        _initialise(model, config, split)
-        if not spec.transfer:  # transfer models compile per stage
-            compile_model(model, config, config.learning_rate, steps_per_epoch * config.n_epochs)
+    with strategy.scope() if strategy else contextlib.nullcontext():
+        if state:
+            model = checkpoint.load_model(source_dir or run_dir, state)
+        else:
+            model = build_model(config.model, size, num_classes, config.precision, **config.model_options)
+            _initialise(model, config, split)
+            if not spec.transfer:  # transfer models compile per stage
+                compile_model(model, config, config.learning_rate, steps_per_epoch * config.n_epochs)
 
     # Seeded by the run, not the resume point: a resumed run keeps every image's flip pattern.
     alternating_flip = (AlternatingFlip(len(split.y_train), config.random_state, first_epoch=completed)
@@ -155,8 +186,14 @@ def _train(config: TrainConfig, run_dir: Path, dataset: Dataset, verbose, extra_
         pass  # killed while finishing: the checkpoint holds the final weights, train no further
     elif spec.transfer:
         train_transfer(model, config, dataset, size, context)
+    elif strategy is not None and completed < config.n_epochs:
+        distributed.fit_distributed(model, config, context, strategy, completed)
     elif completed < config.n_epochs:
         fit_stage(model, config, context, "train", 0, config.n_epochs, completed)
+    if not chief:
+        return  # the chief measures and saves the model; this worker's share ends with the last step
+    if strategy is not None:
+        model = distributed.local_copy(model, config, size, num_classes)
     if not (state and state.get("training_done")):
         # The final weights (early stopping's best restored), so a kill from here
         # on resumes straight to finishing instead of training another epoch.

@@ -1,0 +1,359 @@
+"""`python -m cifar_core export RUN_DIR --format {saved_model,tflite,onnx} [--quantize int8] [--out DIR]`.
+
+Keras 3's own export paths write the file (`model.export`: SavedModel, LiteRT, ONNX); INT8 is
+post-training quantization calibrated on images drawn from the training split (LiteRT's converter
+through the same `model.export`; onnxruntime's static quantizer for ONNX). Nothing is called done
+before the runtime a user would run it with (TensorFlow, LiteRT with XNNPACK, onnxruntime) has read
+all 10,000 test images: its accuracy must be within 0.1 point of the Keras model's (1.0 for INT8),
+and the result, top-1 agreement, size, sha256, latency and versions go into DIR/manifest.json.
+
+The exported model takes what the studio's own reader takes: raw 0-255 RGB pixels at the dataset's
+resolution (32x32 for CIFAR-10), float32, NHWC. Resizing to a transfer model's input and every
+normalisation are inside the file, so a user's code is: load, resize to 32x32, run.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from . import backend, runs
+from .errors import CifarError, ConfigError, RunFolderError
+
+FORMATS = ("saved_model", "tflite", "onnx")
+KERAS_FORMAT = {"saved_model": "tf_saved_model", "tflite": "litert", "onnx": "onnx"}
+FILE_NAMES = {"saved_model": "saved_model", "tflite": "model.tflite", "onnx": "model.onnx"}
+QUANTIZATIONS = (None, "int8")
+# Parity with the Keras model on the test split, in accuracy points.
+TOLERANCE_POINTS = {None: 0.1, "int8": 1.0}
+CALIBRATION_IMAGES = 256
+CALIBRATION_SEED = 0
+LATENCY_REPEATS = 200
+THROUGHPUT_BATCH = 64
+EVAL_BATCH = 256
+MANIFEST = "manifest.json"
+EXPORT_DIR = "export"  # RUN_DIR/export: the default home of a run's exports
+MAX_MANIFEST_BYTES = 1 << 20
+VERSIONED = ("tensorflow", "keras", "onnx", "onnxruntime", "tf2onnx", "ai-edge-litert", "numpy")
+
+
+class ExportError(CifarError):
+    """An export that could not be written, or that failed its parity check."""
+
+
+@dataclass
+class Runner:
+    """An exported model loaded in its own runtime: predict(batch of float32 0..255 NHWC) -> probabilities."""
+    predict: object
+    runtime: str
+
+
+def export_run(run_dir: Path | str, fmt: str, quantize: str | None = None, out_dir: Path | str | None = None,
+               source: str | None = None, progress=print) -> dict:
+    """Export, verify on the test split and record in the manifest; returns the manifest entry."""
+    check_request(fmt, quantize)
+    run_dir = Path(run_dir)
+    if not (run_dir / runs.MODEL_FILE).is_file():  # before the lock, which would create the folder
+        raise RunFolderError(f"{run_dir.name}: no trained model ({runs.MODEL_FILE}) in this run folder")
+    out_dir = Path(out_dir) if out_dir else run_dir / EXPORT_DIR
+    if out_dir.resolve().is_relative_to(run_dir.resolve()):
+        with runs.RunWriter(run_dir):  # one writer per run folder (a training resume, an analysis)
+            return _export(run_dir, fmt, quantize, out_dir, source, progress)
+    return _export(run_dir, fmt, quantize, out_dir, source, progress)
+
+
+def check_request(fmt: str, quantize: str | None) -> None:
+    if fmt not in FORMATS:
+        raise ConfigError(f"format must be one of {', '.join(FORMATS)}; received {fmt!r}")
+    if quantize not in QUANTIZATIONS:
+        raise ConfigError(f"quantize must be int8 or absent; received {quantize!r}")
+    if quantize and fmt == "saved_model":
+        raise ConfigError("INT8 quantization is for tflite and onnx; a SavedModel stays float32")
+
+
+def _export(run_dir: Path, fmt: str, quantize: str | None, out_dir: Path, source: str | None, progress) -> dict:
+    from .data import load_dataset
+    from .inference import load_run_model
+
+    backend.configure()
+    run = load_run_model(run_dir)
+    dataset = load_dataset(source or run.config.data)
+    if dataset.x_test.shape[1] != run.data_image_size:
+        raise ExportError(f"the data is {dataset.x_test.shape[1]} px; {run_dir.name} was trained from "
+                          f"{run.data_image_size} px images")
+    model = portable_model(run.model, run.data_image_size, run.input_size)
+    name = f"{fmt}{'-int8' if quantize else ''}"
+    target = out_dir / (FILE_NAMES[fmt] if not quantize else FILE_NAMES[fmt].replace(".", "-int8."))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    progress(f"exporting {run_dir.name} as {name} -> {target}")
+    calibration = calibration_images(dataset.x_train)
+    write_export(model, fmt, quantize, target, calibration)
+    progress("reading the 10,000 test images with the exported model")
+    runner = load_runner(fmt, target)
+    reference = keras_probabilities(model, dataset.x_test)
+    exported = predict_in_batches(runner.predict, dataset.x_test, EVAL_BATCH)
+    entry = {
+        "format": fmt, "quantize": quantize, "file": target.name, "runtime": runner.runtime,
+        "input": {"shape": [None, run.data_image_size, run.data_image_size, 3], "dtype": "float32",
+                  "pixels": "RGB 0-255"},
+        "size_bytes": artefact_size(target), "sha256": artefact_sha256(target),
+        **parity(reference, exported, dataset.y_test, TOLERANCE_POINTS[quantize]),
+        **timing(runner.predict, dataset.x_test),
+        # The run's own figure (its compute precision); the parity check is against the float32 copy.
+        "run_test_accuracy": (runs.read_metrics(run_dir) or {}).get("test_accuracy"),
+        "class_names": list(run.class_names), "run": run_dir.name, "machine": backend.cpu_name(),
+        "cores": os.cpu_count(), "versions": versions(), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    record(out_dir, name, entry)
+    if not entry["within_tolerance"]:
+        raise ExportError(f"{name}: accuracy {entry['accuracy']:.2%} against the Keras model's "
+                          f"{entry['keras_accuracy']:.2%} is outside the {TOLERANCE_POINTS[quantize]} point "
+                          f"tolerance (recorded in {out_dir / MANIFEST})")
+    return entry
+
+
+def portable_model(model, image_size: int, input_size: int):
+    """A float32 copy of `model` that takes raw pixels at the dataset's resolution: mixed-precision
+    layers are computed in float32 (bf16 is not a portable type) and the resize to a transfer model's
+    input happens inside, exactly as the studio's pipeline does it (bilinear)."""
+    import keras
+
+    def in_float32(layer):
+        config = layer.get_config()
+        if "dtype" in config:
+            config["dtype"] = "float32"
+        if isinstance(layer, keras.layers.Normalization) and config.get("mean") is not None:
+            return _as_rescaling(config)
+        return type(layer).from_config(config)
+
+    plain = keras.models.clone_model(model, clone_function=in_float32)
+    plain.set_weights(model.get_weights())
+    inputs = keras.Input((image_size, image_size, 3), name="pixels")
+    x = inputs if input_size == image_size else keras.layers.Resizing(
+        input_size, input_size, interpolation="bilinear", name="to_model_input")(inputs)
+    return keras.Model(inputs, plain(x), name=f"{model.name}_portable")
+
+
+def _as_rescaling(config: dict):
+    """A fixed Normalization as the Rescaling it equals, (x - mean) / std = x / std - mean / std:
+    Keras keeps a Normalization's given statistics as eager tensors, which tf2onnx turns into
+    extra graph inputs; a Rescaling's lists become constants of the graph."""
+    import keras
+
+    mean = np.asarray(config["mean"], np.float64).reshape(-1)
+    std = np.maximum(np.sqrt(np.asarray(config["variance"], np.float64).reshape(-1)), keras.config.epsilon())
+    return keras.layers.Rescaling(scale=(1 / std).tolist(), offset=(-mean / std).tolist(), name=config["name"],
+                                  dtype="float32")
+
+
+def calibration_images(x_train: np.ndarray, n: int = CALIBRATION_IMAGES) -> np.ndarray:
+    """A seeded sample of the training split (never the test split) for INT8 calibration."""
+    chosen = np.random.default_rng(CALIBRATION_SEED).choice(len(x_train), min(n, len(x_train)), replace=False)
+    return x_train[np.sort(chosen)].astype(np.float32)
+
+
+def write_export(model, fmt: str, quantize: str | None, target: Path, calibration: np.ndarray) -> None:
+    """Keras' own export to a temporary name, then a rename: a failed export leaves nothing behind."""
+    import keras
+
+    # The real suffix last: Keras' LiteRT export insists on ".tflite".
+    temporary = target.with_name(f".{target.stem}.{os.getpid()}.tmp{target.suffix}")
+    _remove(temporary)
+    signature = [keras.InputSpec(shape=(None, *model.input_shape[1:]), dtype="float32")]
+    try:
+        if fmt == "tflite" and quantize == "int8":
+            import tensorflow as tf
+
+            def representative():
+                for image in calibration:
+                    yield [image[None]]
+
+            model.export(str(temporary), format="litert", verbose=False, optimizations=[tf.lite.Optimize.DEFAULT],
+                         representative_dataset=representative)
+        elif fmt == "onnx" and quantize == "int8":
+            float_file = temporary.with_name(temporary.stem + ".float.onnx")
+            try:
+                model.export(str(float_file), format="onnx", verbose=False, input_signature=signature)
+                quantize_onnx(float_file, temporary, calibration)
+            finally:
+                _remove(float_file)
+        else:
+            extra = {} if fmt == "tflite" else {"input_signature": signature}
+            model.export(str(temporary), format=KERAS_FORMAT[fmt], verbose=False, **extra)
+        _remove(target)
+        os.replace(temporary, target)
+    except CifarError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - converters raise anything; the user gets one clear line
+        raise ExportError(f"{fmt}{' int8' if quantize else ''} export failed: {type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0][:300] if str(exc) else ''}") from None
+    finally:
+        _remove(temporary)
+
+
+def quantize_onnx(float_file: Path, target: Path, calibration: np.ndarray) -> None:
+    """onnxruntime's static INT8 quantization (QDQ, per-channel weights) calibrated on `calibration`."""
+    import onnxruntime
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepared = float_file.with_name(float_file.name + ".prepared.onnx")
+    quant_pre_process(str(float_file), str(prepared), skip_symbolic_shape=True)  # ONNX's own inference suffices
+    input_name = onnxruntime.InferenceSession(str(prepared), providers=["CPUExecutionProvider"]).get_inputs()[0].name
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter(np.array_split(calibration, max(1, len(calibration) // 32)))
+
+        def get_next(self):
+            batch = next(self.batches, None)
+            return None if batch is None else {input_name: batch}
+
+    try:
+        quantize_static(str(prepared), str(target), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    finally:
+        _remove(prepared)
+
+
+def load_runner(fmt: str, path: Path) -> Runner:
+    """The exported file in the runtime a user would run it with, on this machine's cores."""
+    threads = os.cpu_count() or 1
+    if fmt == "onnx":
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        return Runner(lambda batch: session.run(None, {name: batch})[0], f"onnxruntime {_version('onnxruntime')}")
+    if fmt == "tflite":
+        from ai_edge_litert.interpreter import Interpreter
+
+        interpreter = Interpreter(model_path=str(path), num_threads=threads)
+        shape = {"current": None}
+        input_index = interpreter.get_input_details()[0]["index"]
+        output_index = interpreter.get_output_details()[0]["index"]
+
+        def predict(batch):
+            if shape["current"] != batch.shape:
+                interpreter.resize_tensor_input(input_index, batch.shape)
+                interpreter.allocate_tensors()
+                shape["current"] = batch.shape
+            interpreter.set_tensor(input_index, batch)
+            interpreter.invoke()
+            return interpreter.get_tensor(output_index).copy()
+
+        return Runner(predict, f"ai-edge-litert {_version('ai-edge-litert')} (XNNPACK, {threads} threads)")
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(path))
+    return Runner(lambda batch: loaded.serve(tf.constant(batch)).numpy(), f"tensorflow {tf.__version__}")
+
+
+def keras_probabilities(model, images: np.ndarray) -> np.ndarray:
+    return model.predict(images.astype(np.float32), batch_size=EVAL_BATCH, verbose=0)
+
+
+def predict_in_batches(predict, images: np.ndarray, batch_size: int) -> np.ndarray:
+    return np.concatenate([np.asarray(predict(images[i:i + batch_size].astype(np.float32)))
+                           for i in range(0, len(images), batch_size)])
+
+
+def parity(reference: np.ndarray, exported: np.ndarray, labels: np.ndarray, tolerance_points: float) -> dict:
+    """Accuracy of both on the labels, top-1 agreement, and whether the gap is within tolerance."""
+    keras_accuracy = float(np.mean(reference.argmax(1) == labels))
+    accuracy = float(np.mean(exported.argmax(1) == labels))
+    return {"accuracy": round(accuracy, 4), "keras_accuracy": round(keras_accuracy, 4),
+            "agreement": round(float(np.mean(reference.argmax(1) == exported.argmax(1))), 4),
+            "max_probability_difference": round(float(np.max(np.abs(reference - exported))), 4),
+            "tolerance_points": tolerance_points,
+            "within_tolerance": bool(abs(accuracy - keras_accuracy) * 100 <= tolerance_points + 1e-9)}
+
+
+def timing(predict, images: np.ndarray, repeats: int = LATENCY_REPEATS) -> dict:
+    """Batch-1 latency p50/p95 (ms) and batch-64 throughput (images/s), warm."""
+    singles = images[:repeats].astype(np.float32)
+    for image in singles[:5]:
+        predict(image[None])
+    latencies = []
+    for image in singles:
+        started = time.perf_counter()
+        predict(image[None])
+        latencies.append((time.perf_counter() - started) * 1000)
+    batch = images[:THROUGHPUT_BATCH].astype(np.float32)
+    predict(batch)
+    rounds = 5
+    started = time.perf_counter()
+    for _ in range(rounds):
+        predict(batch)
+    throughput = rounds * len(batch) / (time.perf_counter() - started)
+    return {"latency_ms_p50": round(float(np.percentile(latencies, 50)), 2),
+            "latency_ms_p95": round(float(np.percentile(latencies, 95)), 2),
+            "throughput_batch64": round(throughput, 1)}
+
+
+def artefact_files(path: Path) -> list[Path]:
+    return sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+
+
+def artefact_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in artefact_files(path))
+
+
+def artefact_sha256(path: Path) -> str:
+    """The file's SHA-256; for a SavedModel folder, of its files' relative names and contents in order."""
+    digest = hashlib.sha256()
+    for file in artefact_files(path):
+        if path.is_dir():
+            digest.update(str(file.relative_to(path)).encode() + b"\0")
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def versions() -> dict[str, str]:
+    return {name: _version(name) for name in VERSIONED}
+
+
+def _version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def read_manifest(out_dir: Path | str) -> dict:
+    """{name: entry} of an export folder's manifest ({} if there is none)."""
+    from .safeio import read_json_file
+
+    path = Path(out_dir) / MANIFEST
+    if not path.exists():
+        return {}
+    found = read_json_file(path, MAX_MANIFEST_BYTES, ExportError)
+    if not isinstance(found, dict) or not isinstance(found.get("exports"), dict):
+        raise ExportError(f"{path}: not an export manifest")
+    return found["exports"]
+
+
+def record(out_dir: Path, name: str, entry: dict) -> None:
+    try:
+        exports = read_manifest(out_dir)
+    except ExportError:
+        exports = {}  # a damaged manifest is rewritten from the exports made now
+    exports[name] = entry
+    runs.atomic_write_text(out_dir / MANIFEST, json.dumps({"exports": exports}, indent=2, sort_keys=True) + "\n")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)

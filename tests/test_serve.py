@@ -1,0 +1,150 @@
+"""The prediction service (#18): FastAPI routes, refusals as 4xx JSON, the fastest verified export."""
+import io
+import json
+import shutil
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from helpers import png_bytes
+
+from cifar_core import serve
+from cifar_core.errors import CifarError
+
+PHOTO = png_bytes(np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8))
+CLASSES = ("cat", "dog", "ship")
+
+
+def _stub(model_id="stub", probabilities=(0.2, 0.7, 0.1), fail=False):
+    def predict(batch):
+        assert batch.shape == (1, 32, 32, 3) and batch.dtype == np.float32
+        if fail:
+            raise RuntimeError("boom")
+        return np.array([probabilities], np.float32)
+
+    return serve.ServedModel(model_id, CLASSES, 32, 0.9, "stub engine", predict)
+
+
+@pytest.fixture
+def client():
+    return TestClient(serve.create_app([_stub("a"), _stub("b", (0.5, 0.1, 0.4))]), raise_server_exceptions=False)
+
+
+def _post(client, data=PHOTO, field="image", **form):
+    return client.post("/v1/predict", files={field: ("photo.png", io.BytesIO(data), "image/png")}, data=form)
+
+
+def test_health_and_models(client):
+    assert client.get("/healthz").json() == {"status": "ok", "models": 2}
+    listed = client.get("/v1/models").json()["models"]
+    assert [m["id"] for m in listed] == ["a", "b"]
+    assert listed[0] == {"id": "a", "test_accuracy": 0.9, "engine": "stub engine", "classes": list(CLASSES),
+                         "input": [32, 32, 3]}
+    assert client.get("/docs").status_code == 200
+    schema = client.get("/openapi.json").json()["paths"]["/v1/predict"]["post"]["requestBody"]
+    assert schema["content"]["multipart/form-data"]["schema"]["required"] == ["image"]
+
+
+def test_a_photo_gets_each_models_top_k_in_order(client):
+    answer = _post(client)
+    assert answer.status_code == 200
+    body = answer.json()
+    assert [p["model"] for p in body["predictions"]] == ["a", "b"]
+    assert [c["class"] for c in body["predictions"][0]["top_k"]] == ["dog", "cat", "ship"]
+    assert [c["class"] for c in body["predictions"][1]["top_k"]] == ["cat", "ship", "dog"]
+    assert body["predictions"][0]["top_k"][0]["probability"] == pytest.approx(0.7)
+    assert body["milliseconds"] >= body["predictions"][0]["milliseconds"] >= 0
+
+
+def test_model_and_top_k_are_chosen_and_checked(client):
+    one = _post(client, model="b", top_k="1").json()["predictions"]
+    assert [p["model"] for p in one] == ["b"] and len(one[0]["top_k"]) == 1
+    unknown = _post(client, model="nope")
+    assert unknown.status_code == 404 and "GET /v1/models lists them: a, b" in unknown.json()["error"]
+    for bad in ("0", "4", "two", "-1", "1.5"):
+        answer = _post(client, top_k=bad)
+        assert answer.status_code == 400 and "top_k must be a whole number from 1 to 3" in answer.json()["error"]
+
+
+@pytest.mark.parametrize("data", [b"not an image at all", PHOTO[: len(PHOTO) // 3], b""])
+def test_a_hostile_file_is_a_400_with_the_decoders_message(client, data):
+    answer = _post(client, data=data)
+    assert answer.status_code == 400
+    assert answer.json()["error"].startswith("image: ") and "Traceback" not in answer.text
+
+
+def test_size_cap_missing_field_and_wrong_method_are_4xx_json():
+    client = TestClient(serve.create_app([_stub()], max_upload_bytes=1000))
+    too_big = _post(client, data=b"x" * 70_000)
+    assert too_big.status_code == 413 and "up to" in too_big.json()["error"]
+    assert _post(client, data=PHOTO[:900]).status_code == 400  # under the cap: read, then refused as truncated
+    wrong_field = _post(client, field="file")
+    assert wrong_field.status_code == 400 and "field 'image'" in wrong_field.json()["error"]
+    assert client.get("/v1/predict").status_code == 405 and "error" in client.get("/v1/predict").json()
+    assert client.get("/nowhere").status_code == 404 and "error" in client.get("/nowhere").json()
+
+
+def test_a_failing_engine_is_a_json_500_without_a_traceback():
+    client = TestClient(serve.create_app([_stub(fail=True)]), raise_server_exceptions=False)
+    answer = _post(client)
+    assert answer.status_code == 500 and answer.json() == {"error": "internal error (RuntimeError)"}
+
+
+@pytest.fixture
+def exported_run(shipped_runs, tmp_path, monkeypatch):
+    from cifar_core import export
+
+    monkeypatch.setenv("CIFAR_CORE_CACHE", str(shipped_runs["cache"]))
+    run_dir = tmp_path / "demo-tiny"
+    shutil.copytree(shipped_runs["runs"] / "demo-tiny", run_dir)
+    export.export_run(run_dir, "onnx", source=str(shipped_runs["data"]), progress=lambda line: None)
+    return run_dir
+
+
+def test_the_service_runs_the_verified_export_and_answers_like_keras(exported_run):
+    from cifar_core.imaging import decode_image, resize_image
+    from cifar_core.inference import classify_arrays, load_run_model
+
+    served = serve.load_served_model(exported_run)
+    assert served.engine.startswith("onnx (onnxruntime")
+    top = served.top_k(decode_image(PHOTO), 3)
+    run = load_run_model(exported_run)
+    expected = classify_arrays(run, [resize_image(decode_image(PHOTO), 32)])[0]
+    assert top[0]["class"] == run.class_names[int(np.argmax(expected))]
+    assert top[0]["probability"] == pytest.approx(float(expected.max()), abs=1e-3)
+
+
+def test_a_tampered_or_unlisted_export_is_not_served(exported_run):
+    (exported_run / "export" / "model.onnx").write_bytes(b"tampered")
+    assert serve.load_served_model(exported_run).engine == "keras (no verified export)"
+    (exported_run / "export" / "manifest.json").write_text("{broken")
+    assert serve.verified_exports(exported_run) == []
+    manifest = {"exports": {"onnx": {"format": "onnx", "file": "../../model.keras", "within_tolerance": True}}}
+    (exported_run / "export" / "manifest.json").write_text(json.dumps(manifest))
+    assert serve.verified_exports(exported_run) == []  # only files inside the export folder
+
+
+def test_serving_nothing_or_a_non_run_is_refused(tmp_path):
+    with pytest.raises(CifarError, match="at least one run"):
+        serve.serve([])
+    with pytest.raises(CifarError, match="not a finished run folder"):
+        serve.load_served_model(tmp_path)
+
+
+def test_a_short_load_with_hostile_requests_gets_no_5xx_and_the_server_stays_up(exported_run):
+    from tools import load_test
+
+    port = load_test.free_port()
+    server = load_test.start_server([str(exported_run)], port)
+    try:
+        report = load_test.run_load(f"http://127.0.0.1:{port}", clients=4, seconds=4, hostile_every=3,
+                                    server_pid=server.pid)
+    finally:
+        server.terminate()
+        server.wait(20)
+    assert report["server_errors"] == 0 and report["still_answers"]
+    assert report["statuses"].get("200", 0) > 0 and report["latency_ms"]["p50"] > 0
+    refused = {status for found in report["hostile"].values() for status in found}
+    assert refused and refused <= {"400", "413"}  # every hostile kind refused with a 4xx, none served
+    memory = report["server_memory_mb"]
+    assert memory and memory["peak"] < memory["start"] + 300
