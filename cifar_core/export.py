@@ -96,7 +96,12 @@ def _export(run_dir: Path, fmt: str, quantize: str | None, out_dir: Path, source
     calibration = calibration_images(dataset.x_train)
     write_export(model, fmt, quantize, target, calibration)
     progress("reading the 10,000 test images with the exported model")
-    runner = load_runner(fmt, target)
+    try:
+        runner = load_runner(fmt, target)
+    except Exception as exc:  # noqa: BLE001 - each runtime has its own error types
+        _remove(target)  # never leave a file behind that its own runtime cannot read
+        raise ExportError(f"{name}: the exported file does not load in its runtime ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0][:300] if str(exc) else ''})") from None
     reference = keras_probabilities(model, dataset.x_test)
     exported = predict_in_batches(runner.predict, dataset.x_test, EVAL_BATCH)
     entry = {
@@ -124,12 +129,21 @@ def portable_model(model, image_size: int, input_size: int):
     input happens inside, exactly as the studio's pipeline does it (bilinear)."""
     import keras
 
+    from .models.layers import TanhGelu
+
     def in_float32(layer):
         config = layer.get_config()
         if "dtype" in config:
             config["dtype"] = "float32"
         if isinstance(layer, keras.layers.Normalization) and config.get("mean") is not None:
             return _as_rescaling(config)
+        if isinstance(layer, (keras.layers.Dropout, keras.layers.SpatialDropout2D)):
+            # Identity at inference; kept, its random ops survive tf2onnx's freezing into the graph.
+            return keras.layers.Identity(name=config["name"], dtype="float32")
+        if isinstance(layer, keras.layers.Activation) and config.get("activation") == "gelu":
+            # Exact GELU lowers to Erfc, which neither ONNX nor LiteRT has: export the tanh form,
+            # within 1e-3 of it (and the form fastnet trains with).
+            return TanhGelu(name=config["name"], dtype="float32")
         return type(layer).from_config(config)
 
     plain = keras.models.clone_model(model, clone_function=in_float32)

@@ -32,12 +32,12 @@ PAGES = {
                    ("pages/5_Evaluate.py", "Evaluate a run", ":material/grid_on:", "Evaluate")],
     "Explain": [("pages/6_Classify.py", "Classify your photos", ":material/photo_camera:", "Classify"),
                 ("pages/8_Audience.py", "Audience mode", ":material/groups:", "Audience")],
-    "Deploy": [("pages/14_Deploy.py", "Deploy", ":material/deployed_code:", "Deploy")],
     "Insight lab": [("pages/9_Calibration.py", "Calibration", ":material/target:", "Calibration"),
                     ("pages/10_Label_issues.py", "Label issues", ":material/label_off:", "Labels"),
                     ("pages/11_Embedding.py", "Embedding map", ":material/scatter_plot:", "Embedding"),
                     ("pages/12_Robustness.py", "Robustness lab", ":material/shield:", "Robustness"),
                     ("pages/13_Inside.py", "Inside the network", ":material/layers:", "Inside")],
+    "Deploy": [("pages/14_Deploy.py", "Deploy", ":material/deployed_code:", "Deploy")],
 }
 # The home page links to every other page.
 PAGE_LINKS = [(file, title, icon) for section in PAGES.values() for file, title, icon, path in section if path]

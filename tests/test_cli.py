@@ -181,6 +181,7 @@ FLAG_VALUES = {  # field -> (what the command line says, what the config then ho
     "zoom_fraction": ("0.2", 0.2), "cutout_size": ("6", 6), "tta": (None, True), "random_state": ("9", 9),
     "precision": ("mixed_bfloat16", "mixed_bfloat16"), "fine_tune_epochs": ("2", 2),
     "fine_tune_learning_rate": ("0.001", 0.001), "fine_tune_layers": ("7", 7),
+    "distribute": ("mirrored", "mirrored"),
 }
 
 

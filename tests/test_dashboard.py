@@ -94,7 +94,7 @@ def test_navigation_declares_every_page_with_a_title_in_a_section(studio):
 
     declared = [file for pages in PAGES.values() for file, *_ in pages]
     assert sorted(declared) == sorted(f"pages/{p.name}" for p in (ROOT / "pages").glob("*.py"))
-    assert list(PAGES) == ["Studio", "Data", "Training", "Evaluation", "Explain", "Insight lab"]
+    assert list(PAGES) == ["Studio", "Data", "Training", "Evaluation", "Explain", "Insight lab", "Deploy"]
     app = open_page("streamlit_app.py")  # the entry point runs the home page by default
     assert app.title[0].value == "CIFAR-10 Studio" and len(app.dataframe) == 1
 
@@ -120,11 +120,14 @@ def test_sample_examples_never_repeat_an_image():
     assert sorted(example_indices(2)) == [0, 1]
 
 
-def test_train_page_launches_a_preset(studio):
+def test_train_page_launches_a_preset(studio, tmp_path, monkeypatch):
     from cifar_core import jobs
     from cifar_core.config import preset_config
 
     app = open_page("pages/3_Train.py")
+    # The job's run folder goes to a folder of this test's own: the shared tiny runs stay as they are
+    # however far the worker gets before the cancel below.
+    monkeypatch.setenv("CIFAR_RUNS_DIR", str(tmp_path / "job-runs"))
     assert "demo — small CNN on an 8,000-image subset, for live demos: 38 s on AMD EPYC, 2 cores" in \
         app.selectbox(key="train_preset").options  # no bench of this machine in the test's cache
     app.selectbox(key="train_preset").set_value("demo")

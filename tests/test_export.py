@@ -165,3 +165,19 @@ def test_deploy_page_lists_checked_exports_with_downloads_and_a_snippet(deploy_s
     (run_dir / "export" / "model.tflite").unlink()
     app.run()
     assert any("missing" in w.value for w in app.warning)
+
+
+def test_the_portable_model_swaps_what_onnx_and_litert_cannot_run():
+    from cifar_core.models.homebrew import build_fastnet
+    from cifar_core.models.homebrew import build_g3 as build_model_g3
+    from cifar_core.models.layers import TanhGelu, to_stock_layers
+
+    saved = to_stock_layers(build_fastnet(activation="gelu"))  # exact GELU (Erfc), a fixed Normalization
+    portable = export.portable_model(saved, 32, 32)
+    inner = portable.layers[-1]
+    assert isinstance(inner.get_layer("block1_act1"), TanhGelu)
+    assert not any(isinstance(layer, keras.layers.Normalization) for layer in inner.layers)
+    with_dropout = export.portable_model(to_stock_layers(build_model_g3()), 32, 32).layers[-1]
+    assert not any(isinstance(layer, keras.layers.Dropout) for layer in with_dropout.layers)
+    images = np.random.default_rng(0).integers(0, 255, (4, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(portable.predict(images, verbose=0), saved.predict(images, verbose=0), atol=2e-3)

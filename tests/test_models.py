@@ -7,8 +7,12 @@ from cifar_core.models import build_model, get_spec, model_names
 
 @pytest.mark.parametrize("size", [32, 64])
 def test_g3_matches_the_study_exactly(size):
-    model = build_model("g3", size)
-    assert model.count_params() == 416_490
+    from cifar_core.models.layers import FusedBatchNormalization, to_stock_layers
+
+    trained = build_model("g3", size)
+    assert sum(isinstance(layer, FusedBatchNormalization) for layer in trained.layers) == 4
+    model = to_stock_layers(trained)  # the network as saved: Keras' own layers only
+    assert model.count_params() == trained.count_params() == 416_490
     layer_types = [type(layer).__name__ for layer in model.layers]
     assert layer_types == [
         "InputLayer", "Rescaling",
