@@ -177,18 +177,6 @@ def onednn_kernels(timeout: float = 180) -> dict:
     return {**seen, "expected_bf16": expected, "verdict": onednn_verdict(seen["kernels"], expected)}
 
 
-@contextlib.contextmanager
-def _batchnorm_kind(fused: bool):
-    """Models built inside use the fused batch norm (today) or Keras' own (the previous recipe)."""
-    from .models import layers
-
-    if fused:
-        yield
-        return
-    with layers.stock_batchnorm():
-        yield
-
-
 def time_training(model_name: str, steps: int, warmup: int = 3, batch_size: int | None = None,
                   precision: str | None = None, peaks: dict | None = None, config=None,
                   fused_batchnorm: bool = True, ns_dtype: str | None = None) -> dict:
@@ -203,7 +191,10 @@ def time_training(model_name: str, steps: int, warmup: int = 3, batch_size: int 
 
     config = config or recipe_config(model_name, batch_size=batch_size, precision=precision)
     config = resolve_precision(config)
-    with _batchnorm_kind(fused_batchnorm):
+    from .models.layers import stock_batchnorm
+
+    # The previous recipe's side builds with Keras' own batch norm.
+    with contextlib.nullcontext() if fused_batchnorm else stock_batchnorm():
         model = build_model(model_name, precision=config.precision, **config.model_options)
     compile_model(model, config, config.learning_rate, 1000, ns_dtype=ns_dtype)
     n = config.batch_size * (steps + warmup)

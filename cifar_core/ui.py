@@ -5,6 +5,7 @@ call the UI-free core. TensorFlow is imported only by loaders that need a model.
 """
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
@@ -65,6 +66,7 @@ def preload_plotly() -> None:
         st.html(f'<script>import("./static/js/{chunk}").catch(() => null);</script>', unsafe_allow_javascript=True)
 
 
+@functools.cache  # the installed Streamlit's files do not change while the server runs
 def _plotly_chunk() -> str | None:
     folder = Path(st.__file__).parent / "static" / "static" / "js"
     found = sorted(folder.glob("PlotlyChart.*.js"))
