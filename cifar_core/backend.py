@@ -14,6 +14,11 @@ def configure(threads: int | None = None) -> None:
     global _configured
     if _configured:
         return
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        _configured = True  # JAX and PyTorch size their own pools; TensorFlow may not even be installed
+        return
     import tensorflow as tf
 
     threads = threads or int(os.environ.get("CIFAR_THREADS", 0)) or os.cpu_count() or 1

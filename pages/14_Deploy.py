@@ -50,7 +50,9 @@ if not exports:
 
 
 def row(name: str, entry: dict) -> dict:
+    quantization = entry.get("quantization")
     return {"export": name, "file": entry.get("file"), "size (MB)": (entry.get("size_bytes") or 0) / 1e6,
+            "INT8 setting": quantization.get("setting") if isinstance(quantization, dict) else None,
             "accuracy": entry.get("accuracy"), "Keras model": entry.get("keras_accuracy"),
             "top-1 agreement": entry.get("agreement"), "passed": "yes" if entry.get("within_tolerance") else "NO",
             "batch 1 p50 (ms)": entry.get("latency_ms_p50"), "batch 1 p95 (ms)": entry.get("latency_ms_p95"),

@@ -35,6 +35,7 @@ def test_a_float_export_agrees_with_keras_and_is_recorded(tiny_run, tmp_path, fm
     assert 0 < entry["latency_ms_p50"] <= entry["latency_ms_p95"] and entry["throughput_batch64"] > 0
     assert entry["input"]["shape"] == [None, 32, 32, 3] and entry["run"] == "g3-tiny"
     assert {"tensorflow", "keras", "onnxruntime", "ai-edge-litert"} <= set(entry["versions"])
+    assert entry["versions"]["tensorflow"] != "not installed"  # pinned as tensorflow-cpu
     manifest = json.loads((out / export.MANIFEST).read_text())
     assert manifest["exports"][fmt] == entry
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary left behind
@@ -53,6 +54,15 @@ def test_int8_exports_are_smaller_and_checked_against_the_wider_tolerance(tiny_r
     assert entry["tolerance_points"] == 1.0 and entry["quantize"] == "int8"
     assert entry["size_bytes"] < float_entry["size_bytes"]
     assert set(export.read_manifest(out)) == {fmt, f"{fmt}-int8"}  # both kept
+    if fmt == "onnx":  # chosen among the settings by held-out training images, all recorded
+        choice = entry["quantization"]
+        assert set(choice["held_out_agreement"]) == set(export.onnx_int8_settings())
+        assert choice["setting"] == export.choose_setting(choice["held_out_agreement"])
+        assert choice["held_out_images"] > 0 and choice["calibration_images"] > 0
+    else:
+        assert "quantization" not in entry
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [export.MANIFEST, export.FILE_NAMES[fmt], export.FILE_NAMES[fmt].replace(".", "-int8.")])
 
 
 def test_the_portable_model_computes_in_float32_and_resizes_inside():
@@ -73,13 +83,24 @@ def test_the_portable_model_computes_in_float32_and_resizes_inside():
     np.testing.assert_allclose(portable.predict(images, verbose=0), expected, atol=0.02)
 
 
-def test_calibration_images_come_from_the_training_split_only():
-    x_train = np.arange(1000, dtype=np.uint8).reshape(-1, 1, 1, 1).repeat(3, axis=-1)[:, :, :, :]
-    chosen = export.calibration_images(np.broadcast_to(x_train, (1000, 2, 2, 3)).copy(), n=50)
-    assert chosen.shape == (50, 2, 2, 3) and chosen.dtype == np.float32
-    np.testing.assert_array_equal(chosen, export.calibration_images(np.broadcast_to(x_train, (1000, 2, 2, 3))
-                                                                    .copy(), n=50))  # seeded
-    assert len(export.calibration_images(np.zeros((10, 2, 2, 3), np.uint8))) == 10
+def test_calibration_and_held_out_images_are_disjoint_seeded_slices_of_the_training_split():
+    x_train = np.arange(3000).reshape(-1, 1, 1, 1) * np.ones((1, 2, 2, 3))  # each image holds its own index
+    calibration, held_out = export.training_slices(x_train, calibration=50, held_out=200)
+    assert calibration.shape == (50, 2, 2, 3) and held_out.shape == (200, 2, 2, 3)
+    assert calibration.dtype == held_out.dtype == np.float32
+    assert not set(calibration[:, 0, 0, 0]) & set(held_out[:, 0, 0, 0])
+    again = export.training_slices(x_train, calibration=50, held_out=200)
+    np.testing.assert_array_equal(calibration, again[0])  # seeded
+    np.testing.assert_array_equal(held_out, again[1])
+    small_calibration, small_held_out = export.training_slices(x_train[:11])  # a tiny split is shared
+    assert len(small_calibration) == 6 and len(small_held_out) == 5
+    assert not set(small_calibration[:, 0, 0, 0]) & set(small_held_out[:, 0, 0, 0])
+
+
+def test_the_int8_setting_that_agrees_most_on_held_out_images_wins_and_ties_go_to_the_first():
+    assert export.choose_setting({"a": 0.98, "b": 0.999, "c": 0.99}) == "b"
+    assert export.choose_setting({"a": 0.99, "b": 0.98, "c": 0.99}) == "a"
+    assert export.choose_setting({"a": 0.5, "b": 0.7, "c": 0.7}) == "b"
 
 
 def test_parity_uses_the_tolerance_in_points():
@@ -113,6 +134,8 @@ def test_a_damaged_manifest_is_refused_on_read_and_rewritten_on_export(tmp_path)
     export.record(tmp_path, "onnx", {"accuracy": 0.5})
     assert export.read_manifest(tmp_path) == {"onnx": {"accuracy": 0.5}}
     assert export.read_manifest(tmp_path / "absent") == {}
+    (tmp_path / export.MANIFEST).write_text('{"exports": {"onnx": {"accuracy": 0.5}, "tflite": [1], "x": "y"}}')
+    assert export.read_manifest(tmp_path) == {"onnx": {"accuracy": 0.5}}  # entries that are no record drop out
 
 
 def test_the_cli_exports_and_prints_one_line(tiny_run, tmp_path, capsys):
@@ -165,6 +188,16 @@ def test_deploy_page_lists_checked_exports_with_downloads_and_a_snippet(deploy_s
     (run_dir / "export" / "model.tflite").unlink()
     app.run()
     assert any("missing" in w.value for w in app.warning)
+    manifest = run_dir / "export" / export.MANIFEST
+    exports = json.loads(manifest.read_text())["exports"]
+    exports["onnx-int8"] = {**exports["tflite"], "quantization": {"setting": "all ops, percentile ranges"}}
+    exports["damaged"] = ["not", "a", "record"]
+    manifest.write_text(json.dumps({"exports": exports}))
+    app.run()
+    assert not app.exception
+    table = app.dataframe[0].value
+    assert list(table["export"]) == ["onnx-int8", "tflite"]
+    assert list(table["INT8 setting"].fillna("")) == ["all ops, percentile ranges", ""]
 
 
 def test_the_portable_model_swaps_what_onnx_and_litert_cannot_run():

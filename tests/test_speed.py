@@ -199,6 +199,22 @@ def test_explicit_precisions_are_left_alone(monkeypatch):
         assert precision.resolve_precision(recipe_config("g3", precision=chosen)).precision == chosen
 
 
+def test_off_tensorflow_the_settings_step_needs_no_tensorflow(monkeypatch):
+    """The JAX path (the GPU machine has no TensorFlow): configuring threads, as the precision probe
+    does first, must not import it."""
+    import sys
+
+    import keras
+
+    from cifar_core import backend
+
+    monkeypatch.setattr(backend, "_configured", False)
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    monkeypatch.setitem(sys.modules, "tensorflow", None)  # any import of it now raises ImportError
+    backend.configure()
+    assert backend._configured
+
+
 def test_the_probe_times_both_precisions():
     speeds = precision.probe_speeds(recipe_config("demo", batch_size=16))
     assert set(speeds) == {"float32", "mixed_bfloat16"} and min(speeds.values()) > 0

@@ -27,6 +27,7 @@ EXPERIMENTS_DOC = ROOT / "docs" / "experiments.md"
 README = ROOT / "README.md"
 LATENCY = ROOT / "docs" / "latency.json"  # written by tests/test_browser.py (STUDIO_LATENCY_REPORT)
 BENCH = ROOT / "docs" / "bench-results.json"  # written by `python -m cifar_core bench --output ...`
+SEEDS = ROOT / "docs" / "seeds"  # <run>/: more seeds of a shipped run's exact config (records, no weights)
 EXPORTS = ROOT / "docs" / "exports"  # <run>.json: copies of each shipped run's export manifest
 SERVE_LOAD = ROOT / "docs" / "serve-load.json"  # written by tools/load_test.py --output
 LATENCY_NAMES = {"home_first_view": "home page, first view after `streamlit run`",
@@ -109,6 +110,54 @@ def superseded_table() -> str:
              run.metrics.get("epochs_run"), _difference(run)] for run in _records(EXPERIMENTS)]
     return table(["run", "model", "test accuracy", "with flip TTA", "training", "epochs",
                   "what differed from the recipe today"], rows)
+
+
+def seed_table() -> str:
+    """Each preset with replicate seeds: the shipped run and its replicates, mean and spread."""
+    by_preset = seed_groups()
+    rows = []
+    for name, group in by_preset.items():
+        figures = {key: [run.metrics.get(key) for run in group] for key in
+                   ("test_accuracy", "test_accuracy_tta", "train_seconds")}
+        rows.append([f"`{name}`", ", ".join(str(run.config["random_state"]) for run in group), len(group),
+                     _spread(figures["test_accuracy"]), _spread(figures["test_accuracy_tta"]),
+                     f"{min(figures['train_seconds']) / 60:.1f}–{max(figures['train_seconds']) / 60:.1f} min",
+                     ", ".join(sorted({_cpu(run) for run in group}))])
+    return table(["preset", "seeds", "runs", "test accuracy: mean ± sd (min–max)", "with flip TTA: mean ± sd "
+                  "(min–max)", "training", "machine"], rows)
+
+
+def _cpu(run: runs.RunSummary) -> str:
+    machine = run.metrics.get("machine")
+    return str(machine.get("cpu", "?")) if isinstance(machine, dict) else "?"
+
+
+def seed_groups() -> dict[str, list[runs.RunSummary]]:
+    """{preset: [shipped run, replicates...]} for every record under docs/seeds/; a record whose config
+    is not its shipped run's but for the seed is refused (it would pass for a replicate)."""
+    shipped = {preset.shipped_run: name for name, preset in PRESETS.items()}
+    groups: dict[str, list[runs.RunSummary]] = {}
+    for record in _records(SEEDS):
+        matches = [run for run in _records(SHIPPED) if run.run_id in shipped and _same_but_seed(run, record)]
+        if not matches:
+            raise SystemExit(f"docs/seeds/{record.run_id}: its config is no shipped run's but for the seed")
+        name = shipped[matches[0].run_id]
+        groups.setdefault(name, [matches[0]]).append(record)
+    return groups
+
+
+def _same_but_seed(run: runs.RunSummary, record: runs.RunSummary) -> bool:
+    ignored = {"random_state", "data"}
+    return ({k: v for k, v in run.config.items() if k not in ignored}
+            == {k: v for k, v in record.config.items() if k not in ignored}
+            and run.config["random_state"] != record.config["random_state"])
+
+
+def _spread(values: list[float]) -> str:
+    import statistics
+
+    return (f"**{statistics.mean(values):.2%}** ± {statistics.stdev(values):.2%} "
+            f"({min(values):.2%}–{max(values):.2%})")
 
 
 def _difference(run: runs.RunSummary) -> str:
@@ -257,7 +306,7 @@ def serve_table() -> str:
 GENERATORS = {"presets": preset_table, "readme-presets": readme_table, "transfer": transfer_table,
               "superseded": superseded_table, "curves": curves,
               "latency": latency_table, "analysis": analysis_table, "bench": bench_tables,
-              "exports": export_table, "serving": serve_table}
+              "exports": export_table, "serving": serve_table, "seeds": seed_table}
 
 
 def render(text: str) -> str:
@@ -272,7 +321,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="only check that the documents are up to date")
     args = parser.parse_args(argv)
     stale = []
-    for document in (README, BENCHMARKS, EXPERIMENTS_DOC):
+    documents = (README, BENCHMARKS, EXPERIMENTS_DOC)
+    placed = {match.group("name") for document in documents for match in BLOCK.finditer(document.read_text())}
+    if set(GENERATORS) - placed:  # a table written for no page is a result nobody can read
+        print(f"no document has a block for: {', '.join(sorted(set(GENERATORS) - placed))}")
+        return 1
+    for document in documents:
         text = document.read_text()
         fresh = render(text)
         if fresh != text:

@@ -24,12 +24,13 @@ import keras
 import numpy as np
 
 from cifar_core import backend
-from cifar_core.config import recipe_config
+from cifar_core.config import PRESETS, recipe_config
 from cifar_core.data import load_dataset
 from cifar_core.data.pipeline import CROP_PIXELS
 from cifar_core.evaluation import compute_metrics
 from cifar_core.models.homebrew import build_fastnet, init_whitening
 from cifar_core.training.optimizers import compile_model
+from cifar_core.training.precision import resolve_precision
 
 # Stop starting new variants after this many seconds (a GPU lease is short).
 BUDGET_S = float(os.environ.get("SWEEP_BUDGET_S", "420"))
@@ -39,8 +40,14 @@ BUDGET_S = float(os.environ.get("SWEEP_BUDGET_S", "420"))
 # cut epochs so that FLOPs x epochs stay near 25 epochs of the base width, as measured.
 VARIANTS = {
     "base": {},
+    # The stage preset (fastnet, SiLU, 3 epochs), as the Train page trains it.
+    "stage": dict(PRESETS["stage"].settings),
     "seed1": dict(random_state=1),
     "seed2": dict(random_state=2),
+    # Toward 91.5% with flip TTA in an hour of 2-core CPU (about 43 epochs of the recipe's width).
+    "ep40": dict(n_epochs=40),
+    "ep40_seed1": dict(n_epochs=40, random_state=1),
+    "w64-256-512_ep28": dict(model_options={"widths": [64, 256, 512], "activation": "gelu_tanh"}, n_epochs=28),
     "randflip": dict(augmentations=("flip", "crop")),
     "ep35": dict(n_epochs=35),
     "bs128": dict(batch_size=128, learning_rate=0.1),
@@ -90,7 +97,7 @@ def run(name: str, dataset, low_res: tuple[int, int] | None = None, **overrides)
     low_res=(size, epochs): the first `epochs` train on random size x size crops. The
     recipe's "altflip" mirrors each image in every other epoch, as the package does."""
     started = time.time()
-    config = recipe_config("fastnet", **overrides)
+    config = resolve_precision(recipe_config("fastnet", **overrides), report=print)
     alternate = "altflip" in config.augmentations
     keras.utils.set_random_seed(config.random_state)
     with backend.dtype_policy(config.precision):  # spatial size open, so low-res epochs can share it
@@ -114,6 +121,7 @@ def run(name: str, dataset, low_res: tuple[int, int] | None = None, **overrides)
     mirrored = model.predict(dataset.x_test[:, :, ::-1], batch_size=1000, verbose=0)
     metrics = compute_metrics(dataset.y_test, probs, dataset.class_names, (probs + mirrored) / 2)
     return dict(name=name, overrides=dict(overrides, low_res=low_res) if low_res else overrides,
+                precision=config.precision, epochs=config.n_epochs, model_options=config.model_options,
                 train_accuracy=round(float(history.history["accuracy"][-1]), 4),
                 test_accuracy=metrics["test_accuracy"], test_accuracy_flip_tta=metrics["test_accuracy_tta"],
                 seconds=round(time.time() - started, 1))
