@@ -15,29 +15,33 @@ CAT_CLASSES = {281, 282, 283, 285, 287}  # tabby, tiger cat, Persian, Egyptian c
 CUP_CLASSES = {504, 967, 968}  # coffee mug, espresso, cup
 
 
-@pytest.fixture(scope="module")
-def lite0_imagenet(tmp_path_factory):
+@pytest.fixture(scope="module", params=["lite0", "lite1", "lite2"])
+def lite_imagenet(request, tmp_path_factory):
+    """Each Lite variant with its converted ImageNet head, at the resolution it was trained at."""
     import os
 
     os.environ["CIFAR_CORE_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    from cifar_core.models.transfer import build_lite0
+    from cifar_core.models.transfer import LITE_SHAPES, build_lite
 
-    return build_lite0((224, 224, 3), include_imagenet_top=True)
+    size = LITE_SHAPES[request.param].pretrained_size
+    return build_lite(request.param, (size, size, 3), include_imagenet_top=True), size
 
 
 @pytest.mark.parametrize("photo,expected", [("chelsea", CAT_CLASSES), ("coffee", CUP_CLASSES)])
-def test_converted_lite0_recognises_real_photos(lite0_imagenet, photo, expected):
+def test_converted_lite_models_recognise_real_photos(lite_imagenet, photo, expected):
     from skimage import data
 
-    image = resize_image(getattr(data, photo)(), 224)[None].astype("float32")
-    probs = np.asarray(lite0_imagenet(image))[0]
+    model, size = lite_imagenet
+    image = resize_image(getattr(data, photo)(), size)[None].astype("float32")
+    probs = np.asarray(model(image))[0]
     top5 = set(np.argsort(-probs)[:5].tolist())
     assert np.argmax(probs) in expected
     assert len(top5 & expected) >= 2
     assert probs[list(expected)].sum() > 0.5
 
 
-@pytest.mark.parametrize("name", ["efficientnetb1", "resnet101v2", "densenet121", "mobilenetv2", "lite0"])
+@pytest.mark.parametrize("name", ["efficientnetb1", "resnet101v2", "densenet121", "mobilenetv2", "lite0", "lite1",
+                                  "lite2"])
 def test_every_backbone_builds_frozen_with_a_new_head(name):
     model = build_model(name, 32, num_classes=10, weights=None)
     probs = np.asarray(model(np.zeros((1, 32, 32, 3), "float32")))

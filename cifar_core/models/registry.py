@@ -28,9 +28,10 @@ class ModelSpec:
 
 
 def _transfer_spec(backbone) -> ModelSpec:
-    if backbone.keras_constructor is None:
-        return ModelSpec(backbone.name, f".transfer:build_{backbone.name}", backbone.input_size,
-                         backbone.description, transfer=True, last_conv_layer=backbone.last_conv_layer)
+    if backbone.keras_constructor is None:  # the EfficientNet-Lite family, built in transfer.py
+        return ModelSpec(backbone.name, ".transfer:build_lite", backbone.input_size, backbone.description,
+                         transfer=True, last_conv_layer=backbone.last_conv_layer,
+                         builder_options=(("variant", backbone.name),))
     return ModelSpec(backbone.name, ".transfer:build_application", backbone.input_size, backbone.description,
                      transfer=True, last_conv_layer=backbone.last_conv_layer,
                      builder_options=(("backbone", backbone.name),))

