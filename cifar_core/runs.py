@@ -73,6 +73,7 @@ RECORD_FILES = (CONFIG_FILE, METRICS_FILE, HISTORY_FILE)
 LIVE_COLUMNS = ("train_seconds", "epoch", "loss", "accuracy")
 MAX_LIVE_BYTES = 4 * 1024 * 1024  # a point per 2 s is ~40 bytes: 50 hours of training
 MAX_EPOCH_PREDICTIONS_BYTES = 64 * 1024 * 1024
+MAX_PREDICTIONS_BYTES = 64 * 1024 * 1024  # CIFAR-10's test split takes ~0.4 MB
 HISTORY_COLUMNS = ("epoch", "stage", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds")
 
 _UMASK = os.umask(0)  # read once: files made here honour it like any other file
@@ -510,16 +511,25 @@ def write_predictions(run_dir: Path | str, y_true, probs, probs_tta=None) -> Non
 
 
 def read_predictions(run_dir: Path | str) -> dict:
+    """{'y_true' (N,), 'probs' (N, classes)[, 'probs_tta' (N, classes)]}, bounded like every run file
+    (its bytes and unpacked size before numpy reads it, no device or FIFO) and checked to fit together:
+    a damaged file is one RunFolderError, never an IndexError on a page."""
     import numpy as np
 
     path = Path(run_dir) / PREDICTIONS_FILE
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            return {key: npz[key] for key in npz.files}
-    except FileNotFoundError:
-        raise RunFolderError(f"no {PREDICTIONS_FILE} in {Path(run_dir).name}") from None
-    except (OSError, ValueError) as exc:
-        raise RunFolderError(f"corrupt {PREDICTIONS_FILE} in {Path(run_dir).name}: {exc}") from None
+    where = f"{PREDICTIONS_FILE} in {Path(run_dir).name}"
+    if _absent(path):
+        raise RunFolderError(f"no {where}")
+    arrays = read_npz(path, MAX_PREDICTIONS_BYTES, ("y_true", "probs"), RunFolderError, where, optional=("probs_tta",))
+    y_true, probs = arrays["y_true"], arrays["probs"]
+    fits = (np.issubdtype(y_true.dtype, np.integer) and y_true.ndim == 1 and probs.ndim == 2
+            and probs.shape[0] == len(y_true) and probs.shape[1] >= 2
+            and all(np.issubdtype(arrays[key].dtype, np.floating) and arrays[key].shape == probs.shape
+                    and np.isfinite(arrays[key]).all() for key in arrays if key != "y_true")
+            and (not len(y_true) or 0 <= y_true.min() and y_true.max() < probs.shape[1]))
+    if not fits:
+        raise RunFolderError(f"corrupt {where}: its arrays do not fit together")
+    return arrays
 
 
 def write_epoch_predictions(run_dir: Path | str, y_true, predicted, epochs) -> None:

@@ -110,10 +110,10 @@ def nesting_depth(value: Any, stop_after: int) -> int:
 
 
 def read_npz(path: Path | str, max_bytes: int, keys: tuple[str, ...], error: type[CifarError] = CifarError,
-             where: str | None = None) -> dict:
-    """The named arrays of a .npz, bounded before numpy unpacks anything: the file's bytes, the
-    members' declared sizes (a zip bomb is refused unread), no pickled objects. A missing array
-    or a damaged file is `error`."""
+             where: str | None = None, optional: tuple[str, ...] = ()) -> dict:
+    """The named arrays of a .npz (and those of `optional` it holds), bounded before numpy unpacks
+    anything: the file's bytes, the members' declared sizes (a zip bomb is refused unread), no
+    pickled objects. A missing array or a damaged file is `error`."""
     import io
     import zipfile
 
@@ -127,6 +127,6 @@ def read_npz(path: Path | str, max_bytes: int, keys: tuple[str, ...], error: typ
             if sum(info.file_size for info in archive.infolist()) > max_bytes:
                 raise ValueError(f"more than {size_text(max_bytes)} once unpacked")
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            return {key: npz[key] for key in keys}
+            return {key: npz[key] for key in (*keys, *(key for key in optional if key in npz.files))}
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
         raise error(f"corrupt {where}: {one_line(exc)}") from None

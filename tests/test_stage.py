@@ -119,6 +119,44 @@ def test_epoch_predictions_that_would_unpack_too_large_are_refused_before_unpack
         runs.read_epoch_predictions(tmp_path)
 
 
+# --- predictions.npz (the test split's probabilities) ----------------------------------------------
+
+@pytest.mark.parametrize("arrays", [
+    dict(y_true=np.zeros(3, np.int16), probs=np.zeros((4, 2), np.float16)),  # rows != labels
+    dict(y_true=np.zeros(3, np.float32), probs=np.zeros((3, 2), np.float16)),  # labels not integers
+    dict(y_true=np.array([0, 1, 2]), probs=np.zeros((3, 2), np.float16)),  # a label with no column
+    dict(y_true=np.array([0, -1, 1]), probs=np.zeros((3, 2), np.float16)),
+    dict(y_true=np.zeros(3, np.int16), probs=np.zeros(3, np.float16)),  # not a matrix
+    dict(y_true=np.zeros(3, np.int16), probs=np.zeros((3, 2), np.int16)),
+    dict(y_true=np.zeros(3, np.int16), probs=np.full((3, 2), np.nan, np.float16)),
+    dict(y_true=np.zeros(3, np.int16), probs=np.zeros((3, 2), np.float16), probs_tta=np.zeros((3, 3), np.float16)),
+    dict(y_true=np.zeros(3, np.int16)),
+])
+def test_inconsistent_predictions_are_one_clear_error(tmp_path, arrays):
+    _npz(tmp_path / runs.PREDICTIONS_FILE, **arrays)
+    with pytest.raises(RunFolderError, match=runs.PREDICTIONS_FILE):
+        runs.read_predictions(tmp_path)
+
+
+def test_predictions_are_bounded_before_numpy_reads_them(tmp_path, monkeypatch):
+    import os
+    import time
+
+    monkeypatch.setattr(runs, "MAX_PREDICTIONS_BYTES", 10_000)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("probs.npy", b"\0" * 50_000)  # compresses to ~100 bytes
+    (tmp_path / runs.PREDICTIONS_FILE).write_bytes(buffer.getvalue())
+    with pytest.raises(RunFolderError, match="unpacked"):
+        runs.read_predictions(tmp_path)
+    (tmp_path / runs.PREDICTIONS_FILE).unlink()
+    os.mkfifo(tmp_path / runs.PREDICTIONS_FILE)  # no writer: an open() would wait for ever
+    started = time.monotonic()
+    with pytest.raises(RunFolderError):
+        runs.read_predictions(tmp_path)
+    assert time.monotonic() - started < 2
+
+
 # --- reading photos -----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

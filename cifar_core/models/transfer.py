@@ -92,7 +92,8 @@ def _bn_relu6(x, name, activation=True):
 def _lite_blocks(variant: str):
     """(block index, kernel, stride, expand, in filters, out filters) of each MBConv block."""
     shape, in_filters, block = LITE_SHAPES[variant], LITE_STEM, 0
-    for (kernel, stride, expand), out_filters, repeats in zip(LITE_STAGES, shape.filters, shape.repeats):
+    for (kernel, stride, expand), out_filters, repeats in zip(LITE_STAGES, shape.filters, shape.repeats,
+                                                              strict=True):
         for repeat in range(repeats):
             yield block, kernel, stride if repeat == 0 else 1, expand, in_filters, out_filters
             in_filters, block = out_filters, block + 1
