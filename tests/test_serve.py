@@ -90,6 +90,67 @@ def test_a_failing_engine_is_a_json_500_without_a_traceback():
     assert answer.status_code == 500 and answer.json() == {"error": "internal error (RuntimeError)"}
 
 
+def _fake_exports(run_dir, entries: dict[str, dict]):
+    """An export folder whose files are a few bytes each and whose manifest records `entries`
+    (sha256 of each file's bytes unless the entry gives one)."""
+    import hashlib
+
+    folder = run_dir / "export"
+    folder.mkdir(parents=True)
+    manifest = {}
+    for name, entry in entries.items():
+        content = name.encode()
+        if "file" not in entry:
+            (folder / f"{name}.bin").write_bytes(content)
+        manifest[name] = {"file": f"{name}.bin", "sha256": hashlib.sha256(content).hexdigest(),
+                          "within_tolerance": True, "class_names": list(CLASSES),
+                          "input": {"shape": [None, 32, 32, 3]}, **entry}
+    (folder / "manifest.json").write_text(json.dumps({"exports": manifest}))
+
+
+def test_only_checked_unaltered_light_exports_are_served_fastest_first(tmp_path):
+    _fake_exports(tmp_path, {
+        "onnx": {"format": "onnx", "latency_ms_p50": 2.0},
+        "tflite": {"format": "tflite", "latency_ms_p50": 1.0},
+        "untimed": {"format": "onnx"},
+        "tflite-int8": {"format": "tflite", "latency_ms_p50": 0.1, "within_tolerance": False},
+        "saved_model": {"format": "saved_model", "latency_ms_p50": 0.1},
+        "onnx-int8": {"format": "onnx", "latency_ms_p50": 0.1, "sha256": "0" * 64},
+        "outside": {"format": "onnx", "latency_ms_p50": 0.1, "file": "../outside.bin"},
+        "absent": {"format": "onnx", "latency_ms_p50": 0.1, "file": "absent.bin"},
+    })
+    (tmp_path / "outside.bin").write_bytes(b"outside")
+    assert [entry["format"] + ":" + path.name for entry, path in serve.verified_exports(tmp_path)] == [
+        "tflite:tflite.bin", "onnx:onnx.bin", "onnx:untimed.bin"]
+
+
+def test_the_first_export_that_fits_and_loads_is_the_engine(tmp_path, monkeypatch):
+    from cifar_core import export, runs
+
+    runs.atomic_write_json(tmp_path / runs.DATA_FILE, {"class_names": list(CLASSES)})
+    runs.atomic_write_json(tmp_path / runs.METRICS_FILE, {"test_accuracy": 0.75})
+    _fake_exports(tmp_path, {
+        "other-classes": {"format": "tflite", "latency_ms_p50": 0.1, "class_names": ["a", "b", "c"]},
+        "no-runtime": {"format": "tflite", "latency_ms_p50": 0.2},
+        "onnx-int8": {"format": "onnx", "latency_ms_p50": 0.3, "quantize": "int8"},
+        "onnx": {"format": "onnx", "latency_ms_p50": 0.4}})
+    loaded = []
+
+    def load_runner(fmt, path):
+        loaded.append(path.name)
+        if path.name == "no-runtime.bin":
+            raise ImportError("no ai-edge-litert here")
+        return export.Runner(lambda batch: np.array([[0.1, 0.2, 0.7]]), "stub runtime 1.0")
+
+    monkeypatch.setattr(export, "load_runner", load_runner)
+    served = serve.load_served_model(tmp_path)
+    assert loaded == ["no-runtime.bin", "onnx-int8.bin"]  # the other classes' file is never loaded
+    assert served.engine == "onnx int8 (stub runtime 1.0)" and served.test_accuracy == 0.75
+    assert served.class_names == CLASSES and served.image_size == 32
+    assert served.top_k(np.zeros((40, 40, 3), np.uint8), 2) == [
+        {"class": "ship", "probability": pytest.approx(0.7)}, {"class": "dog", "probability": pytest.approx(0.2)}]
+
+
 @pytest.fixture
 def exported_run(shipped_runs, tmp_path, monkeypatch):
     from cifar_core import export
@@ -101,6 +162,7 @@ def exported_run(shipped_runs, tmp_path, monkeypatch):
     return run_dir
 
 
+@pytest.mark.integration  # exports a model (and starts a server)
 def test_the_service_runs_the_verified_export_and_answers_like_keras(exported_run):
     from cifar_core.imaging import decode_image, resize_image
     from cifar_core.inference import classify_arrays, load_run_model
@@ -114,6 +176,7 @@ def test_the_service_runs_the_verified_export_and_answers_like_keras(exported_ru
     assert top[0]["probability"] == pytest.approx(float(expected.max()), abs=1e-3)
 
 
+@pytest.mark.integration  # exports a model (and starts a server)
 def test_a_tampered_or_unlisted_export_is_not_served(exported_run):
     (exported_run / "export" / "model.onnx").write_bytes(b"tampered")
     assert serve.load_served_model(exported_run).engine == "keras (no verified export)"
@@ -131,6 +194,7 @@ def test_serving_nothing_or_a_non_run_is_refused(tmp_path):
         serve.load_served_model(tmp_path)
 
 
+@pytest.mark.integration  # exports a model (and starts a server)
 def test_a_short_load_with_hostile_requests_gets_no_5xx_and_the_server_stays_up(exported_run):
     from tools import load_test
 
