@@ -22,7 +22,7 @@ def _accuracy_figures() -> set[str]:
     from cifar_core import runs
 
     figures = set()
-    for root in (ROOT / "artifacts" / "runs", ROOT / "docs" / "experiments"):
+    for root in (ROOT / "artifacts" / "runs", ROOT / "docs" / "experiments", ROOT / "docs" / "seeds"):
         for run in runs.list_runs(root)[0]:
             for key in ("test_accuracy", "test_accuracy_tta", "test_accuracy_head"):
                 if run.metrics.get(key) is not None:
@@ -69,7 +69,7 @@ def _record(source, target, **changes):
     import shutil
 
     target.mkdir(parents=True)
-    for name in ("config.json", "metrics.json", "status.json", "history.csv"):
+    for name in ("config.json", "metrics.json", "history.csv"):
         shutil.copy(source / name, target / name)
     config = json.loads((target / "config.json").read_text())
     (target / "config.json").write_text(json.dumps({**config, **changes}))
