@@ -2,6 +2,7 @@
 import io
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -110,11 +111,11 @@ def _fake_exports(run_dir, entries: dict[str, dict]):
 
 def test_only_checked_unaltered_light_exports_are_served_fastest_first(tmp_path):
     _fake_exports(tmp_path, {
+        "saved_model": {"format": "saved_model", "latency_ms_p50": 0.1},  # a skipped one first: skip, go on
         "onnx": {"format": "onnx", "latency_ms_p50": 2.0},
         "tflite": {"format": "tflite", "latency_ms_p50": 1.0},
         "untimed": {"format": "onnx"},
         "tflite-int8": {"format": "tflite", "latency_ms_p50": 0.1, "within_tolerance": False},
-        "saved_model": {"format": "saved_model", "latency_ms_p50": 0.1},
         "onnx-int8": {"format": "onnx", "latency_ms_p50": 0.1, "sha256": "0" * 64},
         "outside": {"format": "onnx", "latency_ms_p50": 0.1, "file": "../outside.bin"},
         "absent": {"format": "onnx", "latency_ms_p50": 0.1, "file": "absent.bin"},
@@ -137,18 +138,21 @@ def test_the_first_export_that_fits_and_loads_is_the_engine(tmp_path, monkeypatc
     loaded = []
 
     def load_runner(fmt, path):
-        loaded.append(path.name)
+        loaded.append(f"{fmt}:{path.name}")
         if path.name == "no-runtime.bin":
             raise ImportError("no ai-edge-litert here")
         return export.Runner(lambda batch: np.array([[0.1, 0.2, 0.7]]), "stub runtime 1.0")
 
     monkeypatch.setattr(export, "load_runner", load_runner)
     served = serve.load_served_model(tmp_path)
-    assert loaded == ["no-runtime.bin", "onnx-int8.bin"]  # the other classes' file is never loaded
+    assert loaded == ["tflite:no-runtime.bin", "onnx:onnx-int8.bin"]  # the other classes' file is never loaded
     assert served.engine == "onnx int8 (stub runtime 1.0)" and served.test_accuracy == 0.75
+    assert served.id == tmp_path.name
     assert served.class_names == CLASSES and served.image_size == 32
     assert served.top_k(np.zeros((40, 40, 3), np.uint8), 2) == [
         {"class": "ship", "probability": pytest.approx(0.7)}, {"class": "dog", "probability": pytest.approx(0.2)}]
+    (tmp_path / "export" / "onnx-int8.bin").unlink()
+    assert serve.load_served_model(tmp_path).engine == "onnx (stub runtime 1.0)"  # a float file says so
 
 
 @pytest.fixture
@@ -212,3 +216,119 @@ def test_a_short_load_with_hostile_requests_gets_no_5xx_and_the_server_stays_up(
     assert refused and refused <= {"400", "413"}  # every hostile kind refused with a 4xx, none served
     memory = report["server_memory_mb"]
     assert memory and memory["peak"] < memory["start"] + 300
+
+
+# --- the upload reader and the service's edges, one behaviour each ---------------------------------
+
+class _Request:
+    """What the upload reader uses of a Starlette request."""
+
+    def __init__(self, headers=None, form=None):
+        self.headers = headers or {}
+        self._form = form or {}
+        self.form_limits = None
+
+    async def form(self, **limits):
+        self.form_limits = limits
+        return self._form
+
+
+class _Upload:
+    def __init__(self, data: bytes):
+        self.data, self.asked = data, []
+
+    async def read(self, size):
+        self.asked.append(size)
+        return self.data[:size]
+
+
+def test_the_declared_size_is_checked_at_the_exact_cap_before_reading():
+    from cifar_core.uploads import FORM_OVERHEAD_BYTES, size_refusal
+
+    cap = 1000 + FORM_OVERHEAD_BYTES
+    assert size_refusal(_Request({"content-length": str(cap)}), 1000) is None
+    assert size_refusal(_Request({"content-length": str(cap + 1)}), 1000) == (413, "Images up to 1000 bytes, please.")
+    for headers in ({}, {"content-length": ""}, {"content-length": "-5"}, {"content-length": "12abc"}):
+        assert size_refusal(_Request(headers), 1000) == (411, "The upload must declare its size (Content-Length).")
+
+
+def test_a_file_over_the_cap_is_refused_after_reading_cap_plus_one():
+    import asyncio
+
+    from cifar_core.errors import ImageDecodeError
+    from cifar_core.uploads import MAX_FORM_FIELDS, single_file
+
+    upload = _Upload(b"x" * 50)
+    request = _Request(form={"image": upload})
+    with pytest.raises(ImageDecodeError, match="larger than 10 bytes"):
+        asyncio.run(single_file(request, "image", 10))
+    assert upload.asked == [11] and request.form_limits == {"max_files": 1, "max_fields": MAX_FORM_FIELDS}
+    fits = _Upload(b"x" * 10)
+    assert asyncio.run(single_file(_Request(form={"image": fits}), "image", 10))[0] == b"x" * 10
+
+
+def test_two_files_or_too_many_fields_are_a_400(client):
+    two = client.post("/v1/predict", files=[("image", ("a.png", io.BytesIO(PHOTO), "image/png")),
+                                            ("image", ("b.png", io.BytesIO(PHOTO), "image/png"))])
+    assert two.status_code == 400 and "error" in two.json()
+    many = client.post("/v1/predict", files={"image": ("a.png", io.BytesIO(PHOTO), "image/png")},
+                       data={f"field{i}": "x" for i in range(6)})
+    assert many.status_code == 400 and "error" in many.json()
+
+
+def test_empty_choices_mean_the_defaults_and_the_top_k_bound_is_inclusive(client):
+    every = _post(client, model="", top_k="").json()["predictions"]
+    assert [p["model"] for p in every] == ["a", "b"] and all(len(p["top_k"]) == 3 for p in every)
+    assert len(_post(client, top_k="3").json()["predictions"][0]["top_k"]) == 3  # as many as there are classes
+    long_name = _post(client, model="m" * 200).json()["error"]
+    assert "m" * 80 in long_name and "m" * 81 not in long_name  # an echo of the input, bounded
+    long_k = _post(client, top_k="9" * 50).json()["error"]
+    assert "9" * 20 in long_k and "9" * 21 not in long_k
+
+
+def test_the_docs_name_the_service(client):
+    info = client.get("/openapi.json").json()["info"]
+    assert info["title"] == "CIFAR-10 Studio prediction service"
+    assert info["description"] == "Top-k classes of an image from the studio's trained runs."
+
+
+def test_without_a_verified_export_the_keras_model_serves_in_inference_mode(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from cifar_core import export, inference, runs
+
+    runs.atomic_write_json(tmp_path / runs.DATA_FILE, {"class_names": list(CLASSES)})
+    runs.atomic_write_json(tmp_path / runs.METRICS_FILE, {"test_accuracy": 0.5})
+    calls = []
+
+    def model(batch, training):
+        calls.append((batch.shape, training))
+        return np.array([[0.6, 0.3, 0.1]])
+
+    run = SimpleNamespace(model="the keras model", data_image_size=24, input_size=48, class_names=CLASSES)
+    monkeypatch.setattr(inference, "load_run_model", lambda run_dir: run if run_dir == tmp_path else None)
+    monkeypatch.setattr(export, "portable_model", lambda keras_model, size, input_size:
+                        model if (keras_model, size, input_size) == ("the keras model", 24, 48) else None)
+    served = serve.load_served_model(tmp_path)
+    assert (served.id, served.class_names, served.image_size, served.test_accuracy, served.engine) == (
+        tmp_path.name, CLASSES, 24, 0.5, "keras (no verified export)")
+    assert served.top_k(np.zeros((30, 30, 3), np.uint8), 1) == [{"class": "cat", "probability": pytest.approx(0.6)}]
+    assert calls == [((1, 24, 24, 3), False)]
+
+
+def test_serve_starts_uvicorn_on_the_given_address_once_every_run_loaded(monkeypatch, tmp_path):
+    import uvicorn
+
+    started, lines = [], []
+    monkeypatch.setattr(serve, "load_served_model", lambda run_dir: _stub(Path(run_dir).name))
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: started.append((app, options)))
+    serve.serve([tmp_path / "a", tmp_path / "b"], host="0.0.0.0", port=9001, progress=lines.append)
+    (app, options), = started
+    assert options["host"] == "0.0.0.0" and options["port"] == 9001
+    # Its bounds: at most 64 connections at once (more get a 503) and idle keep-alives closed after 5 s.
+    assert options["limit_concurrency"] == 64 and options["timeout_keep_alive"] == 5
+    assert [route.path for route in app.routes if route.path.startswith("/v1")] == ["/v1/models", "/v1/predict"]
+    assert lines == ["a: stub engine", "b: stub engine", "serving on http://0.0.0.0:9001 (docs at /docs)"]
+    with pytest.raises(CifarError, match="share a folder name"):
+        serve.serve([tmp_path / "a", tmp_path / "x" / "a"], progress=lines.append)
+    assert len(started) == 1
