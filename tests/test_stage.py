@@ -109,12 +109,16 @@ def test_inconsistent_epoch_predictions_are_refused(tmp_path, arrays):
         runs.read_epoch_predictions(tmp_path)
 
 
-def test_epoch_predictions_that_would_unpack_too_large_are_refused_before_unpacking(tmp_path, monkeypatch):
-    monkeypatch.setattr(runs, "MAX_EPOCH_PREDICTIONS_BYTES", 10_000)
+def _small_zip_that_unpacks_large(path, member: str) -> None:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr("predicted.npy", b"\0" * 50_000)  # compresses to ~100 bytes
-    (tmp_path / runs.EPOCH_PREDICTIONS_FILE).write_bytes(buffer.getvalue())
+        archive.writestr(member, b"\0" * 50_000)  # compresses to ~100 bytes
+    path.write_bytes(buffer.getvalue())
+
+
+def test_epoch_predictions_that_would_unpack_too_large_are_refused_before_unpacking(tmp_path, monkeypatch):
+    monkeypatch.setattr(runs, "MAX_EPOCH_PREDICTIONS_BYTES", 10_000)
+    _small_zip_that_unpacks_large(tmp_path / runs.EPOCH_PREDICTIONS_FILE, "predicted.npy")
     with pytest.raises(RunFolderError, match="unpacked"):
         runs.read_epoch_predictions(tmp_path)
 
@@ -143,10 +147,7 @@ def test_predictions_are_bounded_before_numpy_reads_them(tmp_path, monkeypatch):
     import time
 
     monkeypatch.setattr(runs, "MAX_PREDICTIONS_BYTES", 10_000)
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr("probs.npy", b"\0" * 50_000)  # compresses to ~100 bytes
-    (tmp_path / runs.PREDICTIONS_FILE).write_bytes(buffer.getvalue())
+    _small_zip_that_unpacks_large(tmp_path / runs.PREDICTIONS_FILE, "probs.npy")
     with pytest.raises(RunFolderError, match="unpacked"):
         runs.read_predictions(tmp_path)
     (tmp_path / runs.PREDICTIONS_FILE).unlink()
