@@ -54,6 +54,9 @@ class AudiencePhoto:
     votes: dict[str, tuple[str, float]] = field(default_factory=dict)  # run -> (class, probability)
 
 
+MAX_TRACKED_DEVICES = 10_000  # rate-limit buckets kept; the oldest is forgotten first
+
+
 class RateLimiter:
     """A token bucket per client address."""
 
@@ -69,7 +72,7 @@ class RateLimiter:
             tokens = min(float(self.burst), tokens + (now - since) / self.refill_seconds)
             allowed = tokens >= 1.0
             self._buckets[client] = (tokens - 1.0 if allowed else tokens, now)
-            if len(self._buckets) > 10_000:  # a flood of spoofed addresses cannot grow this without bound
+            if len(self._buckets) > MAX_TRACKED_DEVICES:  # a flood of spoofed addresses cannot grow this
                 self._buckets.pop(next(iter(self._buckets)))
             return allowed
 

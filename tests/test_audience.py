@@ -276,3 +276,41 @@ def test_a_busy_port_is_one_clear_error(room):
         server = audience.AudienceServer(room, host="127.0.0.1", port=taken.getsockname()[1])
         with pytest.raises(CifarError, match="could not listen on port"):
             server.start(timeout=5)
+
+
+def test_the_rate_limiter_remembers_a_bounded_number_of_devices_forgetting_the_oldest():
+    def address(device: int) -> str:
+        return f"10.0.{device // 256}.{device % 256}"
+
+    limiter = audience.RateLimiter(burst=1, clock=Clock())
+    devices = audience.MAX_TRACKED_DEVICES + 50
+    assert all(limiter.allow(address(device)) for device in range(devices))
+    assert len(limiter._buckets) == audience.MAX_TRACKED_DEVICES
+    assert not limiter.allow(address(devices - 1))  # remembered: its one token is spent
+    assert limiter.allow(address(0))  # forgotten, so it starts again with a full bucket
+
+
+def test_a_refusal_to_a_browser_keeps_its_status_and_names_the_photo(client, room):
+    refused = _send(client, data=b"junk", accept="text/html")
+    assert refused.status_code == 400 and refused.headers["content-type"].startswith("text/html")
+    assert "That photo was not accepted: audience photo:" in refused.text
+    assert room.photos() == []
+
+
+def test_the_gallery_can_be_saved_again_into_the_same_folder(tmp_path):
+    room = audience.Room(code="ABC234")
+    room.add(PHOTO)
+    assert room.save(tmp_path / "gallery") == 1
+    room.add(PHOTO)
+    assert room.save(tmp_path / "gallery") == 2
+    assert sorted(p.name for p in (tmp_path / "gallery").iterdir()) == ["audience-001.png", "audience-002.png"]
+
+
+def test_the_audience_server_is_bounded_and_runs_beside_the_dashboard(room):
+    server = audience.AudienceServer(room, "127.0.0.1", 8765)  # configured, not started
+    config = server._server.config
+    assert (config.host, config.port) == ("127.0.0.1", 8765)
+    # A flood gets 503s beyond 64 open connections, and idle phones are let go after 5 s.
+    assert config.limit_concurrency == 64 and config.timeout_keep_alive == 5
+    assert server._thread.daemon and not server._thread.is_alive()  # never keeps the dashboard alive
+    assert server.join_url() == "http://127.0.0.1:8765/join/ABC234"
