@@ -136,9 +136,10 @@ def seed_groups() -> dict[str, list[runs.RunSummary]]:
     """{preset: [shipped run, replicates...]} for every record under docs/seeds/; a record whose config
     is not its shipped run's but for the seed is refused (it would pass for a replicate)."""
     shipped = {preset.shipped_run: name for name, preset in PRESETS.items()}
+    preset_runs = [run for run in _records(SHIPPED) if run.run_id in shipped]
     groups: dict[str, list[runs.RunSummary]] = {}
     for record in _records(SEEDS):
-        matches = [run for run in _records(SHIPPED) if run.run_id in shipped and _same_but_seed(run, record)]
+        matches = [run for run in preset_runs if _same_but_seed(run, record)]
         if not matches:
             raise SystemExit(f"docs/seeds/{record.run_id}: its config is no shipped run's but for the seed")
         name = shipped[matches[0].run_id]
@@ -321,13 +322,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="only check that the documents are up to date")
     args = parser.parse_args(argv)
     stale = []
-    documents = (README, BENCHMARKS, EXPERIMENTS_DOC)
-    placed = {match.group("name") for document in documents for match in BLOCK.finditer(document.read_text())}
+    texts = {document: document.read_text() for document in (README, BENCHMARKS, EXPERIMENTS_DOC)}
+    placed = {match.group("name") for text in texts.values() for match in BLOCK.finditer(text)}
     if set(GENERATORS) - placed:  # a table written for no page is a result nobody can read
         print(f"no document has a block for: {', '.join(sorted(set(GENERATORS) - placed))}")
         return 1
-    for document in documents:
-        text = document.read_text()
+    for document, text in texts.items():
         fresh = render(text)
         if fresh != text:
             stale.append(document.relative_to(ROOT))
