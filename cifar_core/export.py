@@ -176,10 +176,13 @@ def training_slices(x_train: np.ndarray, calibration: int = CALIBRATION_IMAGES,
                     held_out: int = HELD_OUT_IMAGES) -> tuple[np.ndarray, np.ndarray]:
     """Two disjoint seeded samples of the training split (never the test split), as float32: the
     INT8 calibration images and the held-out images that choose between quantization settings.
-    A small training split is shared half and half."""
+    A small training split is shared half and half; a one-image split has no image to hold out, so
+    its image does both jobs (the choice is then a check on the calibration image, not a held-out one)."""
     order = np.random.default_rng(TRAINING_SLICE_SEED).permutation(len(x_train))
     n_calibration = min(calibration, -(-len(x_train) // 2))
     chosen = np.sort(order[:n_calibration]), np.sort(order[n_calibration:n_calibration + held_out])
+    if not len(chosen[1]):
+        chosen = chosen[0], chosen[0]
     return tuple(x_train[indices].astype(np.float32) for indices in chosen)
 
 

@@ -95,6 +95,8 @@ def test_calibration_and_held_out_images_are_disjoint_seeded_slices_of_the_train
     small_calibration, small_held_out = export.training_slices(x_train[:11])  # a tiny split is shared
     assert len(small_calibration) == 6 and len(small_held_out) == 5
     assert not set(small_calibration[:, 0, 0, 0]) & set(small_held_out[:, 0, 0, 0])
+    one_calibration, one_held_out = export.training_slices(x_train[7:8])  # nothing to hold out: it does both
+    assert one_calibration[:, 0, 0, 0].tolist() == one_held_out[:, 0, 0, 0].tolist() == [7]
 
 
 def test_the_int8_setting_that_agrees_most_on_held_out_images_wins_and_ties_go_to_the_first():
