@@ -153,10 +153,11 @@ def test_every_optimizer_schedule_and_augmentation_trains(tiny_dataset, tmp_path
     assert runs.read_status(run_dir)["state"] == "completed"
 
 
-def test_fit_mirrors_the_image_in_alternate_epochs():
-    """Keras opens each epoch's iterator early; the pipeline's own pass count still
-    flips the right epochs. One left-bright image, a fixed model that calls it
-    class 0 only when it is not mirrored."""
+@pytest.mark.parametrize("repeated", [False, True], ids=["iterator per epoch", "one iterator (training's)"])
+def test_fit_mirrors_the_image_in_alternate_epochs(repeated):
+    """Keras opens each epoch's iterator early (or, as training runs it, keeps one iterator over
+    the repeated data); the pipeline's own pass count still flips the right epochs. One
+    left-bright image, a fixed model that calls it class 0 only when it is not mirrored."""
     from cifar_core.data.pipeline import AlternatingFlip, make_dataset
 
     image = np.zeros((1, 2, 2, 3), np.uint8)
@@ -169,7 +170,8 @@ def test_fit_mirrors_the_image_in_alternate_epochs():
     left_minus_right = np.tile([[1.0, -1.0]] * 3 + [[-1.0, 1.0]] * 3, (2, 1)) / 255  # per (row, col, channel)
     model.layers[-1].set_weights([left_minus_right, np.zeros(2)])
     model.compile(keras.optimizers.SGD(0.0), "categorical_crossentropy", metrics=["accuracy"])
-    history = model.fit(dataset, epochs=4, verbose=0)
+    history = (model.fit(dataset.repeat(), steps_per_epoch=1, epochs=4, verbose=0) if repeated
+               else model.fit(dataset, epochs=4, verbose=0))
     assert history.history["accuracy"] == [1.0, 0.0, 1.0, 0.0]
 
 

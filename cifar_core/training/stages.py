@@ -55,8 +55,12 @@ def fit_stage(model, config: TrainConfig, context: FitContext, stage: str, offse
                                                 patience=config.early_stopping_patience))
     callbacks.extend(context.extra_callbacks)
     class_weight = class_weights(context.split.y_train) if config.class_weights else None
-    model.fit(context.train_data, validation_data=val_data, epochs=n_epochs, initial_epoch=completed,
-              callbacks=callbacks, class_weight=class_weight, verbose=context.verbose)
+    # One iterator for the whole stage: the data repeated, each epoch `steps_per_epoch` batches of
+    # it (an exact pass). Keras otherwise frees the last epoch's tf.data iterator as the next
+    # begins, which stalled some epochs' first step by up to ~55 s (docs/experiments.md).
+    model.fit(context.train_data.repeat(), steps_per_epoch=context.steps_per_epoch, validation_data=val_data,
+              epochs=n_epochs, initial_epoch=completed, callbacks=callbacks, class_weight=class_weight,
+              verbose=context.verbose)
 
 
 def class_weights(labels: np.ndarray) -> dict[int, float]:
