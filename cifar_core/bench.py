@@ -184,7 +184,6 @@ def time_training(model_name: str, steps: int, warmup: int = 3, batch_size: int 
     and of the input pipeline alone; `config` replaces the model's recipe, and the last two
     arguments rebuild the previous recipe's kernels (`compare_with_previous`)."""
     from .config import recipe_config
-    from .data.pipeline import build_augmenter, make_dataset
     from .models import build_model
     from .training.optimizers import compile_model
     from .training.precision import resolve_precision
@@ -197,19 +196,7 @@ def time_training(model_name: str, steps: int, warmup: int = 3, batch_size: int 
     with contextlib.nullcontext() if fused_batchnorm else stock_batchnorm():
         model = build_model(model_name, precision=config.precision, **config.model_options)
     compile_model(model, config, config.learning_rate, 1000, ns_dtype=ns_dtype)
-    n = config.batch_size * (steps + warmup)
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 255, (n, 32, 32, 3), dtype=np.uint8)
-    labels = rng.integers(0, 10, n)
-    data = make_dataset(images, labels, 10, config.batch_size, augmenter=build_augmenter(config, 32))
-    iterator = iter(data)
-    for _ in range(warmup):
-        model.train_on_batch(*next(iterator))
-    started = time.perf_counter()
-    for _ in range(steps):
-        model.train_on_batch(*next(iterator))
-    seconds = time.perf_counter() - started
-    images_per_second = steps * config.batch_size / seconds
+    images_per_second, data = _steps_per_second(model, config, steps, warmup)
     flops = forward_flops(model)
     # Training costs about 3x the forward pass (forward, input gradients, weight gradients).
     gflops = 3 * flops * images_per_second / 1e9
@@ -221,6 +208,25 @@ def time_training(model_name: str, steps: int, warmup: int = 3, batch_size: int 
             "percent_of_conv_peak": round(100 * gflops / conv_peak, 1) if conv_peak else None,
             "pipeline_images_per_second": round(time_pipeline(data, steps, config.batch_size), 1),
             "epoch_minutes_50k": round(50_000 / images_per_second / 60, 2)}
+
+
+def _steps_per_second(model, config, steps: int, warmup: int, input_size: int | None = None):
+    """(images/s of `steps` training steps after `warmup` ones, the pipeline): random 32 px images through
+    the config's augmentation, resized to `input_size` where given, as training feeds them."""
+    from .data.pipeline import build_augmenter, make_dataset
+
+    n = config.batch_size * (steps + warmup)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (n, 32, 32, 3), dtype=np.uint8)
+    labels = rng.integers(0, 10, n)
+    data = make_dataset(images, labels, 10, config.batch_size, input_size, augmenter=build_augmenter(config, 32))
+    iterator = iter(data)
+    for _ in range(warmup):
+        model.train_on_batch(*next(iterator))
+    started = time.perf_counter()
+    for _ in range(steps):
+        model.train_on_batch(*next(iterator))
+    return steps * config.batch_size / (time.perf_counter() - started), data
 
 
 def time_pipeline(data, batches: int, batch_size: int) -> float:

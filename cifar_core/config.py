@@ -71,6 +71,11 @@ class TrainConfig:
     fine_tune_epochs: int = 0
     fine_tune_learning_rate: float = 1e-4
     fine_tune_layers: int = 0
+    # Transfer models only, progressive resizing: the head's features and the first low_res_epochs
+    # fine-tune epochs at low_res_size px (a step costs about the square of the side), the rest of
+    # fine-tuning at input_size, the size the model is tested and served at (BENCHMARKS.md).
+    low_res_size: int | None = None
+    low_res_epochs: int = 0
 
     def __post_init__(self):
         if self.input_size is None and isinstance(self.model, str):
@@ -90,6 +95,7 @@ class TrainConfig:
         for name in RANGES:
             _check_range(name, getattr(self, name))
         _check(bool(self.model) and len(self.model) <= 64, "model", self.model, "a registry name")
+        _check_low_res(self)
         _check(self.data is None or 0 < len(self.data) <= 4096, "data", self.data, "a source or path")
         _check(_plain_json(self.model_options), "model_options", self.model_options,
                "an object of names to numbers, strings, booleans or short lists of them")
@@ -176,7 +182,17 @@ RANGES = {
     "label_smoothing": (0.0, 1.0, "[)"), "ema_momentum": (0.0, 1.0, "()"), "translate_fraction": (0.0, 0.5, "[]"),
     "rotate_fraction": (0.0, 0.5, "[]"), "zoom_fraction": (0.0, 1.0, "[)"), "cutout_size": (1, MAX_INPUT_SIZE, "[]"),
     "random_state": (0, 2**32, "[)"), "fine_tune_epochs": (0, 10_000, "[]"), "fine_tune_layers": (0, 100_000, "[]"),
+    "low_res_size": (16, MAX_INPUT_SIZE, "[]"), "low_res_epochs": (0, 10_000, "[]"),
 }
+
+
+def _check_low_res(config: TrainConfig) -> None:
+    _check((config.low_res_size is None) == (config.low_res_epochs == 0), "low_res_size and low_res_epochs",
+           [config.low_res_size, config.low_res_epochs], "both set or neither")
+    _check(config.low_res_epochs <= config.fine_tune_epochs, "low_res_epochs", config.low_res_epochs,
+           f"at most fine_tune_epochs ({config.fine_tune_epochs})")
+    _check(config.low_res_size is None or config.input_size is None or config.low_res_size < config.input_size,
+           "low_res_size", config.low_res_size, f"below input_size ({config.input_size})")
 
 
 def _in_range(value, low, high, ends: str) -> bool:

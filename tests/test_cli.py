@@ -181,8 +181,11 @@ FLAG_VALUES = {  # field -> (what the command line says, what the config then ho
     "zoom_fraction": ("0.2", 0.2), "cutout_size": ("6", 6), "tta": (None, True), "random_state": ("9", 9),
     "precision": ("mixed_bfloat16", "mixed_bfloat16"), "fine_tune_epochs": ("2", 2),
     "fine_tune_learning_rate": ("0.001", 0.001), "fine_tune_layers": ("7", 7),
-    "distribute": ("mirrored", "mirrored"),
+    "distribute": ("mirrored", "mirrored"), "low_res_size": ("16", 16), "low_res_epochs": ("1", 1),
 }
+# Flags that are only valid with others: what each needs beside it.
+COMPANION_FLAGS = {"low_res_size": ["--low-res-epochs", "1", "--fine-tune-epochs", "1"],
+                   "low_res_epochs": ["--low-res-size", "16", "--fine-tune-epochs", "1"]}
 
 
 def test_every_config_field_is_a_flag_of_the_same_name():
@@ -192,7 +195,7 @@ def test_every_config_field_is_a_flag_of_the_same_name():
     assert set(FLAG_VALUES) == set(FIELD_KINDS) - set(_NOT_FLAGS)
     for name, (given, expected) in FLAG_VALUES.items():
         flag = "--" + name.replace("_", "-")
-        argv = ["train", "--model", "demo", flag] + ([] if given is None else [given])
+        argv = ["train", "--model", "demo", flag] + ([] if given is None else [given]) + COMPANION_FLAGS.get(name, [])
         assert getattr(config_from_args(build_parser().parse_args(argv)), name) == expected, name
     config = config_from_args(build_parser().parse_args(["train", "--model", "demo", "--no-tta", "--seed", "7",
                                                          "--lr", "0.5", "--epochs", "2", "--augment", "crop"]))

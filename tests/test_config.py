@@ -233,3 +233,18 @@ def test_a_run_made_by_a_preset_is_recognised_whatever_precision_auto_chose():
     assert made_by_preset(made.replace(precision="float32", n_epochs=3, model_options={"activation": "silu"}),
                           "stage")
     assert not made_by_preset(preset_config("demo").replace(precision="mixed_bfloat16"), "demo")  # demo: float32
+
+
+def test_low_resolution_epochs_come_with_their_size_within_fine_tuning_and_below_the_input_size():
+    fits = dict(model="lite0", input_size=224, fine_tune_epochs=4)
+    assert TrainConfig(**fits, low_res_size=128, low_res_epochs=4).low_res_epochs == 4  # all of them: allowed
+    assert TrainConfig(**fits, low_res_size=16, low_res_epochs=1).low_res_size == 16
+    together = "^low_res_size and low_res_epochs must be both set or neither"
+    refused = [(dict(low_res_size=128), together), (dict(low_res_epochs=2), together),
+               (dict(low_res_size=128, low_res_epochs=5), r"^low_res_epochs must be at most fine_tune_epochs \(4\)"),
+               (dict(low_res_size=224, low_res_epochs=2), r"^low_res_size must be below input_size \(224\)"),
+               (dict(low_res_size=15, low_res_epochs=2), r"^low_res_size must be in \[16, 512\]"),
+               (dict(low_res_size=128, low_res_epochs=-1), r"^low_res_epochs must be in \[0, 10000\]")]
+    for bad, message in refused:
+        with pytest.raises(ConfigError, match=message):
+            TrainConfig(**fits, **bad)

@@ -7,7 +7,7 @@ from cifar_core.config import recipe_config
 from cifar_core.errors import ModelFileError
 from cifar_core.imaging import resize_image
 from cifar_core.models import build_model, get_spec
-from cifar_core.models.loading import check_model_file
+from cifar_core.models.loading import check_model_file, load_model_file
 from cifar_core.training import train
 
 # ImageNet class indices (of the 1000) that name the object in each photo.
@@ -86,3 +86,59 @@ def test_two_stage_transfer_run(tiny_dataset, tmp_path):
     assert {"test_accuracy_head", "stage_seconds", "test_accuracy"} <= set(metrics)
     assert metrics["transfer"] is True and metrics["input_size"] == 48
     check_model_file(run_dir / "model.keras")  # only built-in layers: loads with safe_mode
+
+
+def test_progressive_resizing_fine_tunes_small_first_then_at_the_input_size_and_resumes_between(
+        tiny_dataset, tmp_path, monkeypatch):
+    from helpers import stop_after_epoch
+
+    from cifar_core.training import features, resume, stages
+
+    fits, feature_sizes = [], []
+    real_fit, real_features = stages.fit_stage, features.cached_features
+
+    def recording_fit(model, config, context, stage, offset, n_epochs, completed):
+        sizes = (context.train_data.element_spec[0].shape[1], context.val_data.element_spec[0].shape[1])
+        fits.append((*sizes, completed, n_epochs))
+        return real_fit(model, config, context, stage, offset, n_epochs, completed)
+
+    def recording_features(model, run_dir, name, images, input_size, flip=False):
+        feature_sizes.append(input_size)
+        return real_features(model, run_dir, name, images, input_size, flip)
+
+    monkeypatch.setattr(stages, "fit_stage", recording_fit)
+    monkeypatch.setattr(features, "cached_features", recording_features)
+    config = recipe_config("lite0", n_epochs=1, fine_tune_epochs=3, low_res_epochs=2, low_res_size=32,
+                           fine_tune_layers=3, input_size=48, batch_size=32, model_options={"weights": None})
+    run_dir = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(config, run_dir, tiny_dataset, verbose=0, callbacks=[stop_after_epoch(1)])
+    assert fits == [(32, 32, 0, 2)]  # killed after the first low-resolution epoch
+    resume(run_dir, tiny_dataset, verbose=0)
+    assert fits[1:] == [(32, 32, 1, 2), (48, 48, 2, 3)]
+    assert set(feature_sizes) == {32}  # the head learns on the features of the first fine-tune epochs
+    assert [row["stage"] for row in runs.read_history(run_dir)] == ["head", "fine_tune", "fine_tune", "fine_tune"]
+    assert runs.read_json(run_dir / "metrics.json")["input_size"] == 48
+    saved, size = load_model_file(run_dir / "model.keras")
+    assert size == 48  # served at the size it was finished at, and nothing else
+    with pytest.raises(ValueError, match="incompatible"):
+        saved(np.zeros((1, 32, 32, 3), "float32"))
+
+
+def test_progressive_resizing_is_refused_for_a_one_stage_model(tiny_dataset, tmp_path):
+    from cifar_core.errors import ConfigError
+
+    config = recipe_config("demo", input_size=32, fine_tune_epochs=1, low_res_epochs=1, low_res_size=16)
+    with pytest.raises(ConfigError, match="transfer models"):
+        train(config, tmp_path / "run", tiny_dataset, verbose=0)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("variant", ["lite0", "lite2"])
+def test_the_tunable_layer_count_is_what_fine_tuning_can_unfreeze(variant):
+    from cifar_core.models.transfer import lite_tunable_layers, unfreeze_top
+
+    model = build_model(variant, 32, weights=None)
+    unfreeze_top(model, 100_000)
+    backbone = [layer for layer in model.layers if layer.trainable and layer.weights and layer.name != "predictions"]
+    assert len(backbone) == lite_tunable_layers(variant)

@@ -96,12 +96,31 @@ def transfer_table() -> str:
             stages = m.get("stage_seconds") or {}
             fine_tune = (m.get("train_seconds") or 0) - sum(stages.values())
             where = "" if root == SHIPPED else " (record)"
-            rows.append([f"`{run.run_id}`{where}", f"{m.get('input_size')} px", pct(m.get("test_accuracy_head")),
-                         f"**{pct(m['test_accuracy'])}**", pct(m.get("test_accuracy_tta")),
-                         minutes(stages.get("features")), minutes(stages.get("head")), minutes(fine_tune),
+            rows.append([f"`{run.run_id}`{where}", _fine_tune_sizes(run.config, m), _fine_tuned_layers(run.config),
+                         pct(m.get("test_accuracy_head")), f"**{pct(m['test_accuracy'])}**",
+                         pct(m.get("test_accuracy_tta")), minutes(stages.get("features")), minutes(stages.get("head")),
+                         minutes(fine_tune), minutes(m.get("train_seconds")),
                          f"{(m.get('peak_memory_mb') or 0) / 1024:.2f} GB"])
-    return table(["run", "input", "head only (frozen features)", "after fine-tuning", "with flip TTA", "features",
-                  "head", "fine-tune", "peak memory"], rows)
+    return table(["run", "fine-tune epochs at", "layers fine-tuned", "head only (frozen features)", "after fine-tuning",
+                  "with flip TTA", "features", "head", "fine-tune", "training", "peak memory"], rows)
+
+
+def _fine_tune_sizes(config: dict, metrics: dict) -> str:
+    """'4 x 224 px', or '2 x 128 px, then 2 x 224 px' for progressive resizing."""
+    epochs, low = config.get("fine_tune_epochs") or 0, config.get("low_res_epochs") or 0
+    full = f"{epochs - low} x {metrics.get('input_size')} px"
+    return f"{low} x {config.get('low_res_size')} px, then {full}" if low else full
+
+
+def _fine_tuned_layers(config: dict) -> str:
+    """'all', or 'top 40 of 49' (the weighted backbone layers fine-tuning trained)."""
+    from cifar_core.models.transfer import LITE_SHAPES, lite_tunable_layers
+
+    layers, model = config.get("fine_tune_layers") or 0, config.get("model")
+    total = lite_tunable_layers(model) if model in LITE_SHAPES else None
+    if total is None:
+        return "all" if layers >= 1000 else f"top {layers}"
+    return "all" if layers >= total else f"top {layers} of {total}"
 
 
 def superseded_table() -> str:

@@ -99,6 +99,12 @@ def _lite_blocks(variant: str):
             in_filters, block = out_filters, block + 1
 
 
+def lite_tunable_layers(variant: str) -> int:
+    """The Lite trunk's weighted layers other than BatchNorm, which `fine_tune_layers` counts from the
+    top: the stem, each block's convolutions (no expansion in a ratio-1 block) and the top conv."""
+    return 2 + sum(2 if expand == 1 else 3 for _, _, _, expand, _, _ in _lite_blocks(variant))
+
+
 def lite_features(inputs, variant: str):
     """The Lite trunk on preprocessed input; returns the 1280-channel top map."""
     x = keras.layers.Conv2D(LITE_STEM, 3, strides=2, padding="same", use_bias=False, name="stem_conv")(inputs)
@@ -249,6 +255,17 @@ def build_application(input_shape=(128, 128, 3), num_classes: int = 10, weights:
     return _application(backbone, spec.keras_constructor, input_shape, num_classes, weights, dropout)
 
 
+def accept_any_size(model: keras.Model) -> None:
+    """Let the model take images of any side while it trains (progressive resizing): every layer
+    is convolutional up to the global pooling, so only the model's declared input shape objects.
+    Not saved with the model: a saved file keeps its input size, the size it is tested and served at."""
+    model.input_spec = keras.InputSpec(ndim=4, axes={-1: model.inputs[0].shape[-1]})
+    model.accepts_any_size = True
+
+
 def feature_model(model: keras.Model) -> keras.Model:
-    """The frozen trunk of a transfer model, up to the pooled features."""
-    return keras.Model(model.inputs, model.get_layer("avg_pool").output, name=f"{model.name}_features")
+    """The frozen trunk of a transfer model, up to the pooled features (any size where the model takes any)."""
+    trunk = keras.Model(model.inputs, model.get_layer("avg_pool").output, name=f"{model.name}_features")
+    if getattr(model, "accepts_any_size", False):
+        accept_any_size(trunk)
+    return trunk

@@ -23,6 +23,7 @@ from .finish import finish_run, input_size
 from .optimizers import compile_model
 from .precision import resolve_precision
 from .stages import FitContext, fit_stage, train_transfer
+from .stages import check_config as check_stages
 
 
 @dataclass
@@ -46,6 +47,7 @@ def train(config: TrainConfig, run_dir: Path | str | None = None, dataset: Datas
     a typo does not leave a dead run on the leaderboard.
     """
     distributed.check_config(config, get_spec(config.model).transfer)
+    check_stages(config, get_spec(config.model).transfer)
     strategy = distributed.make_strategy(config.distribute)  # before any other TensorFlow op
     config = resolve_precision(config, report=None if verbose == 0 else print)
     if not distributed.is_chief(config.distribute):  # the chief writes the run folder; this worker, its own
@@ -175,13 +177,17 @@ def _train(config: TrainConfig, run_dir: Path, dataset: Dataset, verbose, extra_
     # Seeded by the run, not the resume point: a resumed run keeps every image's flip pattern.
     alternating_flip = (AlternatingFlip(len(split.y_train), config.random_state, first_epoch=completed)
                         if "altflip" in config.augmentations else None)
-    train_data = make_dataset(split.x_train, split.y_train, num_classes, config.batch_size, size,
-                              build_augmenter(config, dataset.image_size), shuffle=True,
-                              random_state=config.random_state + completed, alternating_flip=alternating_flip)
-    val_data = (make_dataset(split.x_val, split.y_val, num_classes, config.batch_size, size)
-                if len(split.y_val) else None)
-    context = FitContext(run_dir, split, history, train_data, val_data, steps_per_epoch, _total_epochs(config),
-                         verbose, extra_callbacks)
+
+    def pipelines_at(size: int):
+        train_data = make_dataset(split.x_train, split.y_train, num_classes, config.batch_size, size,
+                                  build_augmenter(config, dataset.image_size), shuffle=True,
+                                  random_state=config.random_state + completed, alternating_flip=alternating_flip)
+        val_data = (make_dataset(split.x_val, split.y_val, num_classes, config.batch_size, size)
+                    if len(split.y_val) else None)
+        return train_data, val_data
+
+    context = FitContext(run_dir, split, history, *pipelines_at(size), steps_per_epoch, _total_epochs(config),
+                         verbose, extra_callbacks, pipelines_at=pipelines_at)
     if state and state.get("training_done"):
         pass  # killed while finishing: the checkpoint holds the final weights, train no further
     elif spec.transfer:

@@ -5,7 +5,8 @@ frozen features ("head"), then fine-tune the top of the backbone ("fine_tune").
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ import numpy as np
 from .. import runs
 from ..config import TrainConfig
 from ..data import Dataset
+from ..errors import ConfigError
 from . import checkpoint
 from .callbacks import EpochPredictions, ResumableEarlyStopping, ResumablePlateau, RunRecorder
 from .optimizers import compile_model
@@ -30,6 +32,19 @@ class FitContext:
     total_epochs: int  # all stages together, for progress and ETA
     verbose: int | str = "auto"
     extra_callbacks: list = field(default_factory=list)
+    # (train, validation) pipelines at another input size: progressive resizing's low-resolution epochs
+    pipelines_at: Callable[[int], tuple[object, object | None]] | None = None
+
+    def at_size(self, size: int) -> FitContext:
+        train_data, val_data = self.pipelines_at(size)
+        return replace(self, train_data=train_data, val_data=val_data)
+
+
+def check_config(config: TrainConfig, transfer: bool) -> None:
+    """Settings only a transfer model's stages use, refused elsewhere instead of ignored."""
+    if config.low_res_epochs and not transfer:
+        raise ConfigError(f"low_res_size and low_res_epochs are for transfer models' fine-tuning; "
+                          f"{config.model} trains in one stage at its input size")
 
 
 def fit_stage(model, config: TrainConfig, context: FitContext, stage: str, offset: int, n_epochs: int,
@@ -71,11 +86,15 @@ def class_weights(labels: np.ndarray) -> dict[int, float]:
 
 
 def train_transfer(model, config: TrainConfig, dataset: Dataset, size: int, context: FitContext) -> None:
-    """Stage 1: head on cached frozen features. Stage 2: fine-tune the top of the backbone."""
+    """Stage 1: head on cached frozen features. Stage 2: fine-tune the top of the backbone, its first
+    `low_res_epochs` at `low_res_size` px where the config says so (progressive resizing)."""
     from ..models import transfer
     from .features import cached_features, train_head
 
     history, run_dir, split = context.history, context.run_dir, context.split
+    if config.low_res_size:
+        transfer.accept_any_size(model)
+        size = config.low_res_size  # the head learns on the features its first fine-tune epochs see
     if not any(row.get("stage") == "head" for row in history):
         seconds = train_head(model, config, run_dir, split, len(dataset.class_names), size, history)
         test_features = cached_features(model, run_dir, "test", dataset.x_test, size)
@@ -88,7 +107,24 @@ def train_transfer(model, config: TrainConfig, dataset: Dataset, size: int, cont
     if config.fine_tune_epochs:
         if not any(row.get("stage") == "fine_tune" for row in history):
             transfer.unfreeze_top(model, config.fine_tune_layers)
+            # One schedule over every fine-tune epoch, low resolution or not.
             compile_model(model, config, config.fine_tune_learning_rate,
                           context.steps_per_epoch * config.fine_tune_epochs, schedule="cosine")
         done = len(history) - config.n_epochs
-        fit_stage(model, config, context, "fine_tune", config.n_epochs, config.fine_tune_epochs, done)
+        for stretch_size, end in fine_tune_plan(config):
+            if done >= end:
+                continue
+            stretch = context if stretch_size == config.input_size else context.at_size(stretch_size)
+            fit_stage(model, config, stretch, "fine_tune", config.n_epochs, end, done)
+            done = end
+            # Trace the next stretch's steps afresh: one traced for two image sizes would be
+            # generalised to unknown shapes.
+            model.make_train_function(force=True)
+            model.make_test_function(force=True)
+
+
+def fine_tune_plan(config: TrainConfig) -> list[tuple[int, int]]:
+    """(input size, fine-tune epochs done at its end) of each stretch of fine-tuning, in order:
+    the low-resolution epochs first where the config has them (progressive resizing)."""
+    low_res = [(config.low_res_size, config.low_res_epochs)] if config.low_res_epochs else []
+    return low_res + [(config.input_size, config.fine_tune_epochs)]
