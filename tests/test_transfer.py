@@ -125,12 +125,16 @@ def test_progressive_resizing_fine_tunes_small_first_then_at_the_input_size_and_
         saved(np.zeros((1, 32, 32, 3), "float32"))
 
 
-def test_progressive_resizing_is_refused_for_a_one_stage_model(tiny_dataset, tmp_path):
+def test_progressive_resizing_is_refused_for_a_one_stage_model_and_with_alternating_flips(tiny_dataset, tmp_path):
     from cifar_core.errors import ConfigError
 
     config = recipe_config("demo", input_size=32, fine_tune_epochs=1, low_res_epochs=1, low_res_size=16)
     with pytest.raises(ConfigError, match="transfer models"):
         train(config, tmp_path / "run", tiny_dataset, verbose=0)
+    alternating = recipe_config("lite0", input_size=48, fine_tune_epochs=1, low_res_epochs=1, low_res_size=32,
+                                augmentations=("altflip",))
+    with pytest.raises(ConfigError, match="altflip cannot be combined with low_res_epochs"):
+        train(alternating, tmp_path / "run", tiny_dataset, verbose=0)
     assert not (tmp_path / "run").exists()
 
 

@@ -45,6 +45,9 @@ def check_config(config: TrainConfig, transfer: bool) -> None:
     if config.low_res_epochs and not transfer:
         raise ConfigError(f"low_res_size and low_res_epochs are for transfer models' fine-tuning; "
                           f"{config.model} trains in one stage at its input size")
+    if config.low_res_epochs and "altflip" in config.augmentations:
+        # Its epoch counter lives in the pipeline, and each image size has a pipeline of its own.
+        raise ConfigError("altflip cannot be combined with low_res_epochs; use flip")
 
 
 def fit_stage(model, config: TrainConfig, context: FitContext, stage: str, offset: int, n_epochs: int,
