@@ -186,6 +186,13 @@ RANGES = {
 }
 
 
+def fine_tune_plan(config: TrainConfig) -> list[tuple[int, int]]:
+    """(input size, fine-tune epochs done at its end) of each stretch of fine-tuning, in order:
+    the low-resolution epochs first where the config has them (progressive resizing)."""
+    low_res = [(config.low_res_size, config.low_res_epochs)] if config.low_res_epochs else []
+    return low_res + [(config.input_size, config.fine_tune_epochs)]
+
+
 def _check_low_res(config: TrainConfig) -> None:
     _check((config.low_res_size is None) == (config.low_res_epochs == 0), "low_res_size and low_res_epochs",
            [config.low_res_size, config.low_res_epochs], "both set or neither")

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from cifar_core import runs
-from cifar_core.config import PRESETS, TrainConfig
+from cifar_core.config import PRESETS, TrainConfig, fine_tune_plan
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "artifacts" / "runs"
@@ -96,7 +96,7 @@ def transfer_table() -> str:
             stages = m.get("stage_seconds") or {}
             fine_tune = (m.get("train_seconds") or 0) - sum(stages.values())
             where = "" if root == SHIPPED else " (record)"
-            rows.append([f"`{run.run_id}`{where}", _fine_tune_sizes(run.config, m), _fine_tuned_layers(run.config),
+            rows.append([f"`{run.run_id}`{where}", _fine_tune_sizes(run.config), _fine_tuned_layers(run.config),
                          pct(m.get("test_accuracy_head")), f"**{pct(m['test_accuracy'])}**",
                          pct(m.get("test_accuracy_tta")), minutes(stages.get("features")), minutes(stages.get("head")),
                          minutes(fine_tune), minutes(m.get("train_seconds")),
@@ -105,11 +105,14 @@ def transfer_table() -> str:
                   "with flip TTA", "features", "head", "fine-tune", "training", "peak memory"], rows)
 
 
-def _fine_tune_sizes(config: dict, metrics: dict) -> str:
+def _fine_tune_sizes(config: dict) -> str:
     """'4 x 224 px', or '2 x 128 px, then 2 x 224 px' for progressive resizing."""
-    epochs, low = config.get("fine_tune_epochs") or 0, config.get("low_res_epochs") or 0
-    full = f"{epochs - low} x {metrics.get('input_size')} px"
-    return f"{low} x {config.get('low_res_size')} px, then {full}" if low else full
+    stretches, start = [], 0
+    for size, end in fine_tune_plan(TrainConfig.from_dict(config)):
+        if end > start:
+            stretches.append(f"{end - start} x {size} px")
+        start = end
+    return ", then ".join(stretches)
 
 
 def _fine_tuned_layers(config: dict) -> str:

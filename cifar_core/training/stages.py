@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import runs
-from ..config import TrainConfig
+from ..config import TrainConfig, fine_tune_plan
 from ..data import Dataset
 from ..errors import ConfigError
 from . import checkpoint
@@ -124,10 +124,3 @@ def train_transfer(model, config: TrainConfig, dataset: Dataset, size: int, cont
             # generalised to unknown shapes.
             model.make_train_function(force=True)
             model.make_test_function(force=True)
-
-
-def fine_tune_plan(config: TrainConfig) -> list[tuple[int, int]]:
-    """(input size, fine-tune epochs done at its end) of each stretch of fine-tuning, in order:
-    the low-resolution epochs first where the config has them (progressive resizing)."""
-    low_res = [(config.low_res_size, config.low_res_epochs)] if config.low_res_epochs else []
-    return low_res + [(config.input_size, config.fine_tune_epochs)]
