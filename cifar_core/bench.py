@@ -196,7 +196,7 @@ def time_training(model_name: str, steps: int, warmup: int = 3, batch_size: int 
     with contextlib.nullcontext() if fused_batchnorm else stock_batchnorm():
         model = build_model(model_name, precision=config.precision, **config.model_options)
     compile_model(model, config, config.learning_rate, 1000, ns_dtype=ns_dtype)
-    images_per_second, data = _steps_per_second(model, config, steps, warmup)
+    images_per_second, data = time_steps(model, config, steps, warmup)
     flops = forward_flops(model)
     # Training costs about 3x the forward pass (forward, input gradients, weight gradients).
     gflops = 3 * flops * images_per_second / 1e9
@@ -210,7 +210,7 @@ def time_training(model_name: str, steps: int, warmup: int = 3, batch_size: int 
             "epoch_minutes_50k": round(50_000 / images_per_second / 60, 2)}
 
 
-def _steps_per_second(model, config, steps: int, warmup: int, input_size: int | None = None):
+def time_steps(model, config, steps: int, warmup: int, input_size: int | None = None):
     """(images/s of `steps` training steps after `warmup` ones, the pipeline): random 32 px images through
     the config's augmentation, resized to `input_size` where given, as training feeds them."""
     from .data.pipeline import build_augmenter, make_dataset

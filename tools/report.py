@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from cifar_core import runs
-from cifar_core.config import PRESETS, TrainConfig, fine_tune_plan
+from cifar_core.config import PRESETS, TRANSFER_RECIPE, TrainConfig, fine_tune_plan
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "artifacts" / "runs"
@@ -120,10 +120,8 @@ def _fine_tuned_layers(config: dict) -> str:
     from cifar_core.models.transfer import LITE_SHAPES, lite_tunable_layers
 
     layers, model = config.get("fine_tune_layers") or 0, config.get("model")
-    total = lite_tunable_layers(model) if model in LITE_SHAPES else None
-    if total is None:
-        return "all" if layers >= 1000 else f"top {layers}"
-    return "all" if layers >= total else f"top {layers} of {total}"
+    total = lite_tunable_layers(model) if model in LITE_SHAPES else TRANSFER_RECIPE["fine_tune_layers"]
+    return "all" if layers >= total else f"top {layers}" + (f" of {total}" if model in LITE_SHAPES else "")
 
 
 def superseded_table() -> str:

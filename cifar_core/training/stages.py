@@ -113,14 +113,13 @@ def train_transfer(model, config: TrainConfig, dataset: Dataset, size: int, cont
             # One schedule over every fine-tune epoch, low resolution or not.
             compile_model(model, config, config.fine_tune_learning_rate,
                           context.steps_per_epoch * config.fine_tune_epochs, schedule="cosine")
-        done = len(history) - config.n_epochs
+        done, traced = len(history) - config.n_epochs, False
         for stretch_size, end in fine_tune_plan(config):
             if done >= end:
                 continue
+            if traced:  # a step traced for two image sizes would be generalised to unknown shapes
+                model.make_train_function(force=True)
+                model.make_test_function(force=True)
             stretch = context if stretch_size == config.input_size else context.at_size(stretch_size)
             fit_stage(model, config, stretch, "fine_tune", config.n_epochs, end, done)
-            done = end
-            # Trace the next stretch's steps afresh: one traced for two image sizes would be
-            # generalised to unknown shapes.
-            model.make_train_function(force=True)
-            model.make_test_function(force=True)
+            done, traced = end, True

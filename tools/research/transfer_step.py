@@ -18,7 +18,7 @@ def time_variant(config, size: int, steps: int, jit: bool = False) -> float:
     unfreeze_top(model, config.fine_tune_layers)
     compile_model(model, config, config.fine_tune_learning_rate, 1000, schedule="cosine")
     model.jit_compile = jit
-    return bench._steps_per_second(model, config, steps, warmup=2, input_size=size)[0]
+    return bench.time_steps(model, config, steps, warmup=2, input_size=size)[0]
 
 
 def main(model: str = "lite0", size: int = 224, steps: int = 10) -> None:
