@@ -300,7 +300,7 @@ def mark_dead(job: Job) -> None:
     try:
         status = runs.read_status(job.run_dir) or {}
         if status.get("state") in ("running", "queued"):
-            runs.update_status(job.run_dir, "interrupted", message=message)
+            runs.write_status(job.run_dir, "interrupted", **runs.progress_fields(status), message=message)
     except (OSError, runs.RunFolderError):
         pass
 

@@ -582,8 +582,20 @@ def update_status(run_dir: Path | str, state: str, **fields: Any) -> dict[str, A
         previous = read_status(run_dir) or {}
     except RunFolderError:
         previous = {}
-    kept = {key: previous[key] for key in ("epoch", "n_epochs", "progress") if key in previous}
-    return write_status(run_dir, state, **{**kept, **fields})
+    return write_status(run_dir, state, **{**progress_fields(previous), **fields})
+
+
+def progress_fields(status: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a status that say how far training got, which a new state keeps."""
+    return {key: status[key] for key in ("epoch", "n_epochs", "progress") if key in status}
+
+
+def machine_name(machine: Any) -> str | None:
+    """'AMD EPYC, 2 cores' from a run's recorded machine, or None if it recorded none."""
+    if not isinstance(machine, dict) or not machine.get("cpu"):
+        return None
+    cores = machine.get("cores")
+    return f"{machine['cpu']}, {cores} cores" if isinstance(cores, int) else str(machine["cpu"])
 
 
 def effective_state(status: dict, now: float | None = None, run_dir: Path | str | None = None) -> str:

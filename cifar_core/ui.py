@@ -101,18 +101,10 @@ def _run_records(root: str) -> tuple[list[dict], list[str]]:
             "params": metrics.get("n_params"), "epochs": metrics.get("epochs_run"),
             "state": runs.effective_state(status, run_dir=run.path), "progress": status.get("progress"),
             "date": (metrics.get("measured_at") or "")[:10] or None, "data": metrics.get("data"),
-            "cpu": machine_name(metrics.get("machine")),
+            "cpu": runs.machine_name(metrics.get("machine")),
             "has_model": run.has_model,
         })
     return records, problems
-
-
-def machine_name(machine) -> str | None:
-    """'AMD EPYC, 2 cores' from a run's recorded machine, or None if it recorded none."""
-    if not isinstance(machine, dict) or not machine.get("cpu"):
-        return None
-    cores = machine.get("cores")
-    return f"{machine['cpu']}, {cores} cores" if isinstance(cores, int) else str(machine["cpu"])
 
 
 # Record keys are data names; these are what a page shows for them.
@@ -488,7 +480,7 @@ def preset_label(name: str) -> str:
     seconds = metrics.get("train_seconds")
     if seconds is None:
         return f"{name} — {preset.summary}"
-    label = f"{name} — {preset.summary}: {duration(seconds)} on {machine_name(metrics.get('machine')) or '?'}"
+    label = f"{name} — {preset.summary}: {duration(seconds)} on {runs.machine_name(metrics.get('machine')) or '?'}"
     config = preset_config(name)
     speeds = this_machine_speeds()
     # "auto" trains in whichever precision is faster here; bench timed the recipe the same way.

@@ -142,14 +142,9 @@ def seed_table() -> str:
         rows.append([f"`{name}`", ", ".join(str(run.config["random_state"]) for run in group), len(group),
                      _spread(figures["test_accuracy"]), _spread(figures["test_accuracy_tta"]),
                      f"{min(figures['train_seconds']) / 60:.1f}–{max(figures['train_seconds']) / 60:.1f} min",
-                     ", ".join(sorted({_cpu(run) for run in group}))])
+                     ", ".join(sorted({runs.machine_name(run.metrics.get("machine")) or "?" for run in group}))])
     return table(["preset", "seeds", "runs", "test accuracy: mean ± sd (min–max)", "with flip TTA: mean ± sd "
                   "(min–max)", "training", "machine"], rows)
-
-
-def _cpu(run: runs.RunSummary) -> str:
-    machine = run.metrics.get("machine")
-    return str(machine.get("cpu", "?")) if isinstance(machine, dict) else "?"
 
 
 def seed_groups() -> dict[str, list[runs.RunSummary]]:
