@@ -49,7 +49,6 @@ def enabled(argv: list[str] | None = None) -> bool:
 @dataclass
 class AudiencePhoto:
     number: int
-    received_at: float
     image: np.ndarray  # RGB uint8, at most THUMBNAIL_SIZE on its longer side
     votes: dict[str, tuple[str, float]] = field(default_factory=dict)  # run -> (class, probability)
 
@@ -96,7 +95,7 @@ class Room:
 
         image = fit_within(decode_image(data, "audience photo"), THUMBNAIL_SIZE)
         with self._lock:
-            photo = AudiencePhoto(next(self._numbers), time.time(), image)
+            photo = AudiencePhoto(next(self._numbers), image)
             self._photos.append(photo)
         return photo
 
@@ -135,7 +134,7 @@ def create_app(room: Room):
 
     from .safeio import size_text
 
-    app = FastAPI(title="CIFAR-10 Studio audience", docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)  # serves nothing but the join routes
 
     def answer(request: Request, status: int, message: str):
         if "text/html" in request.headers.get("accept", ""):

@@ -73,7 +73,8 @@ def test_severity_zero_is_the_identity_and_every_severity_changes_the_images(nam
         assert not np.array_equal(changed, IMAGES)
 
 
-@pytest.mark.parametrize("name", ["gaussian_noise", "shot_noise", "gaussian_blur", "contrast", "pixelate"])
+@pytest.mark.parametrize("name", ["gaussian_noise", "shot_noise", "gaussian_blur", "defocus_blur", "brightness",
+                                  "contrast", "jpeg", "pixelate"])
 def test_damage_grows_with_severity(name):
     damage = [np.abs(corruptions.corrupt(IMAGES, name, s).astype(int) - IMAGES).mean() for s in range(6)]
     assert damage == sorted(damage) and damage[5] > damage[1]
@@ -90,12 +91,73 @@ def test_corruptions_are_seeded_and_unknown_ones_refused():
         corruptions.corrupt(IMAGES, "contrast", 6)
 
 
+def test_noise_is_the_seeded_draw_added_to_the_image_and_clipped_to_its_range():
+    grey = np.full((2, 4, 4, 3), 200, np.uint8)
+    draw = np.random.default_rng([0, corruptions.CORRUPTIONS.index("gaussian_noise"), 2]).normal(
+        size=grey.shape, scale=corruptions.PARAMETERS["gaussian_noise"][1])
+    expected = np.round(np.clip(200 / 255 + draw, 0, 1) * 255).astype(np.uint8)
+    np.testing.assert_array_equal(corruptions.corrupt(grey, "gaussian_noise", 2), expected)  # seed 0 by default
+    for level, (low, high) in ((0, (0, 127)), (255, (128, 255))):  # no wrap-around past black or white
+        noisy = corruptions.corrupt(np.full((4, 8, 8, 3), level, np.uint8), "gaussian_noise", 5)
+        assert low <= noisy.min() and noisy.max() <= high
+
+
+def test_an_unknown_corruption_is_refused_with_the_known_ones():
+    with pytest.raises(ValueError, match="known: gaussian_noise, shot_noise, gaussian_blur"):
+        corruptions.corrupt(IMAGES, "fog", 1)
+
+
+@pytest.mark.parametrize("name", ["gaussian_blur", "defocus_blur"])
+def test_blurs_mix_neither_images_nor_channels(name):
+    images = np.zeros((3, 16, 16, 3), np.uint8)
+    images[1, :, :, 0] = RNG.integers(0, 256, (16, 16))  # only image 1, only its red channel
+    blurred = corruptions.corrupt(images, name, 5)
+    assert blurred[[0, 2]].max() == 0 and blurred[1, :, :, 1:].max() == 0
+    assert not np.array_equal(blurred[1], images[1])
+
+
+@pytest.mark.parametrize("radius, points", [(0.5, 1), (1.0, 5), (1.5, 9), (2.0, 13)])
+def test_the_defocus_kernel_is_a_normalised_symmetric_disk(radius, points):
+    kernel = corruptions._disk(radius, alias_blur=0.01)  # next to no alias blur: the disk itself
+    assert kernel.shape == (17, 17) and kernel.sum() == pytest.approx(1.0)
+    np.testing.assert_allclose(kernel, kernel.T)
+    np.testing.assert_allclose(kernel, kernel[::-1])
+    assert (kernel > 1e-6).sum() == points and kernel[8, 8] == kernel.max()
+
+
+def test_the_defocus_alias_blur_spreads_a_point_over_3x3_only():
+    kernel = corruptions._disk(0.3, alias_blur=0.4)  # the disk is one point
+    inside = np.argwhere(kernel > 0)
+    assert inside.min(axis=0).tolist() == [7, 7] and inside.max(axis=0).tolist() == [9, 9]
+    assert kernel.sum() == pytest.approx(1.0)
+
+
+def test_contrast_moves_each_channel_of_each_image_towards_its_own_mean():
+    images = np.zeros((2, 2, 2, 3), np.uint8)
+    images[0, :, 0, 0], images[0, :, 1, 0] = 0, 200  # red: mean 100
+    images[0, :, :, 1] = 50  # green: flat
+    images[1] = 255  # a white image
+    out = corruptions.corrupt(images, "contrast", 1).astype(int)  # factor 0.75
+    assert sorted(set(out[0, :, :, 0].ravel())) == [25, 175]
+    assert (out[0, :, :, 1] == 50).all() and (out[0, :, :, 2] == 0).all() and (out[1] == 255).all()
+
+
+def test_pixelate_averages_boxes_and_enlarges_them_back():
+    blocks = np.kron(np.array([[0, 255], [90, 30]], np.uint8), np.ones((2, 2), np.uint8))
+    image = np.repeat(blocks[:, :, None], 3, axis=2)
+    np.testing.assert_array_equal(corruptions._pixelate(image, 0.5), image)  # 2x2 boxes survive
+    checker = np.repeat((np.indices((4, 4)).sum(0) % 2 * 255).astype(np.uint8)[:, :, None], 3, axis=2)
+    assert len(np.unique(corruptions._pixelate(checker, 0.5))) == 1  # each box is its average
+
+
 def test_brightness_lifts_black_to_grey_and_keeps_hue():
     black_and_red = np.zeros((1, 1, 2, 3), np.uint8)
     black_and_red[0, 0, 1] = (200, 0, 0)
     out = corruptions.corrupt(black_and_red, "brightness", 5)  # value + 0.3
     assert tuple(out[0, 0, 0]) == (76, 76, 76)
     assert out[0, 0, 1, 0] == 255 and out[0, 0, 1, 1] == 0 and out[0, 0, 1, 2] == 0
+    orange = np.array([[[[250, 100, 0]]]], np.uint8)
+    assert corruptions.corrupt(orange, "brightness", 5)[0, 0, 0].tolist() == [255, 102, 0]  # value capped at 1
 
 
 class TextureRun:
@@ -157,6 +219,51 @@ def test_a_training_images_nearest_neighbour_is_itself():
     found, similarity = embedding.nearest(index, features[[7, 123]], k=3)
     assert list(found[:, 0]) == [7, 123] and np.all(similarity[:, 0] > 0.99)
     assert np.all(np.diff(similarity, axis=1) <= 0)  # most similar first
+
+
+def test_the_neighbour_search_centres_the_query_and_keeps_its_dtypes():
+    # Features far from the origin: a query not centred on the index's mean finds the wrong images.
+    features = (RNG.normal(size=(400, 24)) + 25.0).astype(np.float32)
+    labels_ = RNG.integers(0, 10, 400)
+    index = embedding.neighbour_index(features, labels_, dimensions=12)
+    assert {key: value.dtype for key, value in index.items()} == {
+        "mean": np.float32, "components": np.float32, "features": np.float16, "labels": np.int16}
+    np.testing.assert_array_equal(index["labels"], labels_)
+    found, similarity = embedding.nearest(index, features[[3, 250, 399]])
+    assert found.shape == (3, 8) and similarity.dtype == np.float32  # k=8 by default
+    assert list(found[:, 0]) == [3, 250, 399]
+    assert np.all(similarity[:, 1:] < similarity[:, :1])
+
+
+@pytest.mark.parametrize("shape, dimensions, kept", [((500, 8), 16, 8), ((5, 32), 16, 5), ((300, 32), 16, 16)])
+def test_the_neighbour_index_keeps_no_more_dimensions_than_the_features_allow(shape, dimensions, kept):
+    index = embedding.neighbour_index(RNG.normal(size=shape), RNG.integers(0, 10, shape[0]), dimensions)
+    assert index["features"].shape == (shape[0], kept) and index["components"].shape == (kept, shape[1])
+
+
+def test_the_neighbour_index_and_the_map_are_reproducible():
+    # Large enough for scikit-learn's randomized PCA solver, which draws from the seed.
+    features = RNG.normal(size=(600, 700)).astype(np.float32)
+    first, second = (embedding.neighbour_index(features, np.zeros(600, int), 32) for _ in range(2))
+    np.testing.assert_array_equal(first["components"], second["components"])
+    small = features[:80, :40]
+    np.testing.assert_array_equal(embedding.project_2d(small), embedding.project_2d(small))
+
+
+def test_unit_rows_have_length_one_and_zero_rows_stay_zero():
+    np.testing.assert_allclose(embedding._unit(np.array([[0.3, 0.4], [0.0, 0.0], [3.0, 4.0]])),
+                               [[0.6, 0.8], [0.0, 0.0], [0.6, 0.8]])
+
+
+@pytest.mark.parametrize("shape", [(30, 60), (100, 5)])
+def test_the_map_reduces_to_what_the_points_and_features_allow(shape):
+    coords = embedding.project_2d(RNG.normal(size=shape))  # pca_dimensions 50 is more than either
+    assert coords.shape == (shape[0], 2) and np.isfinite(coords).all()
+
+
+@pytest.mark.parametrize("n_points, perplexity", [(2, 2.0), (10, 3.0), (31, 10.0), (91, 30.0), (5000, 30.0)])
+def test_the_perplexity_stays_below_the_number_of_points(n_points, perplexity):
+    assert embedding.tsne_perplexity(n_points) == perplexity
 
 
 def test_the_embedding_keeps_clusters_apart():
@@ -305,10 +412,13 @@ def test_accuracy_without_ignores_marks_past_the_end_and_is_nan_when_nothing_is_
 
 
 def test_equal_quality_keeps_test_order():
-    truth = np.array([0, 0, 0, 0])
-    probs = np.tile([[0.25, 0.75]], (4, 1))  # every label equally doubtful
-    assert [issue["index"] for issue in labels.rank_label_issues(truth, probs, keep=4)] == [0, 1, 2, 3]
-    assert labels.rank_label_issues(truth, probs, keep=2)[0]["quality"] == pytest.approx(0.25)
+    # 100 images: more than a quicksort leaves in order (numpy's sorts only small runs by insertion).
+    truth = np.zeros(100, int)
+    probs = np.tile([[0.5, 0.5]], (100, 1))
+    probs[::7] = [0.2, 0.8]  # every seventh label more doubtful, the rest equally so
+    ranked = [issue["index"] for issue in labels.rank_label_issues(truth, probs, keep=20)]
+    assert ranked == list(range(0, 100, 7)) + [1, 2, 3, 4, 5]
+    assert labels.rank_label_issues(truth, probs, keep=2)[0]["quality"] == pytest.approx(0.2)
 
 
 def test_maps_draw_the_same_seeded_sample_of_points():

@@ -51,7 +51,7 @@ def test_every_request_needs_the_join_code(client, room):
         assert client.get(path).status_code in (403, 404)
     assert _send(client, code="WRONG1").status_code == 403
     assert room.photos() == []
-    for path in ("/", "/docs", "/openapi.json", "/Classify", "/_stcore/health"):  # nothing else is served
+    for path in ("/", "/docs", "/redoc", "/openapi.json", "/Classify", "/_stcore/health"):  # nothing else is served
         assert client.get(path).status_code == 404
 
 
@@ -123,8 +123,25 @@ def test_the_port_flag_is_checked():
     assert audience.port_from(["app"]) == audience.DEFAULT_PORT
     assert audience.port_from(["app", "--audience", "--audience-port", "9000"]) == 9000
     for bad in (["app", "--audience-port"], ["app", "--audience-port", "80"], ["app", "--audience-port", "x"]):
-        with pytest.raises(CifarError):
+        with pytest.raises(CifarError, match="^--audience-port needs a port number from 1024 to 65535$"):
             audience.port_from(bad)
+
+
+def test_a_server_starts_answers_and_stops(room):
+    import httpx
+
+    server = audience.AudienceServer(room, host="127.0.0.1", port=free_port())
+    started = time.monotonic()
+    server.start()
+    try:
+        assert time.monotonic() - started < 5
+        reply = httpx.get(server.join_url(), headers={"accept": "text/html"}, timeout=5)
+        assert reply.status_code == 200 and 'action="/join/ABC234/photo"' in reply.text
+    finally:
+        server.stop()
+    assert not server._thread.is_alive()
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(server.join_url(), timeout=2)
 
 
 @pytest.mark.integration
@@ -152,8 +169,16 @@ def _captions(image_element) -> list[str]:
     return [img.caption for img in image_element.proto.imgs]
 
 
-def test_qr_code_is_a_png():
-    assert audience.qr_png("http://192.168.1.20:8502/join/ABC234").startswith(b"\x89PNG")
+def test_qr_code_is_a_png_of_8_px_modules_inside_a_2_module_quiet_zone():
+    from PIL import Image
+
+    png = audience.qr_png("http://192.168.1.20:8502/join/ABC234")
+    image = np.asarray(Image.open(io.BytesIO(png)).convert("L"))
+    assert png.startswith(b"\x89PNG") and image.shape[0] == image.shape[1] and image.shape[0] % 8 == 0
+    assert (image[:16] == 255).all() and (image[:, :16] == 255).all()  # the quiet zone: 2 modules of 8 px
+    assert (image[16:72, 16:24] == 0).all()  # the finder pattern's 7-module left edge, dark
+    modules = image.shape[0] // 8 - 4
+    assert (modules - 17) % 4 == 0  # a QR version: 21, 25, ... modules a side
 
 
 @pytest.mark.integration
@@ -273,9 +298,43 @@ def test_a_busy_port_is_one_clear_error(room):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        server = audience.AudienceServer(room, host="127.0.0.1", port=taken.getsockname()[1])
-        with pytest.raises(CifarError, match="could not listen on port"):
+        port = taken.getsockname()[1]
+        server = audience.AudienceServer(room, host="127.0.0.1", port=port)
+        with pytest.raises(CifarError, match=f"could not listen on port {port} "
+                                             r"\(in use\? start the dashboard with another --audience-port\)"):
             server.start(timeout=5)
+
+
+def test_the_lan_address_is_read_from_a_udp_socket_that_sends_nothing(monkeypatch):
+    import socket
+
+    opened = []
+
+    class Probe:
+        def __init__(self, family, kind):
+            opened.append((family, kind))
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def connect(self, address):
+            opened.append(address)
+
+        def getsockname(self):
+            return ("192.168.1.20", 40000)
+
+    monkeypatch.setattr(audience.socket, "socket", Probe)
+    assert audience.lan_address() == "192.168.1.20"
+    assert opened == [(socket.AF_INET, socket.SOCK_DGRAM), ("10.255.255.255", 1)]
+
+
+def test_a_program_that_sends_no_accept_header_gets_json(client):
+    del client.headers["accept"]
+    answer = _send(client, data=b"junk")
+    assert answer.status_code == 400 and answer.headers["content-type"].startswith("application/json")
 
 
 def test_the_rate_limiter_remembers_a_bounded_number_of_devices_forgetting_the_oldest():
@@ -306,11 +365,15 @@ def test_the_gallery_can_be_saved_again_into_the_same_folder(tmp_path):
     assert sorted(p.name for p in (tmp_path / "gallery").iterdir()) == ["audience-001.png", "audience-002.png"]
 
 
-def test_the_audience_server_is_bounded_and_runs_beside_the_dashboard(room):
-    server = audience.AudienceServer(room, "127.0.0.1", 8765)  # configured, not started
+def test_the_audience_server_is_bounded_and_runs_beside_the_dashboard(room, monkeypatch):
+    server = audience.AudienceServer(room, "0.0.0.0", 8765)  # configured, not started  # noqa: S104
     config = server._server.config
-    assert (config.host, config.port) == ("127.0.0.1", 8765)
+    assert (config.host, config.port, config.log_level) == ("0.0.0.0", 8765, "warning")  # noqa: S104
+    assert config.app.routes[-1].path == "/join/{code}/photo"
+    assert server._thread.name == "audience-server"  # how a crash in it is reported
     # A flood gets 503s beyond 64 open connections, and idle phones are let go after 5 s.
     assert config.limit_concurrency == 64 and config.timeout_keep_alive == 5
     assert server._thread.daemon and not server._thread.is_alive()  # never keeps the dashboard alive
-    assert server.join_url() == "http://127.0.0.1:8765/join/ABC234"
+    monkeypatch.setattr(audience, "lan_address", lambda: "192.168.1.20")
+    assert server.join_url() == "http://192.168.1.20:8765/join/ABC234"
+    assert audience.AudienceServer(room, "", 8765).join_url() == server.join_url()  # "" is every address too

@@ -76,9 +76,8 @@ def _defocus_blur(x, parameter, rng):
 def _brightness(x, added, rng):
     """HSV value + `added`: every channel scales with the value; black becomes grey."""
     value = x.max(axis=3, keepdims=True)
-    new_value = np.clip(value + added, 0.0, 1.0)
-    scale = np.divide(new_value, value, out=np.zeros_like(value), where=value > 0)
-    return np.where(value > 0, x * scale, new_value)
+    new_value = np.minimum(value + added, 1.0)
+    return np.where(value > 0, x * new_value / np.maximum(value, 1e-12), new_value)
 
 
 def _contrast(x, factor, rng):

@@ -24,8 +24,14 @@ def project_2d(features: np.ndarray, pca_dimensions: int = 50) -> np.ndarray:
 
     dimensions = min(pca_dimensions, features.shape[1], len(features))
     reduced = PCA(dimensions, random_state=TSNE_SEED).fit_transform(features)
-    perplexity = min(30.0, max(2.0, (len(features) - 1) / 3))
-    return TSNE(2, perplexity=perplexity, init="pca", random_state=TSNE_SEED).fit_transform(reduced)
+    return TSNE(2, perplexity=tsne_perplexity(len(features)), init="pca",
+                random_state=TSNE_SEED).fit_transform(reduced)
+
+
+def tsne_perplexity(n_points: int) -> float:
+    """scikit-learn's default 30, lowered for small maps: t-SNE needs it below the number of points
+    (a third of them keeps each point's neighbourhood a minority), and at least 2."""
+    return min(30.0, max(2.0, (n_points - 1) / 3))
 
 
 def neighbour_index(features: np.ndarray, labels: np.ndarray, dimensions: int) -> dict[str, np.ndarray]:

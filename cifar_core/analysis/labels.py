@@ -3,6 +3,7 @@ a person makes ("this label is wrong"), kept in a small JSON file under artifact
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,7 @@ def write_marks(marked: set[int], path: Path = MARKS_FILE) -> None:
 
 def accuracy_without(y_true: np.ndarray, y_pred: np.ndarray, excluded: set[int]) -> float:
     """Accuracy on the test images that are not excluded (the marked wrong labels)."""
-    keep = np.ones(len(y_true), bool)
-    keep[[i for i in excluded if i < len(y_true)]] = False
-    return float(np.mean(y_true[keep] == y_pred[keep])) if keep.any() else float("nan")
+    keep = ~np.isin(np.arange(len(y_true)), list(excluded))
+    if not keep.any():
+        return math.nan  # nothing left to measure
+    return float(np.mean(y_true[keep] == y_pred[keep]))
