@@ -138,6 +138,23 @@ def test_pipeline_resizes_per_batch_and_augments_only_when_asked():
     assert build_augmenter(TrainConfig(augmentations=()), 32) is None
 
 
+def test_the_repeated_training_data_gives_every_epoch_each_image_once_in_a_new_order_with_new_crops():
+    # Training keeps one iterator over the repeated data (stages.fit_stage): the shuffle and the
+    # augmentation must still draw afresh each epoch, as they did with an iterator per epoch.
+    n, batch = 16, 4
+    ids = np.repeat(np.arange(n, dtype=np.uint8)[:, None, None, None] * 10, 8, 1).repeat(8, 2).repeat(3, 3)
+    shuffled = make_dataset(ids, np.zeros(n), 2, batch_size=batch, shuffle=True, random_state=0).repeat()
+    seen = np.concatenate([x.numpy()[:, 0, 0, 0] / 10 for x, _ in shuffled.take(3 * n // batch)]).reshape(3, n)
+    assert all(sorted(epoch) == list(range(n)) for epoch in seen)
+    assert len({tuple(epoch) for epoch in seen}) == 3
+
+    pattern = np.random.default_rng(1).integers(0, 255, (n, 8, 8, 3)).astype(np.uint8)
+    augmenter = build_augmenter(TrainConfig(augmentations=("crop",)), 8)
+    cropped = make_dataset(pattern, np.zeros(n), 2, batch_size=n, augmenter=augmenter).repeat()
+    first, second = (x.numpy() for x, _ in cropped.take(2))
+    assert not np.array_equal(first, pattern) and not np.array_equal(first, second)
+
+
 def test_alternating_flip_mirrors_each_image_in_every_other_epoch():
     images = np.random.default_rng(0).integers(0, 255, (40, 8, 8, 3)).astype(np.uint8)
     flips = AlternatingFlip(len(images), random_state=3)
