@@ -97,6 +97,32 @@ def cpu_name() -> str:
     return f"{name} ({detail})" if detail else name
 
 
+def accelerator_name() -> str | None:
+    """'1 x NVIDIA H100 80GB HBM3' for the accelerators Keras' backend trains on, or None on a CPU."""
+    try:
+        import keras
+
+        name = keras.backend.backend()
+        if name == "tensorflow":
+            import tensorflow as tf
+
+            devices = tf.config.list_physical_devices("GPU")
+            kinds = [tf.config.experimental.get_device_details(d).get("device_name", "GPU") for d in devices]
+        elif name == "jax":
+            import jax
+
+            kinds = [d.device_kind for d in jax.devices() if d.platform != "cpu"]
+        elif name == "torch":
+            import torch
+
+            kinds = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        else:
+            kinds = []
+    except ImportError:
+        return None
+    return f"{len(kinds)} x {kinds[0]}" if kinds else None
+
+
 def machine_description() -> dict:
     try:
         import keras

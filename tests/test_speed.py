@@ -189,8 +189,35 @@ def test_auto_precision_knows_another_cpu_and_a_damaged_cache(monkeypatch):
 
 def test_without_bf16_instructions_auto_is_float32_without_a_probe(monkeypatch):
     monkeypatch.setattr(backend, "has_bf16_units", lambda: False)
+    monkeypatch.setattr(backend, "accelerator_name", lambda: None)
     monkeypatch.setattr(precision, "probe_speeds", _never_probe)
     assert precision.resolve_precision(recipe_config("fastnet")).precision == "float32"
+
+
+def test_an_accelerator_is_probed_and_remembered_apart_from_its_hosts_cpu(monkeypatch):
+    # A GPU machine's choice says nothing about its CPU alone (or another GPU), and the reverse.
+    monkeypatch.setattr(backend, "has_bf16_units", lambda: False)
+    monkeypatch.setattr(backend, "accelerator_name", lambda: "1 x NVIDIA H100")
+    monkeypatch.setattr(precision, "probe_speeds", lambda config: {"float32": 100.0, "mixed_bfloat16": 900.0})
+    config = recipe_config("fastnet")
+    assert precision.resolve_precision(config).precision == "mixed_bfloat16"
+    monkeypatch.setattr(precision, "probe_speeds", _never_probe)
+    monkeypatch.setattr(backend, "accelerator_name", lambda: None)
+    assert precision.resolve_precision(config).precision == "float32"  # the CPU alone: no bf16 units
+    monkeypatch.setattr(backend, "accelerator_name", lambda: "1 x NVIDIA T4")
+    monkeypatch.setattr(precision, "probe_speeds", lambda config: {"float32": 300.0, "mixed_bfloat16": 200.0})
+    assert precision.resolve_precision(config).precision == "float32"
+    monkeypatch.setattr(backend, "accelerator_name", lambda: "1 x NVIDIA H100")
+    monkeypatch.setattr(precision, "probe_speeds", _never_probe)
+    assert precision.resolve_precision(config).precision == "mixed_bfloat16"
+
+
+def test_the_accelerator_is_named_from_the_backends_own_device_list():
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    name = backend.accelerator_name()
+    assert name is None if not gpus else name.startswith(f"{len(gpus)} x ")
 
 
 def test_explicit_precisions_are_left_alone(monkeypatch):

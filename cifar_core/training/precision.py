@@ -2,7 +2,8 @@
 
 A short probe times a few training steps of the run's model in each precision; the
 choice is written into the run's config, so the run reproduces on any machine from
-that config. Choices are kept per CPU, backend and model shape in the studio's cache,
+that config. Choices are kept per device (the accelerator, else the CPU), backend and model
+shape in the studio's cache,
 so a second run of the same recipe does not probe again. Where the CPU has no bf16
 instructions (and no accelerator is present) bf16 is emulated and always slower, so
 float32 is chosen without a probe.
@@ -84,26 +85,18 @@ def probe_speeds(config: TrainConfig) -> dict[str, float]:
 
 
 def _may_gain_from_bf16() -> bool:
-    if backend.has_bf16_units():
-        return True
-    try:
-        import keras
-
-        if keras.backend.backend() == "tensorflow":
-            import tensorflow as tf
-
-            return bool(tf.config.list_physical_devices("GPU"))
-        return True  # JAX / PyTorch on whatever device: let the probe decide
-    except ImportError:
-        return False
+    return backend.has_bf16_units() or backend.accelerator_name() is not None
 
 
 def _choice_key(config: TrainConfig) -> str:
+    """What decides the faster precision: the device that trains (an accelerator, if any, else the
+    CPU), the backend and the model's shape."""
     import keras
 
     shape = {"model": config.model, "batch_size": config.batch_size, "input_size": config.input_size,
              "model_options": config.model_options, "optimizer": config.optimizer}
-    return f"{backend.cpu_name()} | {keras.backend.backend()} | {json.dumps(shape, sort_keys=True)}"
+    device = backend.accelerator_name() or backend.cpu_name()
+    return f"{device} | {keras.backend.backend()} | {json.dumps(shape, sort_keys=True)}"
 
 
 def _speeds_text(record: dict) -> str:
