@@ -94,6 +94,7 @@ def test_sweep_trains_a_variant_of_the_recipe_and_measures_it_on_the_test_split(
     overrides = dict(n_epochs=1, batch_size=32, model_options={"widths": [8, 16, 16]}, precision="float32")
     result = sweep.run("tiny", tiny_dataset, **overrides)
     assert result["name"] == "tiny" and result["overrides"] == overrides
+    assert result["model_options"] == {"widths": [8, 16, 16], "activation": "gelu_tanh"}  # the recipe's kept
     low_res = sweep.run("low", tiny_dataset, **dict(overrides, n_epochs=2), low_res=(24, 1))
     assert low_res["overrides"]["low_res"] == (24, 1) and 0.0 <= low_res["test_accuracy"] <= 1.0
     n_test = len(tiny_dataset.y_test)
