@@ -271,6 +271,46 @@ def compare_with_previous(model_name: str, steps: int, peaks: dict | None, round
             "speedup": round(best[-1]["train_images_per_second"] / best[0]["train_images_per_second"], 2)}
 
 
+def time_fine_tune(config, size: int, steps: int, warmup: int = 2, jit: bool = False) -> float:
+    """Images/s of a transfer config's fine-tuning steps at `size` px: its top `fine_tune_layers`
+    trainable, through the augmentation pipeline (random weights and images: the cost is the same)."""
+    from .models import build_model
+    from .models.transfer import unfreeze_top
+    from .training.optimizers import compile_model
+
+    model = build_model(config.model, size, weights=None)
+    unfreeze_top(model, config.fine_tune_layers)
+    compile_model(model, config, config.fine_tune_learning_rate, 1000, schedule="cosine")
+    model.jit_compile = jit
+    return time_steps(model, config, steps, warmup, input_size=size)[0]
+
+
+def compare_transfer_preset(preset: str, steps: int, rounds: int = 2) -> dict:
+    """A transfer preset's previous recipe against today's: each fine-tuning stretch's step timed
+    (alternated over `rounds` in one call, best of each) and projected over the stretch's epochs of
+    the training split. The head's few seconds per epoch on cached features are left out."""
+    from .config import PREVIOUS_RECIPES, fine_tune_stretches, preset_config
+
+    today = preset_config(preset)
+    plans = {"previous recipe": today.replace(**PREVIOUS_RECIPES[preset]), "today's recipe": today}
+    stretches = {name: fine_tune_stretches(config) for name, config in plans.items()}
+    rates: dict[tuple[str, int], list[float]] = {}
+    for _ in range(rounds):
+        for name, config in plans.items():
+            for size, _epochs in stretches[name]:
+                rates.setdefault((name, size), []).append(time_fine_tune(config, size, steps))
+    n_train = round(50_000 * (1 - today.val_fraction))
+    rows = []
+    for name, config in plans.items():
+        timed = [{"size": size, "epochs": epochs, "images_per_second": round(max(rates[(name, size)]), 1)}
+                 for size, epochs in stretches[name]]
+        minutes = sum(t["epochs"] * n_train / t["images_per_second"] / 60 for t in timed)
+        rows.append({"step": name, "fine_tune_layers": config.fine_tune_layers, "stretches": timed,
+                     "fine_tune_minutes": round(minutes, 1)})
+    return {"model": preset, "kind": "transfer", "n_train": n_train, "steps": rows,
+            "speedup": round(rows[0]["fine_tune_minutes"] / rows[-1]["fine_tune_minutes"], 2)}
+
+
 def time_inference(run_dir: Path | None, model_name: str, repeats: int = 50) -> dict:
     from PIL import Image
 
@@ -340,7 +380,8 @@ def run_benchmarks(source: str | None, output: Path, models: list[str], steps: i
         results["inference"].append(time_inference(shipped_run_for(name), name))
         print("inference:", results["inference"][-1])
     for name in compare or []:
-        results["comparison"].append(compare_with_previous(name, steps, peaks))
+        results["comparison"].append(compare_transfer_preset(name, steps) if _is_transfer_preset(name)
+                                     else compare_with_previous(name, steps, peaks))
         print("previous vs current:", results["comparison"][-1])
     runs.atomic_write_text(output, json.dumps(results, indent=2) + "\n")
     machine_file().parent.mkdir(parents=True, exist_ok=True)
@@ -349,6 +390,13 @@ def run_benchmarks(source: str | None, output: Path, models: list[str], steps: i
 
 
 MAX_BENCH_BYTES = 1 << 20
+
+
+def _is_transfer_preset(name: str) -> bool:
+    from .config import PRESETS
+    from .models.registry import is_transfer_model
+
+    return name in PRESETS and is_transfer_model(PRESETS[name].model)
 
 
 def machine_file() -> Path:

@@ -193,6 +193,13 @@ def fine_tune_plan(config: TrainConfig) -> list[tuple[int, int]]:
     return low_res + [(config.input_size, config.fine_tune_epochs)]
 
 
+def fine_tune_stretches(config: TrainConfig) -> list[tuple[int, int]]:
+    """(input size, number of fine-tune epochs) of each stretch of fine_tune_plan that has any."""
+    plan = fine_tune_plan(config)
+    starts = [0] + [end for _, end in plan[:-1]]
+    return [(size, end - start) for (size, end), start in zip(plan, starts, strict=True) if end > start]
+
+
 def _check_low_res(config: TrainConfig) -> None:
     _check((config.low_res_size is None) == (config.low_res_epochs == 0), "low_res_size and low_res_epochs",
            [config.low_res_size, config.low_res_epochs], "both set or neither")
@@ -272,6 +279,8 @@ RECIPES: dict[str, dict[str, Any]] = {
 PREVIOUS_RECIPES: dict[str, dict[str, Any]] = {
     "fastnet": dict(precision="mixed_bfloat16", model_options={}, n_epochs=22),
     "g3": dict(precision="mixed_bfloat16"),
+    # A transfer preset's previous settings, on top of the preset as it is now.
+    "lite0-224": dict(fine_tune_layers=1000, fine_tune_learning_rate=1e-4, low_res_size=None, low_res_epochs=0),
 }
 # Transfer: n_epochs trains the head on frozen features (seconds per epoch, so many); then
 # fine_tune_epochs train the top fine_tune_layers weighted backbone layers (1000: all but
@@ -308,8 +317,12 @@ PRESETS: dict[str, Preset] = {
     "fastnet": Preset("fastnet", {}, "fastnet-tanhgelu-cifar10",
                       "airbench-style net, Muon + alternating flip, 21 epochs"),
     "lite0-128": Preset("lite0", {}, "lite0-128-cifar10", "EfficientNet-Lite0 transfer at 128 px"),
-    "lite0-224": Preset("lite0", {"input_size": 224, "fine_tune_epochs": 4}, "lite0-224-cifar10",
-                        "EfficientNet-Lite0 transfer at 224 px, 4 fine-tune epochs"),
+    # Progressive resizing and the top 40 layers: 2.5x faster than every layer at 224 px for the
+    # same accuracy (docs/experiments.md); the higher learning rate suits the shorter schedule.
+    "lite0-224": Preset("lite0", {"input_size": 224, "fine_tune_epochs": 4, "low_res_size": 128, "low_res_epochs": 1,
+                                  "fine_tune_layers": 40, "fine_tune_learning_rate": 2e-4},
+                        "lite0-224-prog-cifar10",
+                        "EfficientNet-Lite0 transfer at 224 px: 1 fine-tune epoch at 128 px, 3 at 224"),
 }
 
 

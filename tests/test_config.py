@@ -203,7 +203,9 @@ def test_recipes_apply_only_to_their_models():
 def test_presets_are_recipes_with_settings_on_top():
     from cifar_core.config import PRESETS, preset_config
 
-    assert preset_config("lite0-224") == recipe_config("lite0", input_size=224, fine_tune_epochs=4)
+    assert preset_config("lite0-224") == recipe_config("lite0", input_size=224, fine_tune_epochs=4, low_res_size=128,
+                                                       low_res_epochs=1, fine_tune_layers=40,
+                                                       fine_tune_learning_rate=2e-4)
     assert preset_config("lite0-224", fine_tune_epochs=None).fine_tune_epochs == 4  # None overrides nothing
     assert preset_config("demo", n_epochs=2) == recipe_config("demo", n_epochs=2)
     with pytest.raises(ConfigError, match="^unknown preset 'nope'; choose one of demo, g3, stage, fastnet, "
@@ -248,3 +250,14 @@ def test_low_resolution_epochs_come_with_their_size_within_fine_tuning_and_below
     for bad, message in refused:
         with pytest.raises(ConfigError, match=message):
             TrainConfig(**fits, **bad)
+
+
+def test_fine_tuning_runs_in_stretches_small_first():
+    from cifar_core.config import fine_tune_plan, fine_tune_stretches
+
+    progressive = recipe_config("lite0", input_size=224, fine_tune_epochs=4, low_res_size=128, low_res_epochs=1)
+    assert fine_tune_plan(progressive) == [(128, 1), (224, 4)]
+    assert fine_tune_stretches(progressive) == [(128, 1), (224, 3)]
+    assert fine_tune_stretches(progressive.replace(low_res_epochs=4)) == [(128, 4)]  # nothing left at 224
+    plain = recipe_config("lite0", input_size=224, fine_tune_epochs=4)
+    assert fine_tune_plan(plain) == [(224, 4)] and fine_tune_stretches(plain) == [(224, 4)]

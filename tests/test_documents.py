@@ -103,3 +103,19 @@ def test_seed_records_group_with_their_shipped_run_and_anything_else_is_refused(
     _record(shipped_run, tmp_path / "seeds" / "fastnet-again")  # the shipped run's own seed: no replicate
     with pytest.raises(SystemExit, match="fastnet-again"):
         report.seed_groups()
+
+
+def test_a_transfer_comparison_reads_as_its_recipes_stretches():
+    from tools import report
+
+    comparison = {"model": "lite0-224", "kind": "transfer", "n_train": 47_500, "speedup": 2.0, "steps": [
+        {"step": "previous recipe", "fine_tune_layers": 1000, "fine_tune_minutes": 60.0,
+         "stretches": [{"size": 224, "epochs": 4, "images_per_second": 52.8}]},
+        {"step": "today's recipe", "fine_tune_layers": 40, "fine_tune_minutes": 30.0,
+         "stretches": [{"size": 128, "epochs": 1, "images_per_second": 190.0},
+                       {"size": 224, "epochs": 3, "images_per_second": 70.25}]}]}
+    text = report._transfer_comparison(comparison)
+    assert "projected over its epochs of 47,500 images: **2.00x**" in text
+    assert "| previous recipe | all | 4 x 224 px at 52.8 images/s | 60.0 min | 1.00x |" in text
+    assert ("| today's recipe | top 40 | 1 x 128 px at 190.0 images/s + 3 x 224 px at 70.2 images/s | 30.0 min "
+            "| 2.00x |") in text

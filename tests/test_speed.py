@@ -333,6 +333,37 @@ def test_comparison_times_each_change_from_the_previous_recipe_in_one_call(monke
     assert result["speedup"] == pytest.approx(result["steps"][-1]["train_images_per_second"] / 205.0, rel=0.01)
 
 
+def test_a_transfer_preset_is_compared_stretch_by_stretch_and_projected_over_its_epochs(monkeypatch):
+    timed = []
+    speeds = {(1000, 224): [50.0, 55.0], (40, 128): [200.0, 190.0], (40, 224): [70.0, 72.0]}
+
+    def fake(config, size, steps, warmup=2, jit=False):
+        timed.append((config.fine_tune_layers, size))
+        return speeds[(config.fine_tune_layers, size)][sum(t == timed[-1] for t in timed) - 1]
+
+    monkeypatch.setattr(bench, "time_fine_tune", fake)
+    result = bench.compare_transfer_preset("lite0-224", steps=3, rounds=2)
+    assert timed == [(1000, 224), (40, 128), (40, 224)] * 2  # alternated in one call
+    previous, today = result["steps"]
+    assert result["n_train"] == 47_500 and result["kind"] == "transfer"
+    assert previous["stretches"] == [{"size": 224, "epochs": 4, "images_per_second": 55.0}]  # best of two
+    assert today["stretches"] == [{"size": 128, "epochs": 1, "images_per_second": 200.0},
+                                  {"size": 224, "epochs": 3, "images_per_second": 72.0}]
+    assert previous["fine_tune_minutes"] == round(4 * 47_500 / 55 / 60, 1)
+    assert today["fine_tune_minutes"] == round((47_500 / 200 + 3 * 47_500 / 72) / 60, 1)
+    assert result["speedup"] == round(previous["fine_tune_minutes"] / today["fine_tune_minutes"], 2)
+
+
+def test_bench_compares_transfer_presets_by_their_stretches_and_recipes_by_their_steps(monkeypatch, tmp_path):
+    monkeypatch.setattr(bench, "measure_peaks", lambda: {})
+    monkeypatch.setattr(bench, "onednn_kernels", lambda: {"verdict": "not checked"})
+    monkeypatch.setattr(bench, "machine_file", lambda: tmp_path / "machine.json")
+    monkeypatch.setattr(bench, "compare_transfer_preset", lambda name, steps: {"model": name, "kind": "transfer"})
+    monkeypatch.setattr(bench, "compare_with_previous", lambda name, steps, peaks: {"model": name})
+    results = bench.run_benchmarks("keras", tmp_path / "bench.json", [], steps=2, compare=["lite0-224", "g3"])
+    assert results["comparison"] == [{"model": "lite0-224", "kind": "transfer"}, {"model": "g3"}]
+
+
 def test_g3_has_no_muon_step():
     names = [name for name, _ in bench.recipe_steps("g3")]
     assert names == ["previous recipe", "+ fused batch norm (today's recipe)"]

@@ -100,3 +100,34 @@ def test_sweep_trains_a_variant_of_the_recipe_and_measures_it_on_the_test_split(
     n_test = len(tiny_dataset.y_test)
     for key in ("test_accuracy", "test_accuracy_flip_tta"):
         assert 0.0 <= result[key] <= 1.0 and float(result[key] * n_test).is_integer()
+
+
+def test_shipping_retires_the_superseded_run_and_carries_the_analysis(shipped_runs, tmp_path, monkeypatch):
+    import shutil
+
+    tool = _load_tool("ship_run")
+    shipped_root, experiments = tmp_path / "artifacts", tmp_path / "experiments"
+    monkeypatch.setattr(tool, "SHIPPED", shipped_root)
+    monkeypatch.setattr(tool, "EXPERIMENTS", experiments)
+    monkeypatch.setattr(tool, "ROOT", tmp_path)
+    monkeypatch.setattr(tool, "made_by_preset", lambda config, name: True)
+    new = tmp_path / "new-run"
+    shutil.copytree(shipped_runs["runs"] / "g3-tiny", new)
+    (new / "analysis").mkdir()
+    (new / "analysis" / "calibration.json").write_text("{}")
+    (new / "analysis" / "stamps.json").write_text("{}")
+    (new / "analysis" / "neighbours.npz").symlink_to(tmp_path / "elsewhere")  # never followed
+    (new / "analysis" / "notes.txt").write_text("not an analysis file")
+    shutil.copytree(shipped_runs["runs"] / "demo-tiny", shipped_root / "old-name")
+    preset = tool.PRESETS["g3"].shipped_run
+
+    with pytest.raises(SystemExit):
+        tool.main([str(new), "--preset", "g3", "--retire", "../experiments"])
+    assert (shipped_root / "old-name").is_dir() and not (shipped_root / preset).exists()
+    assert tool.main([str(new), "--preset", "g3", "--retire", "old-name"]) == 0
+    assert sorted(p.name for p in shipped_root.iterdir()) == [preset]  # the old one left, its record kept
+    assert sorted(p.name for p in (experiments / "old-name").iterdir()) == ["config.json", "history.csv",
+                                                                          "metrics.json"]
+    assert sorted(p.name for p in (shipped_root / preset / "analysis").iterdir()) == ["calibration.json",
+                                                                                     "stamps.json"]
+    assert not (shipped_root / preset / "checkpoint").exists()

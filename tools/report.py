@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from cifar_core import runs
-from cifar_core.config import PRESETS, TRANSFER_RECIPE, TrainConfig, fine_tune_plan
+from cifar_core.config import PRESETS, TRANSFER_RECIPE, TrainConfig, fine_tune_stretches
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "artifacts" / "runs"
@@ -70,11 +70,11 @@ def preset_table() -> str:
         size = f", {m['input_size']} px" if m.get("input_size") and m["input_size"] != 32 else ""
         rows.append([f"`{preset}`", f"`{run.run_id}`", f"{m['model']} ({kind}{size})",
                      f"**{pct(m['test_accuracy'])}**", pct(m.get("test_accuracy_tta")),
-                     minutes(m.get("train_seconds")), m.get("train_images_per_second") or "—", m.get("epochs_run"),
-                     f"{m.get('n_params'):,}",
+                     minutes(m.get("train_seconds")), m.get("train_images_per_second") or "—",
+                     runs.machine_name(m.get("machine")) or "—", m.get("epochs_run"), f"{m.get('n_params'):,}",
                      f"`python -m cifar_core train --preset {preset} --data <cifar10> --run-dir <dir>`"])
-    return table(["preset", "run", "model", "test accuracy", "with flip TTA", "training", "images/s", "epochs",
-                  "params", "command"], rows)
+    return table(["preset", "run", "model", "test accuracy", "with flip TTA", "training", "images/s",
+                  "trained on", "epochs", "params", "command"], rows)
 
 
 def readme_table() -> str:
@@ -82,8 +82,8 @@ def readme_table() -> str:
     for name, preset in PRESETS.items():
         m = runs.read_metrics(SHIPPED / preset.shipped_run)
         rows.append([f"`{name}`", preset.summary, pct(m["test_accuracy"]), pct(m.get("test_accuracy_tta")),
-                     minutes(m.get("train_seconds"))])
-    return table(["preset", "what", "test accuracy", "with flip TTA", "training"], rows)
+                     minutes(m.get("train_seconds")), runs.machine_name(m.get("machine")) or "—"])
+    return table(["preset", "what", "test accuracy", "with flip TTA", "training", "trained on"], rows)
 
 
 def transfer_table() -> str:
@@ -100,19 +100,15 @@ def transfer_table() -> str:
                          pct(m.get("test_accuracy_head")), f"**{pct(m['test_accuracy'])}**",
                          pct(m.get("test_accuracy_tta")), minutes(stages.get("features")), minutes(stages.get("head")),
                          minutes(fine_tune), minutes(m.get("train_seconds")),
-                         f"{(m.get('peak_memory_mb') or 0) / 1024:.2f} GB"])
+                         runs.machine_name(m.get("machine")) or "—", f"{(m.get('peak_memory_mb') or 0) / 1024:.2f} GB"])
     return table(["run", "fine-tune epochs at", "layers fine-tuned", "head only (frozen features)", "after fine-tuning",
-                  "with flip TTA", "features", "head", "fine-tune", "training", "peak memory"], rows)
+                  "with flip TTA", "features", "head", "fine-tune", "training", "trained on", "peak memory"], rows)
 
 
 def _fine_tune_sizes(config: dict) -> str:
     """'4 x 224 px', or '2 x 128 px, then 2 x 224 px' for progressive resizing."""
-    stretches, start = [], 0
-    for size, end in fine_tune_plan(TrainConfig.from_dict(config)):
-        if end > start:
-            stretches.append(f"{end - start} x {size} px")
-        start = end
-    return ", then ".join(stretches)
+    stretches = fine_tune_stretches(TrainConfig.from_dict(config))
+    return ", then ".join(f"{epochs} x {size} px" for size, epochs in stretches)
 
 
 def _fine_tuned_layers(config: dict) -> str:
@@ -276,6 +272,9 @@ def bench_tables() -> str:
     lines.append(table(["model", "batch", "precision", "training images/s", "GFLOP/s", "of the conv peak",
                         "input pipeline alone, images/s", "minutes per 50k epoch"], rows))
     for comparison in report.get("comparison") or []:
+        if comparison.get("kind") == "transfer":
+            lines.append(_transfer_comparison(comparison))
+            continue
         base = comparison["steps"][0]["train_images_per_second"]
         lines.append(f"**{comparison['model']}**: from the previous recipe to today's, one change at a time "
                      f"(alternated in one call, best of each): **{comparison['speedup']:.2f}x**\n")
@@ -285,6 +284,22 @@ def bench_tables() -> str:
              f"{row['percent_of_conv_peak']:.0f}%" if row.get("percent_of_conv_peak") is not None else "—"]
             for row in comparison["steps"]]))
     return "\n".join(lines)
+
+
+def _transfer_comparison(comparison: dict) -> str:
+    """A transfer preset's previous recipe against today's: each fine-tuning stretch's measured step."""
+    head = (f"**{comparison['model']}**: the previous recipe's fine-tuning against today's, each stretch's step "
+            f"timed (alternated in one call, best of each) and projected over its epochs of "
+            f"{comparison['n_train']:,} images: **{comparison['speedup']:.2f}x**\n")
+    base = comparison["steps"][0]["fine_tune_minutes"]
+    rows = [[row["step"], "all" if row["fine_tune_layers"] >= TRANSFER_RECIPE["fine_tune_layers"]
+             else f"top {row['fine_tune_layers']}",
+             " + ".join(f"{s['epochs']} x {s['size']} px at {s['images_per_second']:,.1f} images/s"
+                        for s in row["stretches"]),
+             f"{row['fine_tune_minutes']:.1f} min", f"{base / row['fine_tune_minutes']:.2f}x"]
+            for row in comparison["steps"]]
+    return head + "\n" + table(["recipe", "layers fine-tuned", "fine-tune epochs", "fine-tuning, projected",
+                                 "vs previous"], rows)
 
 
 PEAK_NAMES = {"matmul_gflops": "2048x2048 matmul", "conv_gflops": "3x3 conv, 256x32x32x64 -> 128"}

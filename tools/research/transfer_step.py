@@ -8,17 +8,6 @@ import sys
 
 from cifar_core import backend, bench
 from cifar_core.config import recipe_config
-from cifar_core.models import build_model
-from cifar_core.models.transfer import unfreeze_top
-from cifar_core.training.optimizers import compile_model
-
-
-def time_variant(config, size: int, steps: int, jit: bool = False) -> float:
-    model = build_model(config.model, size, weights=None)
-    unfreeze_top(model, config.fine_tune_layers)
-    compile_model(model, config, config.fine_tune_learning_rate, 1000, schedule="cosine")
-    model.jit_compile = jit
-    return bench.time_steps(model, config, steps, warmup=2, input_size=size)[0]
 
 
 def main(model: str = "lite0", size: int = 224, steps: int = 10) -> None:
@@ -30,7 +19,8 @@ def main(model: str = "lite0", size: int = 224, steps: int = 10) -> None:
                 "every layer, XLA": (base, True)}
     print(f"{model} at {size} px, {steps} steps each, {backend.cpu_name()}")
     for name, (config, jit) in variants.items():
-        print(f"{name}: {time_variant(config, size, steps if not jit else 2, jit):.1f} images/s", flush=True)
+        rate = bench.time_fine_tune(config, size, steps if not jit else 2, jit=jit)
+        print(f"{name}: {rate:.1f} images/s", flush=True)
 
 
 if __name__ == "__main__":
