@@ -517,3 +517,78 @@ def test_a_process_name_with_a_parenthesis_is_parsed(tmp_path):
     finally:
         child.kill()
         child.wait()
+
+
+# --- analysis and export jobs: what the registry stores, and what the worker runs ---------------
+
+@pytest.mark.parametrize("stored, analyses, export", [
+    ({"analyze": ["embedding", "labels"]}, ("embedding", "labels"), None),
+    ({"export": {"format": "onnx", "quantize": None}}, None, ("onnx", None)),
+    ({"export": {"format": "tflite", "quantize": "int8"}}, None, ("tflite", "int8")),
+])
+def test_a_stored_task_reads_back_as_the_job_it_was(db, tmp_path, stored, analyses, export):
+    job = jobs.get_job(jobs._insert_job(tmp_path / "run", json.dumps(stored)).id)
+    assert (job.analyses, job.export, job.config, job.message) == (analyses, export, None, None)
+
+
+@pytest.mark.parametrize("stored", [
+    {"analyze": []}, {"analyze": ["embedding", "astrology"]}, {"analyze": "embedding"},
+    {"export": {"format": "onnx"}}, {"export": {"format": "onnx", "quantize": None, "extra": 1}},
+    {"export": {"format": "pickle", "quantize": None}}, {"export": {"format": "onnx", "quantize": "int4"}},
+    {"export": ["onnx", None]}, {"analyze": ["embedding"], "export": {"format": "onnx", "quantize": None}},
+    {"model": "demo", "n_epochs": "many"}, "x" * 20_000,
+])
+def test_a_damaged_stored_task_is_an_unreadable_job_not_a_crash(db, tmp_path, stored):
+    text = stored if isinstance(stored, str) else json.dumps(stored)
+    job = jobs.get_job(jobs._insert_job(tmp_path / "run", text).id)
+    assert (job.analyses, job.export, job.config) == (None, None, None)
+    assert job.message.startswith("its stored config is unreadable (") and len(job.message) <= 500
+    with pytest.raises(CifarError, match=f"^job {job.id}: its stored config is unreadable"):
+        jobs.run_worker(job.id)
+    assert jobs.get_job(job.id).state == "failed"
+
+
+def test_a_training_job_reads_back_its_config(db, tmp_path):
+    job = jobs.get_job(jobs._insert_job(tmp_path / "run", CONFIG.to_json()).id)
+    assert (job.config, job.analyses, job.export, job.message) == (CONFIG, None, None, None)
+
+
+@pytest.fixture
+def spawned(monkeypatch):
+    started = []
+    monkeypatch.setattr(jobs, "_spawn", lambda job, resume: started.append((job.id, resume)))
+    return started
+
+
+def test_analysis_and_export_jobs_need_a_trained_model_and_start_a_worker(db, tmp_path, spawned):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with pytest.raises(CifarError, match="^run has no trained model to analyse$"):
+        jobs.launch_analysis(run_dir, ("embedding",))
+    with pytest.raises(CifarError, match="^run has no trained model to export$"):
+        jobs.launch_export(run_dir, "onnx")
+    assert spawned == [] and jobs.list_jobs() == []
+    (run_dir / runs.MODEL_FILE).write_bytes(b"model")
+    analysis = jobs.launch_analysis(run_dir, ("labels", "embedding"))
+    export = jobs.launch_export(run_dir, "tflite", "int8")
+    assert analysis.analyses == ("labels", "embedding") and analysis.run_dir == run_dir
+    assert export.export == ("tflite", "int8") and export.run_dir == run_dir and export.state == "queued"
+    assert spawned == [(analysis.id, False), (export.id, False)]
+
+
+def test_the_worker_runs_an_analysis_or_an_export_and_records_the_outcome(db, tmp_path, spawned, monkeypatch):
+    from cifar_core import analysis, export
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / runs.MODEL_FILE).write_bytes(b"model")
+    done = []
+    monkeypatch.setattr(analysis, "analyze", lambda folder, chosen, progress: done.append(("analyze", folder, chosen)))
+    monkeypatch.setattr(export, "export_run", lambda folder, fmt, quantize, progress:
+                        done.append(("export", folder, fmt, quantize)))
+    analysing = jobs.launch_analysis(run_dir, ("calibration",))
+    exporting = jobs.launch_export(run_dir, "onnx")
+    assert jobs.run_worker(analysing.id) == 0 and jobs.run_worker(exporting.id) == 0
+    assert done == [("analyze", run_dir, ("calibration",)), ("export", run_dir, "onnx", None)]
+    assert [jobs.get_job(j.id).state for j in (analysing, exporting)] == ["completed", "completed"]
+    assert jobs.get_job(exporting.id).pid == os.getpid()
