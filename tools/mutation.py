@@ -59,6 +59,9 @@ EQUIVALENT: list[tuple[str, str]] = [
     (r'os\.ftruncate\(fd, 1\)', "the pid written next overwrites the one byte kept"),
     (r'self\._fd(: int \| None)? = ""', "__exit__ runs only after __enter__ set the descriptor, and once"),
     (r'\[:21\]', "a pid is never 20 characters long"),
+    (r'kind="STABLE"', "numpy reads sort kinds in either case"),
+    (r'get_label_quality_scores\(labels, probs, \)', "self_confidence is cleanlab's default method; it is named "
+     "for the reader"),
 ]
 
 
