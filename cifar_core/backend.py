@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import platform
 
@@ -97,8 +98,10 @@ def cpu_name() -> str:
     return f"{name} ({detail})" if detail else name
 
 
+@functools.cache
 def accelerator_name() -> str | None:
-    """'1 x NVIDIA H100 80GB HBM3' for the accelerators Keras' backend trains on, or None on a CPU."""
+    """'1 x NVIDIA H100 80GB HBM3' for the accelerators Keras' backend trains on, or None on a CPU
+    (looked up once per process: the devices do not change while it runs)."""
     try:
         import keras
 

@@ -25,6 +25,8 @@ import numpy as np
 
 from . import backend, runs
 
+CIFAR10_TRAIN_IMAGES = 50_000  # what an epoch's minutes are projected over
+
 
 def forward_flops(model) -> int:
     """Multiply-adds x 2 of convolutions and dense layers, from the layer shapes."""
@@ -207,7 +209,7 @@ def time_training(model_name: str, steps: int, warmup: int = 3, batch_size: int 
             "train_gflops_per_second": round(gflops, 1),
             "percent_of_conv_peak": round(100 * gflops / conv_peak, 1) if conv_peak else None,
             "pipeline_images_per_second": round(time_pipeline(data, steps, config.batch_size), 1),
-            "epoch_minutes_50k": round(50_000 / images_per_second / 60, 2)}
+            "epoch_minutes_50k": round(CIFAR10_TRAIN_IMAGES / images_per_second / 60, 2)}
 
 
 def time_steps(model, config, steps: int, warmup: int, input_size: int | None = None):
@@ -299,7 +301,7 @@ def compare_transfer_preset(preset: str, steps: int, rounds: int = 2) -> dict:
         for name, config in plans.items():
             for size, _epochs in stretches[name]:
                 rates.setdefault((name, size), []).append(time_fine_tune(config, size, steps))
-    n_train = round(50_000 * (1 - today.val_fraction))
+    n_train = round(CIFAR10_TRAIN_IMAGES * (1 - today.val_fraction))
     rows = []
     for name, config in plans.items():
         timed = [{"size": size, "epochs": epochs, "images_per_second": round(max(rates[(name, size)]), 1)}

@@ -678,7 +678,7 @@ def read_run_file(run_dir: Path | str, name: str) -> Any:
     return READERS[name](run_dir)
 
 
-def _copy_files(run_dir: Path, destination: Path, names: tuple[str, ...]) -> Path:
+def copy_files(run_dir: Path, destination: Path, names: tuple[str, ...]) -> Path:
     """Copy the named files into destination (a new folder), all or nothing."""
     if destination.exists():
         raise RunFolderError(f"{destination} already exists")
@@ -708,7 +708,7 @@ def ship(run_dir: Path | str, root: Path | str, name: str | None = None) -> Path
         raise RunFolderError(f"{run_dir.name} lacks {missing}")
     read_history(run_dir)
     present = tuple(f for f in SHIPPED_IF_PRESENT if (run_dir / f).is_file())
-    return _copy_files(run_dir, Path(root) / (name or run_dir.name), SHIPPED_FILES + present)
+    return copy_files(run_dir, Path(root) / (name or run_dir.name), SHIPPED_FILES + present)
 
 
 def keep_record(run_dir: Path | str, root: Path | str) -> Path:
@@ -716,4 +716,4 @@ def keep_record(run_dir: Path | str, root: Path | str) -> Path:
     run_dir = Path(run_dir)
     load_run(run_dir)
     read_history(run_dir)
-    return _copy_files(run_dir, Path(root) / run_dir.name, RECORD_FILES)
+    return copy_files(run_dir, Path(root) / run_dir.name, RECORD_FILES)

@@ -71,10 +71,14 @@ def preset_table() -> str:
         rows.append([f"`{preset}`", f"`{run.run_id}`", f"{m['model']} ({kind}{size})",
                      f"**{pct(m['test_accuracy'])}**", pct(m.get("test_accuracy_tta")),
                      minutes(m.get("train_seconds")), m.get("train_images_per_second") or "—",
-                     runs.machine_name(m.get("machine")) or "—", m.get("epochs_run"), f"{m.get('n_params'):,}",
+                     _machine(m), m.get("epochs_run"), f"{m.get('n_params'):,}",
                      f"`python -m cifar_core train --preset {preset} --data <cifar10> --run-dir <dir>`"])
     return table(["preset", "run", "model", "test accuracy", "with flip TTA", "training", "images/s",
                   "trained on", "epochs", "params", "command"], rows)
+
+
+def _machine(metrics: dict) -> str:
+    return runs.machine_name(metrics.get("machine")) or "—"
 
 
 def readme_table() -> str:
@@ -82,7 +86,7 @@ def readme_table() -> str:
     for name, preset in PRESETS.items():
         m = runs.read_metrics(SHIPPED / preset.shipped_run)
         rows.append([f"`{name}`", preset.summary, pct(m["test_accuracy"]), pct(m.get("test_accuracy_tta")),
-                     minutes(m.get("train_seconds")), runs.machine_name(m.get("machine")) or "—"])
+                     minutes(m.get("train_seconds")), _machine(m)])
     return table(["preset", "what", "test accuracy", "with flip TTA", "training", "trained on"], rows)
 
 
@@ -100,7 +104,7 @@ def transfer_table() -> str:
                          pct(m.get("test_accuracy_head")), f"**{pct(m['test_accuracy'])}**",
                          pct(m.get("test_accuracy_tta")), minutes(stages.get("features")), minutes(stages.get("head")),
                          minutes(fine_tune), minutes(m.get("train_seconds")),
-                         runs.machine_name(m.get("machine")) or "—", f"{(m.get('peak_memory_mb') or 0) / 1024:.2f} GB"])
+                         _machine(m), f"{(m.get('peak_memory_mb') or 0) / 1024:.2f} GB"])
     return table(["run", "fine-tune epochs at", "layers fine-tuned", "head only (frozen features)", "after fine-tuning",
                   "with flip TTA", "features", "head", "fine-tune", "training", "trained on", "peak memory"], rows)
 

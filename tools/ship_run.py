@@ -63,9 +63,8 @@ def ship_analysis(run_dir: Path, shipped: Path) -> list[str]:
     names = [*FILES.values(), NEIGHBOURS_FILE, STAMPS_FILE]
     found = [name for name in names if (run_dir / ANALYSIS_DIR / name).is_file()
              and not (run_dir / ANALYSIS_DIR / name).is_symlink()]
-    for name in found:
-        (shipped / ANALYSIS_DIR).mkdir(exist_ok=True)
-        shutil.copyfile(run_dir / ANALYSIS_DIR / name, shipped / ANALYSIS_DIR / name)
+    if found:
+        runs.copy_files(run_dir / ANALYSIS_DIR, shipped / ANALYSIS_DIR, tuple(found))
     return found
 
 

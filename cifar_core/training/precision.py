@@ -2,9 +2,8 @@
 
 A short probe times a few training steps of the run's model in each precision; the
 choice is written into the run's config, so the run reproduces on any machine from
-that config. Choices are kept per device (the accelerator, else the CPU), backend and model
-shape in the studio's cache,
-so a second run of the same recipe does not probe again. Where the CPU has no bf16
+that config. Choices are kept per device (the accelerator, else the CPU), backend and
+model shape in the studio's cache, so a second run of the same recipe does not probe again. Where the CPU has no bf16
 instructions (and no accelerator is present) bf16 is emulated and always slower, so
 float32 is chosen without a probe.
 """
