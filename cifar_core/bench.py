@@ -349,11 +349,19 @@ def time_inference(run_dir: Path | None, model_name: str, repeats: int = 50) -> 
 
 
 def shipped_run_for(model_name: str) -> Path | None:
+    """The completed run whose inference stands for `model_name`: the run its own preset ships
+    (fastnet's, not the stage preset's fastnet), else any preset's, else any completed run of it."""
+    from .config import PRESETS
+
     found, _ = runs.list_runs()
-    for run in found:
-        if run.config.get("model") == model_name and run.has_model and run.status.get("state") == "completed":
-            return run.path
-    return None
+    usable = {run.path.name: run.path for run in found
+              if run.config.get("model") == model_name and run.has_model and run.status.get("state") == "completed"}
+    by_preset = sorted((name != model_name, preset.shipped_run) for name, preset in PRESETS.items()
+                       if preset.model == model_name)
+    for _, shipped in by_preset:
+        if shipped in usable:
+            return usable[shipped]
+    return next(iter(usable.values()), None)
 
 
 def run_benchmarks(source: str | None, output: Path, models: list[str], steps: int,

@@ -50,3 +50,25 @@ def test_presets_show_the_time_on_this_machine_only_from_a_bench_of_this_cpu(mon
     assert ui.preset_label("g3").endswith("10 min on Old CPU, 2 cores; about 60 s here (bench)")
     bench.machine_file().write_text("{not json")
     assert bench.this_machine_speeds() == {}
+
+
+def test_inference_is_timed_on_the_run_the_models_own_preset_ships(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    from cifar_core import bench, runs
+    from cifar_core.config import PRESETS
+
+    def run(name, state="completed", has_model=True):
+        return SimpleNamespace(path=tmp_path / name, config={"model": "fastnet"}, has_model=has_model,
+                               status={"state": state})
+
+    stage, own, other = run(PRESETS["stage"].shipped_run), run(PRESETS["fastnet"].shipped_run), run("zz-fastnet")
+    for order in ([stage, own, other], [other, own, stage]):
+        monkeypatch.setattr(runs, "list_runs", lambda order=order: (order, []))
+        assert bench.shipped_run_for("fastnet") == own.path
+    unfinished = run(PRESETS["fastnet"].shipped_run, state="running")
+    monkeypatch.setattr(runs, "list_runs", lambda: ([other, unfinished, stage], []))
+    assert bench.shipped_run_for("fastnet") == stage.path  # another preset's run before an unshipped one
+    monkeypatch.setattr(runs, "list_runs", lambda: ([run("a", has_model=False), other], []))
+    assert bench.shipped_run_for("fastnet") == other.path
+    assert bench.shipped_run_for("g3") is None

@@ -117,5 +117,5 @@ def test_a_transfer_comparison_reads_as_its_recipes_stretches():
     text = report._transfer_comparison(comparison)
     assert "projected over its epochs of 47,500 images: **2.00x**" in text
     assert "| previous recipe | all | 4 x 224 px at 52.8 images/s | 60.0 min | 1.00x |" in text
-    assert ("| today's recipe | top 40 | 1 x 128 px at 190.0 images/s + 3 x 224 px at 70.2 images/s | 30.0 min "
+    assert ("| today's recipe | top 40 of 49 | 1 x 128 px at 190.0 images/s + 3 x 224 px at 70.2 images/s | 30.0 min "
             "| 2.00x |") in text

@@ -296,8 +296,9 @@ def _transfer_comparison(comparison: dict) -> str:
             f"timed (alternated in one call, best of each) and projected over its epochs of "
             f"{comparison['n_train']:,} images: **{comparison['speedup']:.2f}x**\n")
     base = comparison["steps"][0]["fine_tune_minutes"]
-    rows = [[row["step"], "all" if row["fine_tune_layers"] >= TRANSFER_RECIPE["fine_tune_layers"]
-             else f"top {row['fine_tune_layers']}",
+    preset = PRESETS.get(comparison["model"])  # the record names the preset; its backbone counts the layers
+    backbone = preset.model if preset else comparison["model"]
+    rows = [[row["step"], _fine_tuned_layers({"model": backbone, "fine_tune_layers": row["fine_tune_layers"]}),
              " + ".join(f"{s['epochs']} x {s['size']} px at {s['images_per_second']:,.1f} images/s"
                         for s in row["stretches"]),
              f"{row['fine_tune_minutes']:.1f} min", f"{base / row['fine_tune_minutes']:.2f}x"]
