@@ -16,6 +16,7 @@ normalisation are inside the file, so a user's code is: load, resize to 32x32, r
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -44,6 +45,8 @@ EVAL_BATCH = 256
 MANIFEST = "manifest.json"
 EXPORT_DIR = "export"  # RUN_DIR/export: the default home of a run's exports
 MAX_MANIFEST_BYTES = 1 << 20
+MAX_DOWNLOAD_BYTES = 512 << 20  # held in memory while the page offers it; exports are tens of MB
+MAX_SAVED_MODEL_FILES = 1000
 VERSIONED = ("tensorflow", "keras", "onnx", "onnxruntime", "tf2onnx", "ai-edge-litert", "numpy")
 # The distributions a package may be installed as (the studio pins tensorflow-cpu).
 DISTRIBUTIONS = {"tensorflow": ("tensorflow", "tensorflow-cpu")}
@@ -375,14 +378,76 @@ def artefact_size(path: Path) -> int:
 
 def artefact_sha256(path: Path) -> str:
     """The file's SHA-256; for a SavedModel folder, of its files' relative names and contents in order."""
-    digest = hashlib.sha256()
-    for file in artefact_files(path):
-        if path.is_dir():
-            digest.update(str(file.relative_to(path)).encode() + b"\0")
+    def blocks(file: Path):
         with open(file, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+            yield from iter(lambda: handle.read(1 << 20), b"")
+
+    return _sha256((str(file.relative_to(path)) if path.is_dir() else None, blocks(file))
+                    for file in artefact_files(path))
+
+
+def _sha256(parts) -> str:
+    """SHA-256 over (relative name or None for a lone file, content blocks) in order: one scheme for
+    the digest recorded at export and the one a download is checked against."""
+    digest = hashlib.sha256()
+    for relative, blocks in parts:
+        if relative is not None:
+            digest.update(relative.encode() + b"\0")
+        for block in blocks:
+            digest.update(block)
     return digest.hexdigest()
+
+
+def checked_download(out_dir: Path | str, entry: dict) -> tuple[str, bytes]:
+    """(download name, bytes) of a manifest entry's artefact exactly as its check read it: the file,
+    or a SavedModel folder zipped. ExportError, one line, where the entry names no file of the
+    folder, the artefact is missing, holds a link, device or pipe, is over MAX_DOWNLOAD_BYTES, or
+    has changed since it was checked (its SHA-256 is not the manifest's)."""
+    import zipfile
+
+    from .safeio import read_regular_file
+
+    out_dir = Path(out_dir)
+    name = entry.get("file")
+    if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name:
+        raise ExportError(f"{out_dir / MANIFEST}: {name!r} is not the name of a file in {out_dir}")
+    path = out_dir / name
+    if not path.exists() and not path.is_symlink():
+        raise ExportError(f"{name} is listed in {MANIFEST} but missing from {out_dir}; export it again")
+    contents, budget = [], MAX_DOWNLOAD_BYTES
+    for relative, file in _artefact_walk(path):
+        data = read_regular_file(file, budget, ExportError, what=f"export {name}")
+        budget -= len(data)
+        contents.append((relative, data))
+    if _sha256((relative, [data]) for relative, data in contents) != entry.get("sha256"):
+        raise ExportError(f"{name} has changed since its check (its SHA-256 is not the one in {MANIFEST}); "
+                          "export it again")
+    if not path.is_dir():
+        return name, contents[0][1]
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for relative, data in contents:
+            archive.writestr(f"{name}/{relative}", data)
+    return f"{name}.zip", buffer.getvalue()
+
+
+def _artefact_walk(path: Path) -> list[tuple[str | None, Path]]:
+    """(relative name, path) of an artefact's files in artefact_files' order; links are refused
+    (an export writes none), so nothing outside the folder is read."""
+    if path.is_symlink():
+        raise ExportError(f"{path.name} is a link; an export is a file or folder of its own")
+    if not path.is_dir():
+        return [(None, path)]
+    files = []
+    for folder, folders, names in os.walk(path):
+        for entry in folders + names:
+            if (Path(folder) / entry).is_symlink():
+                raise ExportError(f"{path.name} holds a link ({Path(folder, entry).relative_to(path)}); "
+                                  "an export writes none")
+        files += [Path(folder) / n for n in names]
+        if len(files) > MAX_SAVED_MODEL_FILES:
+            raise ExportError(f"{path.name} holds more than {MAX_SAVED_MODEL_FILES:,} files; an export writes a few")
+    return [(str(file.relative_to(path)), file) for file in sorted(files)]
 
 
 def versions() -> dict[str, str]:
@@ -399,16 +464,69 @@ def _version(name: str) -> str:
 
 
 def read_manifest(out_dir: Path | str) -> dict:
-    """{name: entry} of an export folder's manifest ({} if there is none)."""
+    """{name: entry} of an export folder's manifest's sound entries ({} if there is none)."""
+    return read_manifest_entries(out_dir)[0]
+
+
+def read_manifest_entries(out_dir: Path | str) -> tuple[dict, list[str]]:
+    """({name: entry} of the manifest's sound entries, one line per entry left out and why);
+    ExportError if the file itself is unreadable or no manifest."""
     from .safeio import read_json_file
 
     path = Path(out_dir) / MANIFEST
     if not path.exists():
-        return {}
+        return {}, []
     found = read_json_file(path, MAX_MANIFEST_BYTES, ExportError)
     if not isinstance(found, dict) or not isinstance(found.get("exports"), dict):
         raise ExportError(f"{path}: not an export manifest")
-    return {name: entry for name, entry in found["exports"].items() if isinstance(entry, dict)}
+    entries, problems = {}, []
+    for name, entry in found["exports"].items():
+        problem = entry_problem(entry)
+        if problem is None:
+            entries[name] = entry
+        else:
+            problems.append(f"{MANIFEST}: left out {name[:80]!r}: {problem}")
+    return entries, problems
+
+
+def _number(value, low: float = 0.0, high: float = float("inf")) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high
+
+
+# What each field of an entry must be, as `export_run` writes it; readers rely on nothing else.
+_ENTRY_FIELDS = {
+    "format": lambda v: v in FORMATS,
+    "quantize": lambda v: v in QUANTIZATIONS,
+    "file": lambda v: isinstance(v, str) and v not in ("", ".", "..") and Path(v).name == v,
+    "input": lambda v: isinstance(v, dict) and isinstance(v.get("shape"), list) and len(v["shape"]) == 4
+    and all(isinstance(n, int) and not isinstance(n, bool) and 0 < n <= 4096 for n in v["shape"][1:]),
+    "size_bytes": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+    "sha256": lambda v: isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v),
+    "accuracy": lambda v: _number(v, 0, 1), "keras_accuracy": lambda v: _number(v, 0, 1),
+    "agreement": lambda v: _number(v, 0, 1), "within_tolerance": lambda v: isinstance(v, bool),
+    "latency_ms_p50": _number, "latency_ms_p95": _number, "throughput_batch64": _number,
+    "class_names": lambda v: isinstance(v, list) and all(isinstance(n, str) for n in v),
+    "runtime": lambda v: isinstance(v, str),
+}
+_OPTIONAL_FIELDS = {
+    "quantization": lambda v: isinstance(v, dict), "machine": lambda v: isinstance(v, str),
+    "run_test_accuracy": lambda v: v is None or _number(v, 0, 1),
+}
+
+
+def entry_problem(entry) -> str | None:
+    """Why a manifest entry is not one `export_run` writes (the first field found wrong), or None."""
+    if not isinstance(entry, dict):
+        return "not a record"
+    for field, sound in _ENTRY_FIELDS.items():
+        if field not in entry:
+            return f"no {field}"
+        if not sound(entry[field]):
+            return f"{field} is not what an export writes"
+    for field, sound in _OPTIONAL_FIELDS.items():
+        if field in entry and not sound(entry[field]):
+            return f"{field} is not what an export writes"
+    return None
 
 
 def record(out_dir: Path, name: str, entry: dict) -> None:

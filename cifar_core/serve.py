@@ -67,12 +67,12 @@ def verified_exports(run_dir: Path) -> list[tuple[dict, Path]]:
         return []  # a damaged manifest: serve the Keras model
     found = []
     for entry in manifest.values():
-        if not isinstance(entry, dict) or entry.get("format") not in LIGHT_FORMATS or not entry.get("within_tolerance"):
+        if entry["format"] not in LIGHT_FORMATS or not entry["within_tolerance"]:
             continue
-        path = folder / str(entry.get("file", ""))
-        if path.parent == folder and path.is_file() and artefact_sha256(path) == entry.get("sha256"):
+        path = folder / entry["file"]  # a plain name: read_manifest checked each field
+        if path.is_file() and not path.is_symlink() and artefact_sha256(path) == entry["sha256"]:
             found.append((entry, path))
-    return sorted(found, key=lambda pair: float(pair[0].get("latency_ms_p50") or float("inf")))
+    return sorted(found, key=lambda pair: pair[0]["latency_ms_p50"])
 
 
 def load_served_model(run_dir: Path | str) -> ServedModel:
@@ -83,7 +83,7 @@ def load_served_model(run_dir: Path | str) -> ServedModel:
     class_names = tuple(data["class_names"])
     metrics = runs.read_metrics(run_dir) or {}
     for entry, path in verified_exports(run_dir):
-        if list(entry.get("class_names") or []) != list(class_names):
+        if entry["class_names"] != list(class_names):
             continue
         from .export import load_runner
 

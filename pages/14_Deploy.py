@@ -1,7 +1,5 @@
 """Deploy: export a run's model (SavedModel, LiteRT, ONNX; INT8), checked on the test split with the
 runtime that will run it; download the file and its manifest, copy the three lines that use it."""
-import io
-import zipfile
 from pathlib import Path
 
 import pandas as pd
@@ -9,7 +7,15 @@ import streamlit as st
 
 from cifar_core import jobs, runs, ui
 from cifar_core.errors import CifarError
-from cifar_core.export import EXPORT_DIR, FILE_NAMES, MANIFEST, read_manifest
+from cifar_core.export import (
+    EXPORT_DIR,
+    MANIFEST,
+    MAX_MANIFEST_BYTES,
+    ExportError,
+    checked_download,
+    read_manifest_entries,
+)
+from cifar_core.safeio import read_regular_file
 
 ui.page("Deploy", "📦")
 st.caption("Take a model out of the studio: a phone app (LiteRT), a web service or another language (ONNX), "
@@ -39,10 +45,12 @@ if right.button("Export", type="primary", key="deploy_start"):
 
 folder = run_dir / EXPORT_DIR
 try:
-    exports = read_manifest(folder)
+    exports, left_out = read_manifest_entries(folder)
 except CifarError as exc:
     ui.fail(exc)
-    exports = {}
+    exports, left_out = {}, []
+for line in left_out:
+    st.warning(line)
 if not exports:
     st.info(f"{record['run']} has no exports yet. Export one above, or with "
             f"`python -m cifar_core export {run_dir} --format onnx`.")
@@ -50,13 +58,13 @@ if not exports:
 
 
 def row(name: str, entry: dict) -> dict:
-    quantization = entry.get("quantization")
-    return {"export": name, "file": entry.get("file"), "size (MB)": (entry.get("size_bytes") or 0) / 1e6,
-            "INT8 setting": quantization.get("setting") if isinstance(quantization, dict) else None,
-            "accuracy": entry.get("accuracy"), "Keras model": entry.get("keras_accuracy"),
-            "top-1 agreement": entry.get("agreement"), "passed": "yes" if entry.get("within_tolerance") else "NO",
-            "batch 1 p50 (ms)": entry.get("latency_ms_p50"), "batch 1 p95 (ms)": entry.get("latency_ms_p95"),
-            "batch 64 (images/s)": entry.get("throughput_batch64"), "runtime": entry.get("runtime")}
+    """A table row of a sound manifest entry (read_manifest_entries checked each field)."""
+    return {"export": name, "file": entry["file"], "size (MB)": entry["size_bytes"] / 1e6,
+            "INT8 setting": entry.get("quantization", {}).get("setting"),
+            "accuracy": entry["accuracy"], "Keras model": entry["keras_accuracy"],
+            "top-1 agreement": entry["agreement"], "passed": "yes" if entry["within_tolerance"] else "NO",
+            "batch 1 p50 (ms)": entry["latency_ms_p50"], "batch 1 p95 (ms)": entry["latency_ms_p95"],
+            "batch 64 (images/s)": entry["throughput_batch64"], "runtime": entry["runtime"]}
 
 
 table = pd.DataFrame([row(name, entry) for name, entry in sorted(exports.items())])
@@ -93,31 +101,18 @@ probabilities = model.serve(pixels).numpy()[0]""",
 }
 
 
-def download_bytes(path: Path) -> bytes:
-    """A file's bytes; a SavedModel folder as a zip of its files."""
-    if path.is_file():
-        return path.read_bytes()
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for file in sorted(p for p in path.rglob("*") if p.is_file()):
-            archive.write(file, str(Path(path.name) / file.relative_to(path)))
-    return buffer.getvalue()
-
-
 chosen = st.selectbox("Download", sorted(exports), key="deploy_download")
 entry = exports[chosen]
-target = folder / str(entry.get("file", ""))
-classes = ", ".join(entry.get("class_names") or [])
-if target.parent != folder or not target.exists():
-    st.warning(f"{entry.get('file')} is listed in {MANIFEST} but missing from {folder}; export it again.")
+classes = ", ".join(entry["class_names"])
+try:
+    download_name, download = checked_download(folder, entry)
+    manifest_bytes = read_regular_file(folder / MANIFEST, MAX_MANIFEST_BYTES, ExportError)
+except ExportError as exc:
+    st.warning(str(exc))
 else:
     left, right = st.columns(2)
-    name = target.name + (".zip" if target.is_dir() else "")
-    left.download_button(f"Download {name}", download_bytes(target), file_name=name, key="deploy_file")
-    right.download_button(f"Download {MANIFEST}", (folder / MANIFEST).read_bytes(), file_name=MANIFEST,
-                          key="deploy_manifest")
+    left.download_button(f"Download {download_name}", download, file_name=download_name, key="deploy_file")
+    right.download_button(f"Download {MANIFEST}", manifest_bytes, file_name=MANIFEST, key="deploy_manifest")
     st.markdown(f"**Use it** (raw 0-255 RGB pixels at 32x32 in; every normalisation and any resize is inside "
                 f"the file). Output order: {classes}.")
-    st.code(SNIPPETS[entry.get("format", "onnx")].format(file=FILE_NAMES.get(entry.get("format"), target.name)
-                                                         if not entry.get("quantize") else target.name),
-            language="python")
+    st.code(SNIPPETS[entry["format"]].format(file=entry["file"]), language="python")

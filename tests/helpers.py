@@ -204,3 +204,14 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def export_entry(content: bytes, **fields) -> dict:
+    """A manifest entry as `export_run` writes one, for a file holding `content`; `fields` on top."""
+    import hashlib
+
+    return {"format": "onnx", "quantize": None, "file": "model.onnx", "runtime": "onnxruntime 1.0",
+            "input": {"shape": [None, 32, 32, 3], "dtype": "float32", "pixels": "RGB 0-255"},
+            "size_bytes": len(content), "sha256": hashlib.sha256(content).hexdigest(), "accuracy": 0.5,
+            "keras_accuracy": 0.5, "agreement": 1.0, "within_tolerance": True, "latency_ms_p50": 1.0,
+            "latency_ms_p95": 2.0, "throughput_batch64": 100.0, "class_names": list(CLASSES), **fields}

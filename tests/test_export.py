@@ -130,14 +130,84 @@ def test_bad_requests_are_refused_before_any_work(tiny_run, tmp_path):
 
 
 def test_a_damaged_manifest_is_refused_on_read_and_rewritten_on_export(tmp_path):
+    from helpers import export_entry
+
     (tmp_path / export.MANIFEST).write_text("[1, 2]")
     with pytest.raises(export.ExportError, match="not an export manifest"):
         export.read_manifest(tmp_path)
-    export.record(tmp_path, "onnx", {"accuracy": 0.5})
-    assert export.read_manifest(tmp_path) == {"onnx": {"accuracy": 0.5}}
+    sound = export_entry(b"model")
+    export.record(tmp_path, "onnx", sound)
+    assert export.read_manifest(tmp_path) == {"onnx": sound}
     assert export.read_manifest(tmp_path / "absent") == {}
-    (tmp_path / export.MANIFEST).write_text('{"exports": {"onnx": {"accuracy": 0.5}, "tflite": [1], "x": "y"}}')
-    assert export.read_manifest(tmp_path) == {"onnx": {"accuracy": 0.5}}  # entries that are no record drop out
+    (tmp_path / export.MANIFEST).write_text(json.dumps({"exports": {"onnx": sound, "tflite": [1], "x": "y"}}))
+    assert export.read_manifest(tmp_path) == {"onnx": sound}  # entries that are no record drop out
+
+
+# Each field a reader relies on, and a value of it no export writes.
+DAMAGED_FIELDS = {
+    "format": "pickle", "quantize": "int4", "file": "../model.onnx", "input": {"shape": [None, "32", 32, 3]},
+    "size_bytes": -1, "sha256": "Z" * 64, "accuracy": 1.5, "keras_accuracy": "0.5", "agreement": None,
+    "within_tolerance": "yes", "latency_ms_p50": True, "latency_ms_p95": -1.0, "throughput_batch64": "fast",
+    "class_names": ["cat", 3], "runtime": 1, "quantization": "all ops", "machine": 5, "run_test_accuracy": 2,
+}
+
+
+@pytest.mark.parametrize("field", sorted(DAMAGED_FIELDS))
+def test_a_manifest_entry_with_any_field_unlike_an_exports_is_left_out_and_named(tmp_path, field):
+    from helpers import export_entry
+
+    sound = export_entry(b"model")
+    entries = {"sound": sound, "damaged": {**sound, field: DAMAGED_FIELDS[field]}}
+    if field not in {"quantization", "machine", "run_test_accuracy"}:  # optional fields may be absent
+        entries["missing"] = {name: value for name, value in sound.items() if name != field}
+    (tmp_path / export.MANIFEST).write_text(json.dumps({"exports": entries}))
+    kept, left_out = export.read_manifest_entries(tmp_path)
+    assert kept == {"sound": sound}
+    assert any("'damaged'" in line and field in line for line in left_out)
+    assert len(left_out) == len(entries) - 1
+
+
+def test_a_download_is_the_checked_artefact_and_nothing_else(tmp_path, monkeypatch):
+    import io
+    import os
+    import zipfile
+
+    from helpers import export_entry
+
+    (tmp_path / "model.onnx").write_bytes(b"onnx bytes")
+    entry = export_entry(b"onnx bytes")
+    assert export.checked_download(tmp_path, entry) == ("model.onnx", b"onnx bytes")
+    folder = tmp_path / "saved_model"
+    (folder / "variables").mkdir(parents=True)
+    (folder / "saved_model.pb").write_bytes(b"graph")
+    (folder / "variables" / "variables.index").write_bytes(b"index")
+    saved = export_entry(b"", format="saved_model", file="saved_model", sha256=export.artefact_sha256(folder))
+    name, data = export.checked_download(tmp_path, saved)
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        assert name == "saved_model.zip" and sorted(archive.namelist()) == [
+            "saved_model/saved_model.pb", "saved_model/variables/variables.index"]
+        assert archive.read("saved_model/variables/variables.index") == b"index"
+
+    def refused(entry, match):
+        with pytest.raises(export.ExportError, match=match):
+            export.checked_download(tmp_path, entry)
+
+    refused({**entry, "file": "../model.onnx"}, "not the name of a file")
+    refused({**entry, "file": "absent.onnx"}, "missing")
+    (tmp_path / "model.onnx").write_bytes(b"onnx bytez")
+    refused(entry, "changed since its check")
+    (folder / "variables" / "variables.index").write_bytes(b"indey")
+    refused(saved, "changed since its check")
+    (tmp_path / "outside").write_bytes(b"onnx bytes")
+    (tmp_path / "link.onnx").symlink_to(tmp_path / "outside")
+    refused({**entry, "file": "link.onnx"}, "is a link")
+    (folder / "variables" / "extra").symlink_to(tmp_path / "outside")
+    refused(saved, "holds a link")
+    os.mkfifo(tmp_path / "fifo.onnx")
+    refused({**entry, "file": "fifo.onnx"}, "device, pipe or socket")
+    (tmp_path / "big.onnx").write_bytes(b"x" * 64)
+    monkeypatch.setattr(export, "MAX_DOWNLOAD_BYTES", 63)
+    refused(export_entry(b"x" * 64, file="big.onnx"), "the limit is")
 
 
 def test_the_cli_exports_and_prints_one_line(tiny_run, tmp_path, capsys):
@@ -199,6 +269,7 @@ def test_deploy_page_lists_checked_exports_with_downloads_and_a_snippet(deploy_s
     assert not app.exception
     table = app.dataframe[0].value
     assert list(table["export"]) == ["onnx-int8", "tflite"]
+    assert any("left out 'damaged': not a record" in w.value for w in app.warning)
     assert list(table["INT8 setting"].fillna("")) == ["all ops, percentile ranges", ""]
 
 

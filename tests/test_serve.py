@@ -94,7 +94,7 @@ def test_a_failing_engine_is_a_json_500_without_a_traceback():
 def _fake_exports(run_dir, entries: dict[str, dict]):
     """An export folder whose files are a few bytes each and whose manifest records `entries`
     (sha256 of each file's bytes unless the entry gives one)."""
-    import hashlib
+    from helpers import export_entry
 
     folder = run_dir / "export"
     folder.mkdir(parents=True)
@@ -103,9 +103,7 @@ def _fake_exports(run_dir, entries: dict[str, dict]):
         content = name.encode()
         if "file" not in entry:
             (folder / f"{name}.bin").write_bytes(content)
-        manifest[name] = {"file": f"{name}.bin", "sha256": hashlib.sha256(content).hexdigest(),
-                          "within_tolerance": True, "class_names": list(CLASSES),
-                          "input": {"shape": [None, 32, 32, 3]}, **entry}
+        manifest[name] = export_entry(content, **{"file": f"{name}.bin", **entry})
     (folder / "manifest.json").write_text(json.dumps({"exports": manifest}))
 
 
@@ -114,7 +112,8 @@ def test_only_checked_unaltered_light_exports_are_served_fastest_first(tmp_path)
         "saved_model": {"format": "saved_model", "latency_ms_p50": 0.1},  # a skipped one first: skip, go on
         "onnx": {"format": "onnx", "latency_ms_p50": 2.0},
         "tflite": {"format": "tflite", "latency_ms_p50": 1.0},
-        "untimed": {"format": "onnx"},
+        "damaged": {"format": "onnx", "input": {"shape": [None, "32", 32, 3]}},  # not what an export writes
+        "slower": {"format": "onnx", "latency_ms_p50": 3.0},
         "tflite-int8": {"format": "tflite", "latency_ms_p50": 0.1, "within_tolerance": False},
         "onnx-int8": {"format": "onnx", "latency_ms_p50": 0.1, "sha256": "0" * 64},
         "outside": {"format": "onnx", "latency_ms_p50": 0.1, "file": "../outside.bin"},
@@ -122,7 +121,7 @@ def test_only_checked_unaltered_light_exports_are_served_fastest_first(tmp_path)
     })
     (tmp_path / "outside.bin").write_bytes(b"outside")
     assert [entry["format"] + ":" + path.name for entry, path in serve.verified_exports(tmp_path)] == [
-        "tflite:tflite.bin", "onnx:onnx.bin", "onnx:untimed.bin"]
+        "tflite:tflite.bin", "onnx:onnx.bin", "onnx:slower.bin"]
 
 
 def test_the_first_export_that_fits_and_loads_is_the_engine(tmp_path, monkeypatch):
