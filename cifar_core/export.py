@@ -19,6 +19,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import backend, runs
+from . import backend, runs, schema
 from .errors import CifarError, ConfigError, RunFolderError
 
 FORMATS = ("saved_model", "tflite", "onnx")
@@ -489,43 +490,37 @@ def read_manifest_entries(out_dir: Path | str) -> tuple[dict, list[str]]:
     return entries, problems
 
 
-def _number(value, low: float = 0.0, high: float = float("inf")) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high
+def _plain_name(value) -> bool:
+    return isinstance(value, str) and value not in ("", ".", "..") and Path(value).name == value
+
+
+def _input_shape(value) -> bool:
+    shape = value.get("shape") if isinstance(value, dict) else None
+    return isinstance(shape, list) and len(shape) == 4 and all(
+        schema.count(n) and 0 < n <= 4096 for n in shape[1:])
 
 
 # What each field of an entry must be, as `export_run` writes it; readers rely on nothing else.
-_ENTRY_FIELDS = {
-    "format": lambda v: v in FORMATS,
-    "quantize": lambda v: v in QUANTIZATIONS,
-    "file": lambda v: isinstance(v, str) and v not in ("", ".", "..") and Path(v).name == v,
-    "input": lambda v: isinstance(v, dict) and isinstance(v.get("shape"), list) and len(v["shape"]) == 4
-    and all(isinstance(n, int) and not isinstance(n, bool) and 0 < n <= 4096 for n in v["shape"][1:]),
-    "size_bytes": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
-    "sha256": lambda v: isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v),
-    "accuracy": lambda v: _number(v, 0, 1), "keras_accuracy": lambda v: _number(v, 0, 1),
-    "agreement": lambda v: _number(v, 0, 1), "within_tolerance": lambda v: isinstance(v, bool),
-    "latency_ms_p50": _number, "latency_ms_p95": _number, "throughput_batch64": _number,
-    "class_names": lambda v: isinstance(v, list) and all(isinstance(n, str) for n in v),
-    "runtime": lambda v: isinstance(v, str),
+ENTRY_SCHEMA: dict[str, schema.Check] = {
+    "format": lambda v: v in FORMATS, "quantize": lambda v: v in QUANTIZATIONS, "file": _plain_name,
+    "input": _input_shape, "size_bytes": schema.count,
+    "sha256": lambda v: isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v) is not None,
+    "accuracy": schema.fraction, "keras_accuracy": schema.fraction, "agreement": schema.fraction,
+    "within_tolerance": schema.flag, "latency_ms_p50": schema.non_negative, "latency_ms_p95": schema.non_negative,
+    "throughput_batch64": schema.non_negative, "class_names": schema.texts, "runtime": schema.text,
+    "quantization": schema.json_object, "machine": schema.text, "run_test_accuracy": schema.fraction,
 }
-_OPTIONAL_FIELDS = {
-    "quantization": lambda v: isinstance(v, dict), "machine": lambda v: isinstance(v, str),
-    "run_test_accuracy": lambda v: v is None or _number(v, 0, 1),
-}
+ENTRY_REQUIRED = ("format", "file", "input", "size_bytes", "sha256", "accuracy", "keras_accuracy", "agreement",
+                  "within_tolerance", "latency_ms_p50", "latency_ms_p95", "throughput_batch64", "class_names",
+                  "runtime")
 
 
 def entry_problem(entry) -> str | None:
     """Why a manifest entry is not one `export_run` writes (the first field found wrong), or None."""
-    if not isinstance(entry, dict):
-        return "not a record"
-    for field, sound in _ENTRY_FIELDS.items():
-        if field not in entry:
-            return f"no {field}"
-        if not sound(entry[field]):
-            return f"{field} is not what an export writes"
-    for field, sound in _OPTIONAL_FIELDS.items():
-        if field in entry and not sound(entry[field]):
-            return f"{field} is not what an export writes"
+    try:
+        schema.validate(entry, ENTRY_SCHEMA, ENTRY_REQUIRED, "the entry", ExportError)
+    except ExportError as exc:
+        return str(exc)
     return None
 
 

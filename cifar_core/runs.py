@@ -21,7 +21,6 @@ import csv
 import fcntl
 import io
 import json
-import math
 import os
 import re
 import secrets
@@ -36,6 +35,21 @@ from typing import Any
 from .config import MAX_INPUT_SIZE, TrainConfig
 from .errors import CifarError, RunFolderError, one_line
 from .safeio import parse_json, read_npz, read_regular_file
+from .schema import (
+    Check,
+    all_are,
+    count,
+    counts,
+    finite,
+    flag,
+    fraction,
+    json_object,
+    number,
+    preview,
+    text,
+    texts,
+    validate,
+)
 
 DEFAULT_RUNS_ROOT = Path(__file__).resolve().parent.parent / "artifacts" / "runs"
 
@@ -244,55 +258,12 @@ def read_json(path: Path | str) -> Any:
 
 # --- schemas: one validating reader per file kind ---------------------------------
 
-Check = Callable[[Any], bool]
-
-
-def _number(value) -> bool:
-    return type(value) in (int, float)
-
-
-def _finite(value) -> bool:
-    return _number(value) and math.isfinite(value)
-
-
-def _fraction(value) -> bool:
-    return _number(value) and 0.0 <= value <= 1.0
-
-
-def _count(value) -> bool:
-    return type(value) is int and value >= 0
-
-
-def _text(value) -> bool:
-    return isinstance(value, str)
-
-
-def _flag(value) -> bool:
-    return type(value) is bool
-
-
-def _object(value) -> bool:
-    return isinstance(value, dict)
-
-
-def _all(check: Check, items) -> bool:
-    return all(check(item) for item in items)
-
-
-def _texts(value) -> bool:
-    return isinstance(value, list) and _all(_text, value)
-
-
-def _counts(value) -> bool:
-    return isinstance(value, list) and _all(_count, value)
-
-
 def _matrix(value) -> bool:
-    return isinstance(value, list) and _all(_counts, value)
+    return isinstance(value, list) and all_are(counts, value)
 
 
 def _seconds_by_stage(value) -> bool:
-    return isinstance(value, dict) and _all(_number, value.values())
+    return isinstance(value, dict) and all_are(number, value.values())
 
 
 def _run_state(value) -> bool:
@@ -305,57 +276,37 @@ def _stored_size(value) -> bool:
 
 
 def _class_names(value) -> bool:
-    return _texts(value) and 2 <= len(value) <= 1000
+    return texts(value) and 2 <= len(value) <= 1000
 
 
 def _per_class(value) -> bool:
     scores = ("precision", "recall", "f1", "support")
     return isinstance(value, dict) and all(
-        isinstance(row, dict) and all(_number(row.get(k)) for k in scores) for row in value.values())
+        isinstance(row, dict) and all(number(row.get(k)) for k in scores) for row in value.values())
 
 
 METRICS_SCHEMA: dict[str, Check] = {
-    "test_accuracy": _fraction, "test_accuracy_tta": _fraction, "test_accuracy_head": _fraction,
-    "test_loss": _number, "test_loss_tta": _number, "train_seconds": _number, "eval_seconds": _number,
+    "test_accuracy": fraction, "test_accuracy_tta": fraction, "test_accuracy_head": fraction,
+    "test_loss": number, "test_loss_tta": number, "train_seconds": number, "eval_seconds": number,
     "stage_seconds": _seconds_by_stage,
-    "train_images_per_second": _number, "peak_memory_mb": _number,
-    "n_params": _count, "n_train": _count, "n_test": _count, "epochs_run": _count, "input_size": _count,
-    "model": _text, "data": _text, "measured_at": _text, "transfer": _flag, "machine": _object,
-    "class_names": _texts, "confusion_matrix": _matrix, "per_class": _per_class,
+    "train_images_per_second": number, "peak_memory_mb": number,
+    "n_params": count, "n_train": count, "n_test": count, "epochs_run": count, "input_size": count,
+    "model": text, "data": text, "measured_at": text, "transfer": flag, "machine": json_object,
+    "class_names": texts, "confusion_matrix": _matrix, "per_class": _per_class,
 }
 METRICS_REQUIRED = ("test_accuracy",)
 STATUS_SCHEMA: dict[str, Check] = {
-    "state": _run_state, "heartbeat": _finite, "pid": _count, "epoch": _count,
-    "n_epochs": _count, "progress": _fraction, "eta_seconds": _number, "message": _text, "stage": _text,
-    "test_accuracy": _fraction, "batch": _count, "steps_per_epoch": _count, "last": _object,
+    "state": _run_state, "heartbeat": finite, "pid": count, "epoch": count,
+    "n_epochs": count, "progress": fraction, "eta_seconds": number, "message": text, "stage": text,
+    "test_accuracy": fraction, "batch": count, "steps_per_epoch": count, "last": json_object,
 }
 STATUS_REQUIRED = ("state",)
 DATA_SCHEMA: dict[str, Check] = {
     "image_size": _stored_size, "class_names": _class_names,
-    "n_train": _count, "n_test": _count, "train_counts": _counts, "test_counts": _counts,
-    "source": _text, "description": _text, "load_seconds": _number,
+    "n_train": count, "n_test": count, "train_counts": counts, "test_counts": counts,
+    "source": text, "description": text, "load_seconds": number,
 }
 DATA_REQUIRED = ("class_names",)
-
-
-def validate(data: Any, schema: dict[str, Check], required: tuple[str, ...], what: str) -> dict[str, Any]:
-    """data if it is an object whose known fields have the right types; RunFolderError otherwise.
-    Unknown fields are kept: a newer writer may add some."""
-    if not isinstance(data, dict):
-        raise RunFolderError(f"{what} must be a JSON object; found {type(data).__name__}")
-    for key in required:
-        if data.get(key) is None:
-            raise RunFolderError(f"{what} has no {key}")
-    for key, check in schema.items():
-        value = data.get(key)
-        if value is not None and not check(value):
-            raise RunFolderError(f"{what}: {key} has an unexpected value {_preview(value)}")
-    return data
-
-
-def _preview(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _read_validated(run_dir: Path | str, name: str, schema, required) -> dict[str, Any] | None:
@@ -437,7 +388,7 @@ def _history_row(raw: dict, line: int, where: str) -> dict[str, Any]:
         try:
             row[key] = _parse_history_value(key, raw.get(key))
         except ValueError:
-            raise RunFolderError(f"corrupt {where}, line {line}: {key} is {_preview(raw.get(key))}") from None
+            raise RunFolderError(f"corrupt {where}, line {line}: {key} is {preview(raw.get(key))}") from None
     return row
 
 
@@ -488,11 +439,11 @@ def _live_row(line: str, number: int, where: str) -> dict[str, float | None]:
         if len(cells) != len(LIVE_COLUMNS):
             raise ValueError(line)
         row = {key: (float(cell) if cell else None) for key, cell in zip(LIVE_COLUMNS, cells, strict=True)}
-        if not all(value is None or _finite(value) for value in row.values()) or \
+        if not all(value is None or finite(value) for value in row.values()) or \
                 row["train_seconds"] is None or row["train_seconds"] < 0 or row["epoch"] is None or row["epoch"] < 0:
             raise ValueError(line)
     except ValueError:
-        raise RunFolderError(f"corrupt {where}, line {number}: {_preview(line)}") from None
+        raise RunFolderError(f"corrupt {where}, line {number}: {preview(line)}") from None
     return row
 
 

@@ -213,22 +213,17 @@ def run_epoch_predictions(run_dir: str) -> dict | None:
 
 # --- analysis files (written by `python -m cifar_core analyze`) -----------------------------------
 
-# The arrays each analysis .npz must hold.
-ANALYSIS_ARRAYS = {"embedding": ("coords", "indices", "labels", "predictions"),
-                   "neighbours.npz": ("mean", "components", "features", "labels")}
-
-
 @st.cache_resource(show_spinner=False, max_entries=32)  # shared, not copied per call: read-only arrays
 def _analysis(run_dir: str, name: str, mtime: float):
-    from .analysis import analysis_path, files
+    from .analysis import files
 
-    path = analysis_path(run_dir, name)
-    return files.read_npz(path, ANALYSIS_ARRAYS[name]) if path.suffix == ".npz" else files.read_json(path)
+    return files.read_analysis(run_dir, name)
 
 
 def analysis(run_dir: str, name: str):
-    """A run's analysis file (embedding, calibration, robustness, labels, neighbours.npz), or None
-    when it has none; a bad file is a warning and None, never an exception."""
+    """A run's analysis file (embedding, calibration, robustness, labels, neighbours.npz), checked
+    against the run (files.read_analysis), or None when it has none; a bad file is a warning and
+    None, never an exception."""
     from .analysis import analysis_path
 
     path = analysis_path(run_dir, name)
@@ -262,11 +257,10 @@ def calibrated(run_dir: str, probabilities: np.ndarray) -> tuple[np.ndarray, boo
     else (the model's own, False)."""
     from .analysis.calibration import softmax
 
-    report = analysis(run_dir, "calibration")
-    temperature = report.get("temperature") if isinstance(report, dict) else None
-    if not isinstance(temperature, (int, float)) or not 0 < temperature < 1000:
+    report = analysis(run_dir, "calibration")  # its temperature is checked to lie in the fitting bounds
+    if report is None:
         return probabilities, False
-    return softmax(np.log(np.maximum(probabilities, 1e-30)), float(temperature)), True
+    return softmax(np.log(np.maximum(probabilities, 1e-30)), float(report["temperature"])), True
 
 
 NEIGHBOURS = 8

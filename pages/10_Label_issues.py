@@ -18,7 +18,7 @@ record = ui.pick_runs("Run", key="labels_run")
 if record is None:
     st.stop()
 issues = ui.analysis(record["path"], "labels")
-if not isinstance(issues, list):
+if issues is None:
     ui.missing_analysis(record, "labels")
     st.stop()
 try:

@@ -49,7 +49,7 @@ def robustness_figures(labels: tuple[str, ...], stamps: tuple[float, ...], _repo
 found = []
 for record in chosen:
     report = ui.analysis(record["path"], "robustness")
-    if not isinstance(report, dict) or "corruptions" not in report:
+    if report is None:
         ui.missing_analysis(record, "robustness")
         continue
     found.append((f"{record['model']} · {record['run']}", report,

@@ -67,12 +67,12 @@ for record in chosen:
 st.dataframe(pd.DataFrame(rows), width="stretch")
 
 reports = [(r, ui.analysis(r["path"], "calibration")) for r in chosen[:2]]
-if any(isinstance(report, dict) and "bins" in report for _, report in reports):
+if any(report is not None for _, report in reports):
     from cifar_core.charts import reliability_figure
 
     st.subheader("How far to trust their probabilities")
     for column, (record, report) in zip(st.columns(2), reports, strict=False):
-        if isinstance(report, dict) and "bins" in report:
+        if report is not None:
             column.plotly_chart(reliability_figure(report, record["run"]), width="stretch",
                                 key=f"compare_calibration_{record['run']}")
         else:

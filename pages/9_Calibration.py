@@ -20,7 +20,7 @@ rows = {}
 for column, record in zip(columns, chosen, strict=True):
     report = ui.analysis(record["path"], "calibration")
     with column:
-        if not isinstance(report, dict) or "bins" not in report:
+        if report is None:
             ui.missing_analysis(record, "calibration")
             continue
         st.plotly_chart(reliability_figure(report, f"{record['model']} · {record['run']}"), width="stretch",

@@ -158,7 +158,7 @@ def test_a_manifest_entry_with_any_field_unlike_an_exports_is_left_out_and_named
 
     sound = export_entry(b"model")
     entries = {"sound": sound, "damaged": {**sound, field: DAMAGED_FIELDS[field]}}
-    if field not in {"quantization", "machine", "run_test_accuracy"}:  # optional fields may be absent
+    if field not in {"quantize", "quantization", "machine", "run_test_accuracy"}:  # these may be absent
         entries["missing"] = {name: value for name, value in sound.items() if name != field}
     (tmp_path / export.MANIFEST).write_text(json.dumps({"exports": entries}))
     kept, left_out = export.read_manifest_entries(tmp_path)
@@ -269,7 +269,7 @@ def test_deploy_page_lists_checked_exports_with_downloads_and_a_snippet(deploy_s
     assert not app.exception
     table = app.dataframe[0].value
     assert list(table["export"]) == ["onnx-int8", "tflite"]
-    assert any("left out 'damaged': not a record" in w.value for w in app.warning)
+    assert any("left out 'damaged': the entry must be a JSON object" in w.value for w in app.warning)
     assert list(table["INT8 setting"].fillna("")) == ["all ops, percentile ranges", ""]
 
 

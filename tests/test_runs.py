@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from cifar_core import runs
+from cifar_core import runs, schema
 from cifar_core.errors import RunFolderError
 
 
@@ -301,9 +301,9 @@ def test_schemas_accept_the_edges_and_keep_unknown_fields(tmp_path):
 
 
 def test_values_in_messages_are_shortened():
-    assert runs._preview("x" * 10) == "'xxxxxxxxxx'"
-    assert runs._preview("x" * 100) == "'" + "x" * 56 + "..."
-    assert len(runs._preview(list(range(100)))) == 60
+    assert schema.preview("x" * 10) == "'xxxxxxxxxx'"
+    assert schema.preview("x" * 100) == "'" + "x" * 56 + "..."
+    assert len(schema.preview(list(range(100)))) == 60
 
 
 def test_one_reader_per_file_kind(tmp_path):
@@ -409,7 +409,7 @@ def test_schema_edges(tmp_path):
     for value, ok in (([[1, 0], [0, 1]], True), ({}, False), ([["1"]], False), ("[[1]]", False)):
         assert runs._matrix(value) is ok, value
     assert runs._class_names(["c"] * 1000) and not runs._class_names(["c"] * 1001)
-    assert runs._preview("x" * 58) == "'" + "x" * 58 + "'"  # 60 characters: kept whole
+    assert schema.preview("x" * 58) == "'" + "x" * 58 + "'"  # 60 characters: kept whole
     (tmp_path / runs.HISTORY_FILE).mkdir()
     with pytest.raises(RunFolderError, match="is a folder; a history file was expected"):
         runs.read_history(tmp_path)

@@ -207,13 +207,13 @@ def curves() -> str:
 
 def analysis_table() -> str:
     """Calibration, robustness and label issues of each shipped run, from its analysis/ files."""
-    from cifar_core.analysis import analysis_path, files
+    from cifar_core.analysis import files
 
     rows = []
     for run in _records(SHIPPED):
-        calibration = files.read_json(analysis_path(run.path, "calibration")) or {}
-        robustness = files.read_json(analysis_path(run.path, "robustness")) or {}
-        issues = files.read_json(analysis_path(run.path, "labels")) or []
+        calibration = files.read_analysis(run.path, "calibration") or {}
+        robustness = files.read_analysis(run.path, "robustness") or {}
+        issues = files.read_analysis(run.path, "labels") or []
         fgsm = {round(r["epsilon"] * 255): r["accuracy"] for r in robustness.get("fgsm", [])}
         rows.append([f"`{run.run_id}`",
                      f"{pct(calibration.get('ece_before'))} → {pct(calibration.get('ece_after'))}",
