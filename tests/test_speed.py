@@ -367,3 +367,18 @@ def test_bench_compares_transfer_presets_by_their_stretches_and_recipes_by_their
 def test_g3_has_no_muon_step():
     names = [name for name, _ in bench.recipe_steps("g3")]
     assert names == ["previous recipe", "+ fused batch norm (today's recipe)"]
+
+
+@pytest.mark.parametrize("remembered", [
+    {"choice": "float64"}, {"choice": "float32", "images_per_second": [300.0]},
+    {"choice": "float32", "images_per_second": {"float32": "fast"}}, {"choice": "float32", "reason": 7},
+    ["float32"]])
+def test_a_remembered_choice_unlike_what_auto_writes_is_probed_afresh(monkeypatch, remembered):
+    monkeypatch.setattr(backend, "has_bf16_units", lambda: True)
+    config = recipe_config("g3")
+    precision.choices_file().parent.mkdir(parents=True, exist_ok=True)
+    precision.choices_file().write_text(json.dumps({precision._choice_key(config): remembered}))
+    monkeypatch.setattr(precision, "probe_speeds", lambda config: {"float32": 100.0, "mixed_bfloat16": 500.0})
+    lines = []
+    assert precision.resolve_precision(config, report=lines.append).precision == "mixed_bfloat16"
+    assert "probe" in lines[0]

@@ -38,7 +38,7 @@ def resolve_precision(config: TrainConfig, report=None) -> TrainConfig:
         return config
     key = _choice_key(config)
     known = _read_choices().get(key)
-    if isinstance(known, dict) and known.get("choice") in CANDIDATES:
+    if _sound_choice(known):
         choice, reason = known["choice"], f"chosen earlier on this machine ({_speeds_text(known)})"
     elif not _may_gain_from_bf16():
         choice, reason = "float32", "this CPU has no bfloat16 instructions"
@@ -101,6 +101,16 @@ def _choice_key(config: TrainConfig) -> str:
 def _speeds_text(record: dict) -> str:
     speeds = record.get("images_per_second") or {}
     return ", ".join(f"{name} {value:,.0f} images/s" for name, value in speeds.items()) or record.get("reason", "")
+
+
+def _sound_choice(record) -> bool:
+    """Whether a remembered choice is one `_remember` writes (a damaged cache only costs a probe)."""
+    from .. import schema
+
+    speeds = record.get("images_per_second") if isinstance(record, dict) else None
+    return (isinstance(record, dict) and record.get("choice") in CANDIDATES
+            and (speeds is None or isinstance(speeds, dict) and schema.all_are(schema.non_negative, speeds.values()))
+            and schema.optional(schema.text)(record.get("reason")))
 
 
 def _read_choices() -> dict:
