@@ -432,6 +432,17 @@ def checked_download(out_dir: Path | str, entry: dict) -> tuple[str, bytes]:
     return f"{name}.zip", buffer.getvalue()
 
 
+def artefact_signature(out_dir: Path | str, file: str) -> tuple:
+    """(relative name, mtime, size) of each of an artefact's files: what a cached download is keyed
+    by, so a changed, replaced or removed file is read and checked again (checked_download)."""
+    path = Path(out_dir) / file
+    try:
+        return tuple((relative, found.lstat().st_mtime_ns, found.lstat().st_size)
+                     for relative, found in _artefact_walk(path))
+    except (OSError, ExportError):
+        return ()  # checked_download says what is wrong
+
+
 def _artefact_walk(path: Path) -> list[tuple[str | None, Path]]:
     """(relative name, path) of an artefact's files in artefact_files' order; links are refused
     (an export writes none), so nothing outside the folder is read."""

@@ -12,6 +12,7 @@ from cifar_core.export import (
     MANIFEST,
     MAX_MANIFEST_BYTES,
     ExportError,
+    artefact_signature,
     checked_download,
     read_manifest_entries,
 )
@@ -101,11 +102,18 @@ probabilities = model.serve(pixels).numpy()[0]""",
 }
 
 
+@st.cache_data(show_spinner=False, max_entries=4)
+def checked_bytes(folder_name: str, entry: dict, signature: tuple) -> tuple[str, bytes]:
+    """The checked artefact's download, read, hashed and zipped once per version of its files (a
+    SavedModel is zipped anew only when one of them changes), not on every rerun of the page."""
+    return checked_download(folder_name, entry)
+
+
 chosen = st.selectbox("Download", sorted(exports), key="deploy_download")
 entry = exports[chosen]
 classes = ", ".join(entry["class_names"])
 try:
-    download_name, download = checked_download(folder, entry)
+    download_name, download = checked_bytes(str(folder), entry, artefact_signature(folder, entry["file"]))
     manifest_bytes = read_regular_file(folder / MANIFEST, MAX_MANIFEST_BYTES, ExportError)
 except ExportError as exc:
     st.warning(str(exc))

@@ -257,6 +257,11 @@ def test_deploy_page_lists_checked_exports_with_downloads_and_a_snippet(deploy_s
     assert list(table["export"]) == ["tflite"] and list(table["passed"]) == ["yes"]
     assert "model.tflite" in app.code[0].value and "Interpreter" in app.code[0].value
     assert len(app.get("download_button")) == 2
+    checked = (run_dir / "export" / "model.tflite").read_bytes()
+    (run_dir / "export" / "model.tflite").write_bytes(checked[:-1] + bytes([checked[-1] ^ 1]))
+    app.run()  # the download is cached per version of the file: a changed one is checked again
+    assert any("changed since its check" in w.value for w in app.warning)
+    assert not app.get("download_button")
     (run_dir / "export" / "model.tflite").unlink()
     app.run()
     assert any("missing" in w.value for w in app.warning)
