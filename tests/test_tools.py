@@ -131,3 +131,18 @@ def test_shipping_retires_the_superseded_run_and_carries_the_analysis(shipped_ru
     assert sorted(p.name for p in (shipped_root / preset / "analysis").iterdir()) == ["calibration.json",
                                                                                      "stamps.json"]
     assert not (shipped_root / preset / "checkpoint").exists()
+
+
+def test_mutation_scores_count_a_crashed_test_run_as_caught_and_name_each_survivor(monkeypatch):
+    from tools import mutation
+
+    diffs = {"m.x_f__mutmut_3": '+    order = np.argsort(q, kind="STABLE")', "m.x_f__mutmut_6": "+    return 0"}
+    monkeypatch.setattr(mutation, "diff", lambda name: diffs.get(name.removeprefix("cifar_core."), ""))
+    statuses = {f"cifar_core.m.x_f__mutmut_{n}": status for n, status in enumerate(
+        ["killed", "killed", "segfault", "survived", "timeout", "not checked", "no tests"], start=0)}
+    [row] = mutation.summarise(["cifar_core/m.py"], statuses, 60.0)["modules"].values()
+    assert (row["mutants"], row["killed"], row["crashed"], row["survived"], row["equivalent"]) == (6, 4, 1, 2, 1)
+    assert row["score"] == round(4 / 6, 4) and row["score_without_equivalent"] == round(4 / 5, 4)
+    survivors = {s["name"].rsplit("_", 1)[1]: s for s in row["survivors"]}
+    assert set(survivors) == {"3", "6"} and survivors["6"]["no_tests"] and not survivors["3"]["no_tests"]
+    assert survivors["3"]["equivalent"] and survivors["6"]["equivalent"] is None

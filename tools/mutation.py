@@ -117,13 +117,16 @@ def summarise(paths: list[str], statuses: dict[str, str], seconds: float | None)
         own = {m: s for m, s in statuses.items() if m.rsplit(".", 1)[0] == name}
         counts = Counter(own.values())
         checked = sum(n for status, n in counts.items() if status != "not checked")
-        killed = counts["killed"] + counts["timeout"]
+        # A test run that crashed (mutmut's "segfault": the process died by a signal) did not pass:
+        # the mutant is caught as surely as by a failing assertion, as CI would be red.
+        crashed = counts["segfault"]
+        killed = counts["killed"] + counts["timeout"] + crashed
         survivors = sorted(m for m, s in own.items() if s in ("survived", "no tests"))
         diffs = {m: diff(m) for m in survivors}
         reasons = {m: equivalence(diffs[m]) for m in survivors}
         equivalent = [m for m in survivors if reasons[m]]
         modules[name] = {
-            "path": path, "mutants": checked, "killed": killed, "survived": len(survivors),
+            "path": path, "mutants": checked, "killed": killed, "crashed": crashed, "survived": len(survivors),
             "equivalent": len(equivalent), "score": round(killed / checked, 4) if checked else None,
             "score_without_equivalent": round(killed / (checked - len(equivalent)), 4) if checked else None,
             "survivors": [{"name": m, "diff": diffs[m], "equivalent": reasons[m],
@@ -149,9 +152,9 @@ def write_report(report: dict) -> None:
         clean = f"{row['score_without_equivalent']:.1%}" if row.get("score_without_equivalent") else "—"
         lines.append(f"| `{row['path']}` | {row['mutants']} | {row['killed']} | {row['survived']} | "
                      f"{row['equivalent']} | {score} | {clean} |")
-    lines += ["", "A mutant is killed when at least one test fails (or times out) with it in place. The tests "
-              "mutmut runs are the fast ones listed in `pyproject.toml`; each mutant runs only those that reach "
-              "the function it changes.", "", "## Survivors", ""]
+    lines += ["", "A mutant is killed when at least one test fails, times out or crashes the test run (mutmut's "
+              "\"segfault\") with it in place. The tests mutmut runs are the fast ones listed in `pyproject.toml`; "
+              "each mutant runs only those that reach the function it changes.", "", "## Survivors", ""]
     for row in report["modules"].values():
         if not row["survivors"]:
             continue
@@ -180,8 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.modules and REPORT_JSON.exists():  # a partial run updates its modules in the full report
         previous = json.loads(REPORT_JSON.read_text())
         previous["modules"].update(report["modules"])
-        previous.setdefault("remeasured", []).append({"modules": sorted(report["modules"]),
-                                                      "at": report["measured_at"], "seconds": seconds})
+        if seconds is not None:  # --report-only re-reads the last run; it measures nothing new
+            previous.setdefault("remeasured", []).append({"modules": sorted(report["modules"]),
+                                                          "at": report["measured_at"], "seconds": seconds})
         report = previous
     write_report(report)
     failing = [name for name, row in report["modules"].items()
