@@ -215,3 +215,86 @@ def export_entry(content: bytes, **fields) -> dict:
             "size_bytes": len(content), "sha256": hashlib.sha256(content).hexdigest(), "accuracy": 0.5,
             "keras_accuracy": 0.5, "agreement": 1.0, "within_tolerance": True, "latency_ms_p50": 1.0,
             "latency_ms_p95": 2.0, "throughput_batch64": 100.0, "class_names": list(CLASSES), **fields}
+
+
+# Each way an analysis file can be well-formed JSON or npz and still unlike what `analyze` writes,
+# by file: what a page would otherwise index, format or plot.
+def _json_damage(change):
+    def damage(path):
+        content = json.loads(path.read_text())
+        change(content)
+        path.write_text(json.dumps(content))
+    return damage
+
+
+def _npz_damage(change):
+    def damage(path):
+        with np.load(path) as npz:
+            arrays = dict(npz)
+        change(arrays)
+        np.savez(path, **arrays)
+    return damage
+
+
+ANALYSIS_DAMAGES = {
+    "calibration": {
+        "a field missing": _json_damage(lambda c: c.pop("temperature")),
+        "a temperature outside the fit's bounds": _json_damage(lambda c: c.update(temperature=1e6)),
+        "a bin of the wrong kind": _json_damage(lambda c: c["bins"]["before"].__setitem__(0, {"count": "3"})),
+        "not an object": _json_damage(lambda c: c.clear() or c.update(bins=[])),
+    },
+    "robustness": {
+        "a curve without one accuracy per severity": _json_damage(
+            lambda c: next(iter(c["corruptions"].values())).pop()),
+        "an accuracy above 1": _json_damage(lambda c: c.update(clean_accuracy=2)),
+        "no attack rows": _json_damage(lambda c: c.update(fgsm=[])),
+    },
+    "labels": {
+        "an image index beyond the test split": _json_damage(lambda c: c[0].update(index=10 ** 9)),
+        "an image listed twice": _json_damage(lambda c: c[1].update(index=c[0]["index"])),
+        "a class beyond the run's": _json_damage(lambda c: c[0].update(given=99)),
+        "an issue that is no record": _json_damage(lambda c: c.__setitem__(0, [1, 2])),
+    },
+    "embedding": {
+        "coordinates of the wrong shape": _npz_damage(lambda a: a.update(coords=np.zeros((len(a["coords"]), 3)))),
+        "a class beyond the run's": _npz_damage(lambda a: a["labels"].__setitem__(0, 99)),
+        "a negative image index": _npz_damage(lambda a: a["indices"].__setitem__(0, -1)),
+        "NaN coordinates": _npz_damage(lambda a: a["coords"].__setitem__((0, 0), np.nan)),
+        "arrays of different lengths": _npz_damage(lambda a: a.update(predictions=a["predictions"][:-1])),
+    },
+    "neighbours.npz": {
+        "components that do not match the mean": _npz_damage(lambda a: a.update(mean=np.zeros(3))),
+        "a class beyond the run's": _npz_damage(lambda a: a["labels"].__setitem__(0, 99)),
+        "NaN features": _npz_damage(lambda a: a.update(features=np.full_like(a["features"], np.nan))),
+    },
+}
+
+
+def write_sound_analyses(run_dir: Path, n_test: int = 20) -> None:
+    """A run folder's data.json (3 classes, `n_test` test images) and one small analysis file of each
+    kind, as `analyze` writes them: what ANALYSIS_DAMAGES damages, without computing anything."""
+    from cifar_core import runs
+    from cifar_core.analysis import analysis_path
+
+    runs.atomic_write_json(run_dir / runs.DATA_FILE, {"class_names": list(CLASSES), "n_test": n_test})
+    (run_dir / "analysis").mkdir(parents=True, exist_ok=True)
+    bins = [{"lower": 0.0, "upper": 0.5, "count": 3, "confidence": 0.4, "accuracy": 0.3},
+            {"lower": 0.5, "upper": 1.0, "count": 0, "confidence": None, "accuracy": None}]
+    documents = {
+        "calibration": {"temperature": 1.5, "fitted_on": "the validation split", "n_fit": 10, "n_test": n_test,
+                        "ece_before": 0.1, "ece_after": 0.05, "nll_before": 0.9, "nll_after": 0.8,
+                        "brier_before": 0.4, "brier_after": 0.35, "bins": {"before": bins, "after": bins}},
+        "robustness": {"subset_size": n_test, "subset_seed": 0, "clean_accuracy": 0.9, "severities": [1, 2],
+                       "corruptions": {"noise": [0.8, 0.7], "blur": [0.85, 0.6]}, "mean_corruption_accuracy": 0.74,
+                       "fgsm": [{"epsilon": 0.0, "accuracy": 0.9}, {"epsilon": 0.03, "accuracy": 0.2}]},
+        "labels": [{"index": 3, "given": 0, "suggested": 1, "quality": 0.1, "flagged": True},
+                   {"index": 5, "given": 2, "suggested": 2, "quality": 0.4, "flagged": False}],
+    }
+    for name, document in documents.items():
+        analysis_path(run_dir, name).write_text(json.dumps(document))
+    rng = np.random.default_rng(0)
+    np.savez(analysis_path(run_dir, "embedding"), coords=rng.normal(size=(n_test, 2)).astype(np.float32),
+             indices=np.arange(n_test), labels=rng.integers(0, 3, n_test), predictions=rng.integers(0, 3, n_test))
+    np.savez(analysis_path(run_dir, "neighbours.npz"), mean=np.zeros(4, np.float32),
+             components=rng.normal(size=(2, 4)).astype(np.float32), features=rng.normal(size=(6, 2)).astype(np.float16),
+             labels=rng.integers(0, 3, 6))

@@ -3,6 +3,7 @@ import shutil
 
 import numpy as np
 import pytest
+from helpers import ANALYSIS_DAMAGES, CLASSES, write_sound_analyses
 
 from cifar_core import analysis
 from cifar_core.analysis import calibration, corruptions, embedding, files, labels
@@ -429,3 +430,34 @@ def test_maps_draw_the_same_seeded_sample_of_points():
     assert len(chosen) == len(set(chosen)) == 3000 and np.all(np.diff(chosen) > 0)
     assert chosen.max() < 10_000 and chosen.max() > 9_000 and chosen.min() < 1_000  # spread over the maps
     np.testing.assert_array_equal(chosen, map_sample(10_000, size=3000))  # every map, every visit
+
+
+@pytest.mark.parametrize("name,damage", [(name, damage) for name, damages in ANALYSIS_DAMAGES.items()
+                                         for damage in damages])
+def test_an_analysis_file_unlike_what_analyze_writes_is_refused_in_one_line(tmp_path, name, damage):
+    from cifar_core.analysis import analysis_path
+
+    run_dir = tmp_path / "run"
+    write_sound_analyses(run_dir)
+    assert files.read_analysis(run_dir, name) is not None  # sound as analyze writes it
+    ANALYSIS_DAMAGES[name][damage](analysis_path(run_dir, name))
+    with pytest.raises(RunFolderError, match=f"^{analysis_path(run_dir, name).name} in run") as refused:
+        files.read_analysis(run_dir, name)
+    assert "\n" not in str(refused.value)
+
+
+def test_an_analysis_is_read_only_for_a_run_that_says_its_classes_and_test_images(tmp_path):
+    from cifar_core import runs
+
+
+    run_dir = tmp_path / "run"
+    write_sound_analyses(run_dir, n_test=6)
+    assert files.read_analysis(run_dir, "labels")[1]["index"] == 5  # below 6: in range
+    write_sound_analyses(run_dir, n_test=5)
+    with pytest.raises(RunFolderError, match="distinct test images"):
+        files.read_analysis(run_dir, "labels")  # the same file, for a run with fewer test images
+    runs.atomic_write_json(run_dir / runs.DATA_FILE, {"class_names": list(CLASSES)})
+    with pytest.raises(RunFolderError, match="does not say its classes and test images"):
+        files.read_analysis(run_dir, "calibration")
+    (run_dir / "analysis" / "calibration.json").unlink()
+    assert files.read_analysis(run_dir, "calibration") is None

@@ -1,6 +1,7 @@
 """AppTests of the insight lab's pages and of what the Classify page gained, on analysed tiny runs."""
 import numpy as np
 import pytest
+from helpers import ANALYSIS_DAMAGES as DAMAGES
 from helpers import open_page, png_bytes
 
 
@@ -140,59 +141,6 @@ def test_a_missing_analysis_can_be_started_as_a_job(studio, monkeypatch):
     assert job.analyses == ("calibration",) and spawned == [job.id]
 
 
-# Each way an analysis file can be well-formed JSON or npz and still unlike what `analyze` writes,
-# by file: what a page would otherwise index, format or plot.
-def _json_damage(change):
-    def damage(path):
-        import json
-
-        content = json.loads(path.read_text())
-        change(content)
-        path.write_text(json.dumps(content))
-    return damage
-
-
-def _npz_damage(change):
-    def damage(path):
-        with np.load(path) as npz:
-            arrays = dict(npz)
-        change(arrays)
-        np.savez(path, **arrays)
-    return damage
-
-
-DAMAGES = {
-    "calibration": {
-        "a field missing": _json_damage(lambda c: c.pop("temperature")),
-        "a temperature outside the fit's bounds": _json_damage(lambda c: c.update(temperature=1e6)),
-        "a bin of the wrong kind": _json_damage(lambda c: c["bins"]["before"].__setitem__(0, {"count": "3"})),
-        "not an object": _json_damage(lambda c: c.clear() or c.update(bins=[])),
-    },
-    "robustness": {
-        "a curve without one accuracy per severity": _json_damage(
-            lambda c: next(iter(c["corruptions"].values())).pop()),
-        "an accuracy above 1": _json_damage(lambda c: c.update(clean_accuracy=2)),
-        "no attack rows": _json_damage(lambda c: c.update(fgsm=[])),
-    },
-    "labels": {
-        "an image index beyond the test split": _json_damage(lambda c: c[0].update(index=10 ** 9)),
-        "an image listed twice": _json_damage(lambda c: c[1].update(index=c[0]["index"])),
-        "a class beyond the run's": _json_damage(lambda c: c[0].update(given=99)),
-        "an issue that is no record": _json_damage(lambda c: c.__setitem__(0, [1, 2])),
-    },
-    "embedding": {
-        "coordinates of the wrong shape": _npz_damage(lambda a: a.update(coords=np.zeros((len(a["coords"]), 3)))),
-        "a class beyond the run's": _npz_damage(lambda a: a["labels"].__setitem__(0, 99)),
-        "a negative image index": _npz_damage(lambda a: a["indices"].__setitem__(0, -1)),
-        "NaN coordinates": _npz_damage(lambda a: a["coords"].__setitem__((0, 0), np.nan)),
-        "arrays of different lengths": _npz_damage(lambda a: a.update(predictions=a["predictions"][:-1])),
-    },
-    "neighbours.npz": {
-        "components that do not match the mean": _npz_damage(lambda a: a.update(mean=np.zeros(3))),
-        "a class beyond the run's": _npz_damage(lambda a: a["labels"].__setitem__(0, 99)),
-        "NaN features": _npz_damage(lambda a: a.update(features=np.full_like(a["features"], np.nan))),
-    },
-}
 PAGES_READING = {"calibration": ("pages/9_Calibration.py", "pages/4_Compare.py", "pages/6_Classify.py"),
                  "robustness": ("pages/12_Robustness.py",), "labels": ("pages/10_Label_issues.py",),
                  "embedding": ("pages/11_Embedding.py",), "neighbours.npz": ("pages/6_Classify.py",)}
@@ -207,19 +155,6 @@ def damaged_lab(analysed_runs, studio, monkeypatch, tmp_path):
     shutil.copytree(analysed_runs["runs"], root)
     monkeypatch.setenv("CIFAR_RUNS_DIR", str(root))
     return root
-
-
-@pytest.mark.parametrize("name,damage", [(name, damage) for name, damages in DAMAGES.items() for damage in damages])
-def test_an_analysis_file_unlike_what_analyze_writes_is_refused_in_one_line(damaged_lab, name, damage):
-    from cifar_core.analysis import analysis_path, files
-    from cifar_core.errors import RunFolderError
-
-    run_dir = damaged_lab / "g3-tiny"
-    assert files.read_analysis(run_dir, name) is not None  # sound as analyze wrote it
-    DAMAGES[name][damage](analysis_path(run_dir, name))
-    with pytest.raises(RunFolderError, match=f"{analysis_path(run_dir, name).name} in g3-tiny") as refused:
-        files.read_analysis(run_dir, name)
-    assert "\n" not in str(refused.value)
 
 
 @pytest.mark.parametrize("name", list(DAMAGES))
