@@ -218,54 +218,96 @@ def export_entry(content: bytes, **fields) -> dict:
 
 
 # Each way an analysis file can be well-formed JSON or npz and still unlike what `analyze` writes,
-# by file: what a page would otherwise index, format or plot.
-def _json_damage(change):
+# by file: what a page would otherwise index, format or plot. Each damage changes the content given
+# the run's class and test-image counts (the edge just out of range) and names the refusal it expects.
+def _run_counts(path: Path) -> tuple[int, int]:
+    info = json.loads((path.parent.parent / "data.json").read_text())
+    return len(info["class_names"]), info["n_test"]
+
+
+def _json_damage(change, refusal: str):
     def damage(path):
         content = json.loads(path.read_text())
-        change(content)
+        change(content, *_run_counts(path))
         path.write_text(json.dumps(content))
-    return damage
+    return damage, refusal
 
 
-def _npz_damage(change):
+def _npz_damage(change, refusal: str):
     def damage(path):
         with np.load(path) as npz:
             arrays = dict(npz)
-        change(arrays)
+        change(arrays, *_run_counts(path))
         np.savez(path, **arrays)
+    return damage, refusal
+
+
+def _replace(path_text: str):
+    def damage(path):
+        path.write_text(path_text)
     return damage
+
+
+def _set(array_name: str, index, value):
+    return lambda arrays, n_classes, n_test: arrays[array_name].__setitem__(
+        index, value(n_classes, n_test) if callable(value) else value)
 
 
 ANALYSIS_DAMAGES = {
     "calibration": {
-        "a field missing": _json_damage(lambda c: c.pop("temperature")),
-        "a temperature outside the fit's bounds": _json_damage(lambda c: c.update(temperature=1e6)),
-        "a bin of the wrong kind": _json_damage(lambda c: c["bins"]["before"].__setitem__(0, {"count": "3"})),
-        "not an object": _json_damage(lambda c: c.clear() or c.update(bins=[])),
+        "a field missing": _json_damage(lambda c, k, n: c.pop("temperature"), "has no temperature"),
+        "a temperature outside the fit's bounds": _json_damage(lambda c, k, n: c.update(temperature=1e6),
+                                                               "temperature has an unexpected value"),
+        "a bin of the wrong kind": _json_damage(lambda c, k, n: c["bins"]["before"].__setitem__(0, {"count": "3"}),
+                                                "bins has an unexpected value"),
+        "not an object": _json_damage(lambda c, k, n: c.clear() or c.update(bins=[]), "has no temperature"),
+        "not JSON": (_replace('{"temperature": '), "is not valid JSON"),
     },
     "robustness": {
         "a curve without one accuracy per severity": _json_damage(
-            lambda c: next(iter(c["corruptions"].values())).pop()),
-        "an accuracy above 1": _json_damage(lambda c: c.update(clean_accuracy=2)),
-        "no attack rows": _json_damage(lambda c: c.update(fgsm=[])),
+            lambda c, k, n: next(iter(c["corruptions"].values())).pop(), "one accuracy per severity"),
+        "an accuracy above 1": _json_damage(lambda c, k, n: c.update(clean_accuracy=1.01),
+                                            "clean_accuracy has an unexpected value"),
+        "no attack rows": _json_damage(lambda c, k, n: c.update(fgsm=[]), "fgsm has an unexpected value"),
     },
     "labels": {
-        "an image index beyond the test split": _json_damage(lambda c: c[0].update(index=10 ** 9)),
-        "an image listed twice": _json_damage(lambda c: c[1].update(index=c[0]["index"])),
-        "a class beyond the run's": _json_damage(lambda c: c[0].update(given=99)),
-        "an issue that is no record": _json_damage(lambda c: c.__setitem__(0, [1, 2])),
+        "an image index just past the test split": _json_damage(lambda c, k, n: c[0].update(index=n),
+                                                                "distinct test images"),
+        "an image listed twice": _json_damage(lambda c, k, n: c[1].update(index=c[0]["index"]),
+                                              "distinct test images"),
+        "a given class just past the run's": _json_damage(lambda c, k, n: c[0].update(given=k),
+                                                         "beyond the run's"),
+        "a suggested class just past the run's": _json_damage(lambda c, k, n: c[1].update(suggested=k),
+                                                             "beyond the run's"),
+        "an issue that is no record": _json_damage(lambda c, k, n: c.__setitem__(0, [1, 2]), "a list of label issues"),
     },
     "embedding": {
-        "coordinates of the wrong shape": _npz_damage(lambda a: a.update(coords=np.zeros((len(a["coords"]), 3)))),
-        "a class beyond the run's": _npz_damage(lambda a: a["labels"].__setitem__(0, 99)),
-        "a negative image index": _npz_damage(lambda a: a["indices"].__setitem__(0, -1)),
-        "NaN coordinates": _npz_damage(lambda a: a["coords"].__setitem__((0, 0), np.nan)),
-        "arrays of different lengths": _npz_damage(lambda a: a.update(predictions=a["predictions"][:-1])),
+        "coordinates of the wrong shape": _npz_damage(
+            lambda a, k, n: a.update(coords=np.zeros((len(a["coords"]), 3))), "coords must be finite"),
+        "a class just past the run's": _npz_damage(_set("labels", 0, lambda k, n: k), "labels must be"),
+        "a prediction just past the run's": _npz_damage(_set("predictions", 1, lambda k, n: k), "predictions must be"),
+        "a negative image index": _npz_damage(_set("indices", 0, -1), "indices must be"),
+        "an image index just past the test split": _npz_damage(_set("indices", 0, lambda k, n: n), "indices must be"),
+        "NaN coordinates": _npz_damage(_set("coords", (0, 0), np.nan), "coords must be finite"),
+        "arrays of different lengths": _npz_damage(lambda a, k, n: a.update(predictions=a["predictions"][:-1]),
+                                                   "predictions must be"),
+        "fractional classes": _npz_damage(lambda a, k, n: a.update(labels=a["labels"].astype(np.float32)),
+                                          "labels must be"),
+        "an array missing": _npz_damage(lambda a, k, n: a.pop("predictions"), "embedding.npz in"),
     },
     "neighbours.npz": {
-        "components that do not match the mean": _npz_damage(lambda a: a.update(mean=np.zeros(3))),
-        "a class beyond the run's": _npz_damage(lambda a: a["labels"].__setitem__(0, 99)),
-        "NaN features": _npz_damage(lambda a: a.update(features=np.full_like(a["features"], np.nan))),
+        "components that do not match the mean": _npz_damage(lambda a, k, n: a.update(mean=np.zeros(3)),
+                                                             "components must be finite"),
+        "a NaN mean": _npz_damage(_set("mean", 0, np.nan), "mean must be a finite vector"),
+        "a mean of the wrong shape": _npz_damage(lambda a, k, n: a.update(mean=a["mean"][None]),
+                                                 "mean must be a finite vector"),
+        "features that do not match the components": _npz_damage(
+            lambda a, k, n: a.update(features=a["features"][:, :1]), "features must be finite"),
+        "a class just past the run's": _npz_damage(_set("labels", 0, lambda k, n: k), "labels must be one class"),
+        "NaN features": _npz_damage(lambda a, k, n: a.update(features=np.full_like(a["features"], np.nan)),
+                                    "features must be finite"),
+        "text components": _npz_damage(lambda a, k, n: a.update(components=a["components"].astype(str)),
+                                       "components must be finite"),
     },
 }
 

@@ -440,10 +440,11 @@ def test_an_analysis_file_unlike_what_analyze_writes_is_refused_in_one_line(tmp_
     run_dir = tmp_path / "run"
     write_sound_analyses(run_dir)
     assert files.read_analysis(run_dir, name) is not None  # sound as analyze writes it
-    ANALYSIS_DAMAGES[name][damage](analysis_path(run_dir, name))
-    with pytest.raises(RunFolderError, match=f"^{analysis_path(run_dir, name).name} in run") as refused:
+    change, refusal = ANALYSIS_DAMAGES[name][damage]
+    change(analysis_path(run_dir, name))
+    with pytest.raises(RunFolderError, match=refusal) as refused:
         files.read_analysis(run_dir, name)
-    assert "\n" not in str(refused.value)
+    assert f"{analysis_path(run_dir, name).name} in run" in str(refused.value) and "\n" not in str(refused.value)
 
 
 def test_an_analysis_is_read_only_for_a_run_that_says_its_classes_and_test_images(tmp_path):
@@ -461,3 +462,21 @@ def test_an_analysis_is_read_only_for_a_run_that_says_its_classes_and_test_image
         files.read_analysis(run_dir, "calibration")
     (run_dir / "analysis" / "calibration.json").unlink()
     assert files.read_analysis(run_dir, "calibration") is None
+
+
+def test_analysis_files_are_written_into_new_folders_stamped_and_read_back(tmp_path):
+    folder = tmp_path / "run" / "analysis"
+    report = {"temperature": 1.5, "nested": {"bins": [1, 2]}}
+    files.write_json(folder / "calibration.json", report, "model-a")
+    files.write_json(folder / "calibration.json", report, "model-b")  # again, into the folder it made
+    arrays = {"coords": np.arange(6, dtype=np.float32).reshape(3, 2), "labels": np.array([0, 2, 1])}
+    files.write_npz(folder / "embedding.npz", arrays, "model-a")
+    assert files.read_json(folder / "calibration.json") == report
+    assert (folder / "calibration.json").read_text().endswith("}\n")
+    read = files.read_npz(folder / "embedding.npz", ("coords", "labels"))
+    assert all(np.array_equal(read[k], arrays[k]) and read[k].dtype == arrays[k].dtype for k in arrays)
+    assert files.stamped_fingerprint(folder / "calibration.json") == "model-b"
+    assert files.stamped_fingerprint(folder / "embedding.npz") == "model-a"
+    (folder / "embedding.npz").unlink()
+    assert files.stamped_fingerprint(folder / "embedding.npz") is None  # a stamp outlives no file
+    assert files.read_json(folder / "absent.json") is None and files.read_npz(folder / "embedding.npz", ()) is None

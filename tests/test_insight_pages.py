@@ -162,7 +162,8 @@ def test_a_damaged_analysis_of_one_run_is_a_warning_on_every_page_that_reads_it(
     from cifar_core.analysis import analysis_path
 
     for run in ("demo-tiny", "g3-tiny"):  # whichever run a page picks first
-        DAMAGES[name][next(iter(DAMAGES[name]))](analysis_path(damaged_lab / run, name))
+        change, _ = next(iter(DAMAGES[name].values()))
+        change(analysis_path(damaged_lab / run, name))
     for page in PAGES_READING[name]:
         app = open_page(page)
         if page == "pages/6_Classify.py":

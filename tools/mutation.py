@@ -60,6 +60,8 @@ EQUIVALENT: list[tuple[str, str]] = [
     (r'self\._fd(: int \| None)? = ""', "__exit__ runs only after __enter__ set the descriptor, and once"),
     (r'\[:21\]', "a pid is never 20 characters long"),
     (r'kind="STABLE"', "numpy reads sort kinds in either case"),
+    (r'json\.dumps\((stamps|data), (indent=(None|2))?\)', "indentation only changes whitespace; every reader "
+     "parses the JSON"),
     (r'get_label_quality_scores\(labels, probs, \)', "self_confidence is cleanlab's default method; it is named "
      "for the reader"),
 ]

@@ -10,7 +10,7 @@ import numpy as np
 
 from .. import runs, schema
 from ..errors import RunFolderError
-from ..safeio import read_json_file
+from ..safeio import parse_json, read_regular_file
 from ..safeio import read_npz as safe_read_npz
 from .calibration import TEMPERATURE_BOUNDS
 
@@ -52,14 +52,20 @@ def read_json(path: Path) -> Any:
     """An analysis JSON file (None if absent); RunFolderError if it is not bounded JSON."""
     if not path.is_file():
         return None
-    return read_json_file(path, MAX_JSON_BYTES, RunFolderError)
+    data = read_regular_file(path, MAX_JSON_BYTES, RunFolderError, what="JSON file")
+    return parse_json(data, _where(path), RunFolderError)
 
 
 def read_npz(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray] | None:
     """The named arrays of an analysis .npz (None if absent), bounded (safeio.read_npz)."""
     if not path.is_file():
         return None
-    return safe_read_npz(path, MAX_NPZ_BYTES, keys, RunFolderError, f"{path.name} in {path.parent.parent.name}")
+    return safe_read_npz(path, MAX_NPZ_BYTES, keys, RunFolderError, _where(path))
+
+
+def _where(path: Path) -> str:
+    """'calibration.json in RUN': an analysis file named with its run (RUN/analysis/NAME)."""
+    return f"{path.name} in {path.parent.parent.name}"
 
 
 def stamped_fingerprint(path: Path) -> str | None:
@@ -101,7 +107,7 @@ def read_analysis(run_dir: Path | str, name: str) -> Any:
     path = analysis_path(run_dir, name)
     if not path.is_file():
         return None
-    where = f"{path.name} in {Path(run_dir).name}"
+    where = _where(path)
     content = read_npz(path, ARRAYS[name]) if name in ARRAYS else read_json(path)
     info = runs.read_data_info(run_dir) or {}
     n_classes, n_test = len(info.get("class_names") or ()), info.get("n_test")
@@ -150,11 +156,11 @@ def _check_neighbours(arrays: dict[str, np.ndarray], n_classes: int, n_test: int
 
 
 def _finite(array: np.ndarray) -> bool:
-    return array.dtype.kind in "fiu" and bool(np.isfinite(array).all())
+    return array.dtype.kind in ("f", "i", "u") and bool(np.isfinite(array).all())
 
 
 def _indices(array: np.ndarray, n: int, bound: int) -> bool:
-    return array.shape == (n,) and array.dtype.kind in "iu" and (n == 0 or (array.min() >= 0 and array.max() < bound))
+    return array.shape == (n,) and array.dtype.kind in ("i", "u") and bool(np.all((array >= 0) & (array < bound)))
 
 
 def _require(sound: bool, where: str, what: str) -> None:
