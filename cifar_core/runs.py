@@ -242,7 +242,7 @@ def _json_default(value):
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
-def _absent(path: Path) -> bool:
+def absent(path: Path) -> bool:
     """Nothing at path (a dangling symlink is something: its reader says what is wrong)."""
     return not path.exists() and not path.is_symlink()
 
@@ -250,7 +250,7 @@ def _absent(path: Path) -> bool:
 def read_json(path: Path | str) -> Any:
     """Any JSON file of a run: bounded in bytes and nesting; RunFolderError otherwise."""
     path = Path(path)
-    if _absent(path):
+    if absent(path):
         raise RunFolderError(f"missing {path.name} in {path.parent}")
     data = read_regular_file(path, MAX_JSON_BYTES, RunFolderError, what="JSON file")
     return parse_json(data, f"{path.name} in {path.parent.name}", RunFolderError)
@@ -311,7 +311,7 @@ DATA_REQUIRED = ("class_names",)
 
 def _read_validated(run_dir: Path | str, name: str, schema, required) -> dict[str, Any] | None:
     path = Path(run_dir) / name
-    if _absent(path):
+    if absent(path):
         return None
     return validate(read_json(path), schema, required, f"{name} in {Path(run_dir).name}")
 
@@ -372,7 +372,7 @@ def read_history(run_dir: Path | str) -> list[dict[str, Any]]:
 def _read_run_text(run_dir: Path | str, name: str, max_bytes: int, what: str) -> tuple[str, str] | None:
     """(text, 'NAME in RUN') of a run's text file, or None if there is none; bounded, UTF-8 or refused."""
     path = Path(run_dir) / name
-    if _absent(path):
+    if absent(path):
         return None
     data = read_regular_file(path, max_bytes, RunFolderError, what=what)
     where = f"{name} in {Path(run_dir).name}"
@@ -469,7 +469,7 @@ def read_predictions(run_dir: Path | str) -> dict:
 
     path = Path(run_dir) / PREDICTIONS_FILE
     where = f"{PREDICTIONS_FILE} in {Path(run_dir).name}"
-    if _absent(path):
+    if absent(path):
         raise RunFolderError(f"no {where}")
     arrays = read_npz(path, MAX_PREDICTIONS_BYTES, ("y_true", "probs"), RunFolderError, where, optional=("probs_tta",))
     y_true, probs = arrays["y_true"], arrays["probs"]
@@ -501,7 +501,7 @@ def read_epoch_predictions(run_dir: Path | str) -> dict | None:
     import numpy as np
 
     path = Path(run_dir) / EPOCH_PREDICTIONS_FILE
-    if _absent(path):
+    if absent(path):
         return None
     where = f"{EPOCH_PREDICTIONS_FILE} in {Path(run_dir).name}"
     arrays = read_npz(path, MAX_EPOCH_PREDICTIONS_BYTES, ("y_true", "predicted", "epochs"), RunFolderError, where)

@@ -228,7 +228,7 @@ def analysis(run_dir: str, name: str):
 
     path = analysis_path(run_dir, name)
     try:
-        return _analysis(run_dir, name, path.stat().st_mtime) if path.is_file() else None
+        return None if runs.absent(path) else _analysis(run_dir, name, path.lstat().st_mtime)
     except CifarError as exc:
         st.warning(f"{Path(run_dir).name}: {exc}")
         return None

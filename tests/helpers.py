@@ -308,6 +308,8 @@ ANALYSIS_DAMAGES = {
                                     "features must be finite"),
         "text components": _npz_damage(lambda a, k, n: a.update(components=a["components"].astype(str)),
                                        "components must be finite"),
+        "whole-number features": _npz_damage(lambda a, k, n: a.update(features=a["features"].astype(np.int32)),
+                                             "features must be finite"),
     },
 }
 
@@ -339,4 +341,4 @@ def write_sound_analyses(run_dir: Path, n_test: int = 20) -> None:
              indices=np.arange(n_test), labels=rng.integers(0, 3, n_test), predictions=rng.integers(0, 3, n_test))
     np.savez(analysis_path(run_dir, "neighbours.npz"), mean=np.zeros(4, np.float32),
              components=rng.normal(size=(2, 4)).astype(np.float32), features=rng.normal(size=(6, 2)).astype(np.float16),
-             labels=rng.integers(0, 3, 6))
+             labels=rng.integers(0, 3, 6).astype(np.uint8))  # unsigned, where the embedding's are signed

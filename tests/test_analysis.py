@@ -466,11 +466,12 @@ def test_an_analysis_is_read_only_for_a_run_that_says_its_classes_and_test_image
 
 def test_analysis_files_are_written_into_new_folders_stamped_and_read_back(tmp_path):
     folder = tmp_path / "run" / "analysis"
+    arrays = {"coords": np.arange(6, dtype=np.float32).reshape(3, 2), "labels": np.array([0, 2, 1])}
+    files.write_npz(folder / "embedding.npz", arrays, "model-a")  # each writer makes the folders it needs
     report = {"temperature": 1.5, "nested": {"bins": [1, 2]}}
+    files.write_json(tmp_path / "other" / "analysis" / "calibration.json", report, "model-a")
     files.write_json(folder / "calibration.json", report, "model-a")
     files.write_json(folder / "calibration.json", report, "model-b")  # again, into the folder it made
-    arrays = {"coords": np.arange(6, dtype=np.float32).reshape(3, 2), "labels": np.array([0, 2, 1])}
-    files.write_npz(folder / "embedding.npz", arrays, "model-a")
     assert files.read_json(folder / "calibration.json") == report
     assert (folder / "calibration.json").read_text().endswith("}\n")
     read = files.read_npz(folder / "embedding.npz", ("coords", "labels"))
@@ -480,3 +481,18 @@ def test_analysis_files_are_written_into_new_folders_stamped_and_read_back(tmp_p
     (folder / "embedding.npz").unlink()
     assert files.stamped_fingerprint(folder / "embedding.npz") is None  # a stamp outlives no file
     assert files.read_json(folder / "absent.json") is None and files.read_npz(folder / "embedding.npz", ()) is None
+
+
+def test_an_analysis_file_that_is_no_small_regular_file_is_refused_in_one_line(tmp_path, monkeypatch):
+    import os
+
+    run_dir = tmp_path / "run"
+    write_sound_analyses(run_dir)
+    monkeypatch.setattr(files, "MAX_JSON_BYTES", 64)
+    with pytest.raises(RunFolderError, match=r"^calibration.json: JSON file is .*; the limit is 64 bytes"):
+        files.read_analysis(run_dir, "calibration")
+    path = analysis.analysis_path(run_dir, "labels")
+    path.unlink()
+    os.mkfifo(path)
+    with pytest.raises(RunFolderError, match="is a device, pipe or socket"):
+        files.read_analysis(run_dir, "labels")

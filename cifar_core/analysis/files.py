@@ -50,7 +50,7 @@ def _stamp(path: Path, fingerprint: str) -> None:
 
 def read_json(path: Path) -> Any:
     """An analysis JSON file (None if absent); RunFolderError if it is not bounded JSON."""
-    if not path.is_file():
+    if runs.absent(path):
         return None
     data = read_regular_file(path, MAX_JSON_BYTES, RunFolderError, what="JSON file")
     return parse_json(data, _where(path), RunFolderError)
@@ -58,7 +58,7 @@ def read_json(path: Path) -> Any:
 
 def read_npz(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray] | None:
     """The named arrays of an analysis .npz (None if absent), bounded (safeio.read_npz)."""
-    if not path.is_file():
+    if runs.absent(path):
         return None
     return safe_read_npz(path, MAX_NPZ_BYTES, keys, RunFolderError, _where(path))
 
@@ -105,7 +105,7 @@ def read_analysis(run_dir: Path | str, name: str) -> Any:
     from . import analysis_path
 
     path = analysis_path(run_dir, name)
-    if not path.is_file():
+    if runs.absent(path):
         return None
     where = _where(path)
     content = read_npz(path, ARRAYS[name]) if name in ARRAYS else read_json(path)
@@ -156,7 +156,7 @@ def _check_neighbours(arrays: dict[str, np.ndarray], n_classes: int, n_test: int
 
 
 def _finite(array: np.ndarray) -> bool:
-    return array.dtype.kind in ("f", "i", "u") and bool(np.isfinite(array).all())
+    return array.dtype.kind == "f" and bool(np.isfinite(array).all())  # analyze writes these as floats
 
 
 def _indices(array: np.ndarray, n: int, bound: int) -> bool:
