@@ -275,7 +275,8 @@ RECIPES: dict[str, dict[str, Any]] = {
                  label_smoothing=0.1, augmentations=("flip",)),
 }
 # The recipes as their previously shipped runs trained them (exact GELU, and Keras' own batch
-# norm, which bench applies): `bench --compare` times them beside today's on one machine.
+# norm, which bench applies): `bench --compare` times them beside today's on one machine. Keyed by
+# preset name (the fastnet and g3 presets are their models' recipes, unchanged).
 PREVIOUS_RECIPES: dict[str, dict[str, Any]] = {
     "fastnet": dict(precision="mixed_bfloat16", model_options={}, n_epochs=22),
     "g3": dict(precision="mixed_bfloat16"),
