@@ -410,10 +410,10 @@ def checked_download(out_dir: Path | str, entry: dict) -> tuple[str, bytes]:
 
     out_dir = Path(out_dir)
     name = entry.get("file")
-    if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name:
+    if not _plain_name(name):
         raise ExportError(f"{out_dir / MANIFEST}: {name!r} is not the name of a file in {out_dir}")
     path = out_dir / name
-    if not path.exists() and not path.is_symlink():
+    if runs.absent(path):
         raise ExportError(f"{name} is listed in {MANIFEST} but missing from {out_dir}; export it again")
     contents, budget = [], MAX_DOWNLOAD_BYTES
     for relative, file in _artefact_walk(path):
@@ -437,10 +437,10 @@ def artefact_signature(out_dir: Path | str, file: str) -> tuple:
     by, so a changed, replaced or removed file is read and checked again (checked_download)."""
     path = Path(out_dir) / file
     try:
-        return tuple((relative, found.lstat().st_mtime_ns, found.lstat().st_size)
-                     for relative, found in _artefact_walk(path))
+        stats = [(relative, found.lstat()) for relative, found in _artefact_walk(path)]
     except (OSError, ExportError):
         return ()  # checked_download says what is wrong
+    return tuple((relative, stat.st_mtime_ns, stat.st_size) for relative, stat in stats)
 
 
 def _artefact_walk(path: Path) -> list[tuple[str | None, Path]]:
