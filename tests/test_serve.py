@@ -107,7 +107,12 @@ def _fake_exports(run_dir, entries: dict[str, dict]):
     (folder / "manifest.json").write_text(json.dumps({"exports": manifest}))
 
 
-def test_only_checked_unaltered_light_exports_are_served_fastest_first(tmp_path):
+def test_only_checked_unaltered_light_exports_are_served_fastest_first(tmp_path, monkeypatch):
+    from cifar_core import export
+
+    hashed = []
+    monkeypatch.setattr(export, "artefact_sha256", lambda path, hash=export.artefact_sha256: hashed.append(
+        path.name) or hash(path))
     _fake_exports(tmp_path, {
         "saved_model": {"format": "saved_model", "latency_ms_p50": 0.1},  # a skipped one first: skip, go on
         "onnx": {"format": "onnx", "latency_ms_p50": 2.0},
@@ -118,10 +123,12 @@ def test_only_checked_unaltered_light_exports_are_served_fastest_first(tmp_path)
         "onnx-int8": {"format": "onnx", "latency_ms_p50": 0.1, "sha256": "0" * 64},
         "outside": {"format": "onnx", "latency_ms_p50": 0.1, "file": "../outside.bin"},
         "absent": {"format": "onnx", "latency_ms_p50": 0.1, "file": "absent.bin"},
+        "resized": {"format": "onnx", "latency_ms_p50": 0.1, "size_bytes": 10 ** 10},  # never hashed
     })
     (tmp_path / "outside.bin").write_bytes(b"outside")
     assert [entry["format"] + ":" + path.name for entry, path in serve.verified_exports(tmp_path)] == [
         "tflite:tflite.bin", "onnx:onnx.bin", "onnx:slower.bin"]
+    assert "resized.bin" not in hashed and "onnx.bin" in hashed  # a file of another size is never read
 
 
 def test_the_first_export_that_fits_and_loads_is_the_engine(tmp_path, monkeypatch):
