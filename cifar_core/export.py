@@ -46,7 +46,7 @@ EVAL_BATCH = 256
 MANIFEST = "manifest.json"
 EXPORT_DIR = "export"  # RUN_DIR/export: the default home of a run's exports
 MAX_MANIFEST_BYTES = 1 << 20
-MAX_DOWNLOAD_BYTES = 512 << 20  # held in memory while the page offers it; exports are tens of MB
+MAX_ARTEFACT_BYTES = 512 << 20  # an export read whole (a download, a hash at serve start); models are tens of MB
 MAX_SAVED_MODEL_FILES = 1000
 VERSIONED = ("tensorflow", "keras", "onnx", "onnxruntime", "tf2onnx", "ai-edge-litert", "numpy")
 # The distributions a package may be installed as (the studio pins tensorflow-cpu).
@@ -402,7 +402,7 @@ def _sha256(parts) -> str:
 def checked_download(out_dir: Path | str, entry: dict) -> tuple[str, bytes]:
     """(download name, bytes) of a manifest entry's artefact exactly as its check read it: the file,
     or a SavedModel folder zipped. ExportError, one line, where the entry names no file of the
-    folder, the artefact is missing, holds a link, device or pipe, is over MAX_DOWNLOAD_BYTES, or
+    folder, the artefact is missing, holds a link, device or pipe, is over MAX_ARTEFACT_BYTES, or
     has changed since it was checked (its SHA-256 is not the manifest's)."""
     import zipfile
 
@@ -415,7 +415,7 @@ def checked_download(out_dir: Path | str, entry: dict) -> tuple[str, bytes]:
     path = out_dir / name
     if runs.absent(path):
         raise ExportError(f"{name} is listed in {MANIFEST} but missing from {out_dir}; export it again")
-    contents, budget = [], MAX_DOWNLOAD_BYTES
+    contents, budget = [], MAX_ARTEFACT_BYTES
     for relative, file in _artefact_walk(path):
         data = read_regular_file(file, budget, ExportError, what=f"export {name}")
         budget -= len(data)

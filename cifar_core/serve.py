@@ -58,7 +58,7 @@ class ServedModel:
 def verified_exports(run_dir: Path) -> list[tuple[dict, Path]]:
     """The run's exports that passed their parity check and still match their recorded bytes,
     fastest first (batch-1 latency on the machine that measured them)."""
-    from .export import EXPORT_DIR, MAX_DOWNLOAD_BYTES, ExportError, artefact_sha256, read_manifest
+    from .export import EXPORT_DIR, MAX_ARTEFACT_BYTES, ExportError, artefact_sha256, read_manifest
 
     folder = run_dir / EXPORT_DIR
     try:
@@ -73,7 +73,7 @@ def verified_exports(run_dir: Path) -> list[tuple[dict, Path]]:
         if not path.is_file() or path.is_symlink():
             continue
         # The declared size, and a bound on it, before the hash reads every byte.
-        declared = path.stat().st_size == entry["size_bytes"] <= MAX_DOWNLOAD_BYTES
+        declared = path.stat().st_size == entry["size_bytes"] <= MAX_ARTEFACT_BYTES
         if declared and artefact_sha256(path) == entry["sha256"]:
             found.append((entry, path))
     return sorted(found, key=lambda pair: pair[0]["latency_ms_p50"])

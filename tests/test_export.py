@@ -206,7 +206,7 @@ def test_a_download_is_the_checked_artefact_and_nothing_else(tmp_path, monkeypat
     os.mkfifo(tmp_path / "fifo.onnx")
     refused({**entry, "file": "fifo.onnx"}, "device, pipe or socket")
     (tmp_path / "big.onnx").write_bytes(b"x" * 64)
-    monkeypatch.setattr(export, "MAX_DOWNLOAD_BYTES", 63)
+    monkeypatch.setattr(export, "MAX_ARTEFACT_BYTES", 63)
     refused(export_entry(b"x" * 64, file="big.onnx"), "the limit is")
 
 
