@@ -32,8 +32,11 @@ def test_augmentation_page_explains_a_clashing_choice(studio):
     assert not app.exception and not app.error and len(app.get("image")) >= 1
 
 
-def test_train_page_launches_a_job(studio):
+def test_train_page_launches_a_job(studio, monkeypatch, tmp_path):
     app = open_page("pages/3_Train.py")
+    # The job's run folder goes to this test's own folder: a worker that finishes before the cancel
+    # below (one epoch of a tiny set) must not add a run to the session's shared tiny runs.
+    monkeypatch.setenv("CIFAR_RUNS_DIR", str(tmp_path / "job-runs"))
     app.number_input(key="train_epochs").set_value(1)
     app.number_input(key="train_limit").set_value(0)
     app.button[0].click().run()  # the form's submit button
