@@ -410,7 +410,7 @@ def checked_download(out_dir: Path | str, entry: dict) -> tuple[str, bytes]:
 
     out_dir = Path(out_dir)
     name = entry.get("file")
-    if not _plain_name(name):
+    if not schema.plain_name(name):
         raise ExportError(f"{out_dir / MANIFEST}: {name!r} is not the name of a file in {out_dir}")
     path = out_dir / name
     if runs.absent(path):
@@ -486,7 +486,7 @@ def read_manifest_entries(out_dir: Path | str) -> tuple[dict, list[str]]:
     from .safeio import read_json_file
 
     path = Path(out_dir) / MANIFEST
-    if not path.exists():
+    if runs.absent(path):  # a dangling link is not "no manifest": the read below refuses it with its reason
         return {}, []
     found = read_json_file(path, MAX_MANIFEST_BYTES, ExportError)
     if not isinstance(found, dict) or not isinstance(found.get("exports"), dict):
@@ -501,10 +501,6 @@ def read_manifest_entries(out_dir: Path | str) -> tuple[dict, list[str]]:
     return entries, problems
 
 
-def _plain_name(value) -> bool:
-    return isinstance(value, str) and value not in ("", ".", "..") and Path(value).name == value
-
-
 def _input_shape(value) -> bool:
     shape = value.get("shape") if isinstance(value, dict) else None
     return isinstance(shape, list) and len(shape) == 4 and all(
@@ -513,7 +509,7 @@ def _input_shape(value) -> bool:
 
 # What each field of an entry must be, as `export_run` writes it; readers rely on nothing else.
 ENTRY_SCHEMA: dict[str, schema.Check] = {
-    "format": lambda v: v in FORMATS, "quantize": lambda v: v in QUANTIZATIONS, "file": _plain_name,
+    "format": lambda v: v in FORMATS, "quantize": lambda v: v in QUANTIZATIONS, "file": schema.plain_name,
     "input": _input_shape, "size_bytes": schema.count,
     "sha256": lambda v: isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v) is not None,
     "accuracy": schema.fraction, "keras_accuracy": schema.fraction, "agreement": schema.fraction,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from .errors import CifarError, RunFolderError
@@ -37,6 +38,12 @@ def count(value) -> bool:
 
 def text(value) -> bool:
     return isinstance(value, str)
+
+
+def plain_name(value) -> bool:
+    """A file or folder name with no path in it: never empty, '.', '..' or a separator."""
+    return isinstance(value, str) and value not in ("", ".", "..") and "/" not in value and "\\" not in value \
+        and Path(value).name == value
 
 
 def flag(value) -> bool:

@@ -13,6 +13,7 @@ traceback. It binds to 127.0.0.1 unless told otherwise.
 """
 # No `from __future__ import annotations` here: FastAPI reads the route functions' annotations
 # (Request, imported where the app is made) at run time.
+import stat
 import threading
 import time
 from dataclasses import dataclass, field
@@ -70,10 +71,12 @@ def verified_exports(run_dir: Path) -> list[tuple[dict, Path]]:
         if entry["format"] not in LIGHT_FORMATS or not entry["within_tolerance"]:
             continue
         path = folder / entry["file"]  # a plain name: read_manifest checked each field
-        if not path.is_file() or path.is_symlink():
+        try:
+            info = path.lstat()  # one look: a link, a folder or a pipe is not a served file
+        except OSError:
             continue
-        # The declared size, and a bound on it, before the hash reads every byte.
-        declared = path.stat().st_size == entry["size_bytes"] <= MAX_ARTEFACT_BYTES
+        # A regular file of the declared size, within a bound, before the hash reads every byte.
+        declared = stat.S_ISREG(info.st_mode) and info.st_size == entry["size_bytes"] <= MAX_ARTEFACT_BYTES
         if declared and artefact_sha256(path) == entry["sha256"]:
             found.append((entry, path))
     return sorted(found, key=lambda pair: pair[0]["latency_ms_p50"])

@@ -141,6 +141,11 @@ def test_a_damaged_manifest_is_refused_on_read_and_rewritten_on_export(tmp_path)
     assert export.read_manifest(tmp_path / "absent") == {}
     (tmp_path / export.MANIFEST).write_text(json.dumps({"exports": {"onnx": sound, "tflite": [1], "x": "y"}}))
     assert export.read_manifest(tmp_path) == {"onnx": sound}  # entries that are no record drop out
+    dangling = tmp_path / "dangling"
+    dangling.mkdir()
+    (dangling / export.MANIFEST).symlink_to(tmp_path / "gone.json")
+    with pytest.raises(export.ExportError):  # a link to nothing is a damaged manifest, not "no exports"
+        export.read_manifest_entries(dangling)
 
 
 # Each field a reader relies on, and a value of it no export writes.

@@ -21,6 +21,8 @@ NOT_NUMBERS = [True, False, "1", None, [1], {"a": 1}]
     (schema.json_object, [{}, {"a": 1}], [[], "x", None]),
     (schema.texts, [[], ["a", "b"]], [["a", 1], "ab", ("a",), None]),
     (schema.counts, [[], [0, 3]], [[0, -1], [1.0], [True], (1,), None]),
+    (schema.plain_name, ["model.onnx", ".hidden", "a..b", "run-1"],
+     ["", ".", "..", "a/b", "../x", "/etc", "a\\b", "x/", None, 3, ["x"]]),
 ])
 def test_each_check_accepts_its_kind_and_nothing_else(check, accepted, refused):
     assert all(check(value) is True for value in accepted)

@@ -21,6 +21,7 @@ from cifar_core import runs
 from cifar_core.analysis import ANALYSIS_DIR, FILES, NEIGHBOURS_FILE
 from cifar_core.analysis.files import STAMPS_FILE
 from cifar_core.config import PRESETS, made_by_preset
+from cifar_core.schema import plain_name
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "artifacts" / "runs"
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"`python -m cifar_core train --preset {args.preset}`")
     retiring = args.retire or preset.shipped_run
     superseded = SHIPPED / retiring
-    if args.retire and (Path(retiring).name != retiring or retiring in (".", "..") or not superseded.is_dir()):
+    if args.retire and (not plain_name(retiring) or not superseded.is_dir()):
         parser.error(f"--retire {retiring}: no such shipped run in {SHIPPED}")
     if superseded.exists():
         print(f"retired {superseded.name}: record in {retire(superseded).relative_to(ROOT)}")
