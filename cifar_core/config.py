@@ -76,6 +76,11 @@ class TrainConfig:
     # fine-tuning at input_size, the size the model is tested and served at (BENCHMARKS.md).
     low_res_size: int | None = None
     low_res_epochs: int = 0
+    # Distillation, homebrew models only: a finished run (its folder's name among the studio's runs,
+    # or a path) whose flip-TTA probabilities on the training images make up teacher_weight of
+    # each training target, the one-hot label the rest (training/distill.py).
+    teacher: str | None = None
+    teacher_weight: float = 0.5
 
     def __post_init__(self):
         if self.input_size is None and isinstance(self.model, str):
@@ -97,6 +102,8 @@ class TrainConfig:
         _check(bool(self.model) and len(self.model) <= 64, "model", self.model, "a registry name")
         _check_low_res(self)
         _check(self.data is None or 0 < len(self.data) <= 4096, "data", self.data, "a source or path")
+        _check(self.teacher is None or 0 < len(self.teacher) <= 4096, "teacher", self.teacher,
+               "a run's folder name or path")
         _check(_plain_json(self.model_options), "model_options", self.model_options,
                "an object of names to numbers, strings, booleans or short lists of them")
 
@@ -183,6 +190,7 @@ RANGES = {
     "rotate_fraction": (0.0, 0.5, "[]"), "zoom_fraction": (0.0, 1.0, "[)"), "cutout_size": (1, MAX_INPUT_SIZE, "[]"),
     "random_state": (0, 2**32, "[)"), "fine_tune_epochs": (0, 10_000, "[]"), "fine_tune_layers": (0, 100_000, "[]"),
     "low_res_size": (16, MAX_INPUT_SIZE, "[]"), "low_res_epochs": (0, 10_000, "[]"),
+    "teacher_weight": (0.0, 1.0, "(]"),
 }
 
 

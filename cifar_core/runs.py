@@ -285,7 +285,13 @@ def _per_class(value) -> bool:
         isinstance(row, dict) and all(number(row.get(k)) for k in scores) for row in value.values())
 
 
+# A distilled run's teacher (training/distill.py writes it, finish merges it into metrics).
+TEACHER_SCHEMA: dict[str, Check] = {
+    "teacher_run": text, "teacher_model_sha256": text, "teacher_seconds": number,
+    "teacher_test_accuracy": fraction, "teacher_test_accuracy_tta": fraction,
+}
 METRICS_SCHEMA: dict[str, Check] = {
+    **TEACHER_SCHEMA,
     "test_accuracy": fraction, "test_accuracy_tta": fraction, "test_accuracy_head": fraction,
     "test_loss": number, "test_loss_tta": number, "train_seconds": number, "eval_seconds": number,
     "stage_seconds": _seconds_by_stage,

@@ -142,7 +142,7 @@ def _alternating_flip_batches(images, labels, batch_size: int, shuffle: bool, se
     """
     import tensorflow as tf
 
-    columns = [tf.constant(images), tf.constant(labels.astype(np.int32)), tf.constant(alternating_flip.first_flips)]
+    columns = [tf.constant(images), tf.constant(label_column(labels)), tf.constant(alternating_flip.first_flips)]
 
     def one_pass(epoch):
         order = tf.range(len(images))
@@ -174,16 +174,23 @@ def make_inference_dataset(images: np.ndarray, batch_size: int, input_size: int 
     return make_dataset(images, labels, 1, batch_size, input_size, one_hot=False).map(lambda x, y: x)
 
 
+def label_column(labels: np.ndarray) -> np.ndarray:
+    """Class indices as int32; a (images, classes) array of targets (distillation's) as float32."""
+    return labels.astype(np.float32) if labels.ndim == 2 else labels.astype(np.int32)
+
+
 def make_dataset(images: np.ndarray, labels: np.ndarray, num_classes: int, batch_size: int,
                  input_size: int | None = None, augmenter=None, shuffle: bool = False,
                  random_state: int = 0, one_hot: bool = True, alternating_flip: AlternatingFlip | None = None):
-    """A tf.data pipeline over in-memory uint8 images, yielding float32 0..255."""
+    """A tf.data pipeline over in-memory uint8 images, yielding float32 0..255. `labels` are class
+    indices, or already targets of shape (images, classes), which pass through as they are."""
     import tensorflow as tf
 
+    one_hot = one_hot and labels.ndim == 1
     if alternating_flip:
         dataset = _alternating_flip_batches(images, labels, batch_size, shuffle, random_state, alternating_flip)
     else:
-        dataset = tf.data.Dataset.from_tensor_slices((images, labels.astype(np.int32)))
+        dataset = tf.data.Dataset.from_tensor_slices((images, label_column(labels)))
         if shuffle:
             dataset = dataset.shuffle(len(images), seed=random_state, reshuffle_each_iteration=True)
         dataset = dataset.batch(batch_size)

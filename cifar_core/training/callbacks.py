@@ -37,8 +37,12 @@ class RunRecorder(keras.callbacks.Callback):
     """
 
     def __init__(self, run_dir: Path, n_epochs: int, steps_per_epoch: int, history: list[dict],
-                 stage: str = "train", epoch_offset: int = 0, total_epochs: int | None = None):
+                 stage: str = "train", epoch_offset: int = 0, total_epochs: int | None = None,
+                 lead_seconds: float = 0.0):
         super().__init__()
+        # Work before the run's first epoch that counts as training (a teacher's labelling):
+        # added to that epoch's seconds, as a transfer run's features are to its first head epoch.
+        self.lead_seconds = lead_seconds
         self.run_dir = Path(run_dir)
         self.n_epochs = n_epochs
         self.steps_per_epoch = max(steps_per_epoch, 1)
@@ -69,14 +73,14 @@ class RunRecorder(keras.callbacks.Callback):
         """A point of the live curve: training seconds so far (all stages, across resumes) and
         the running loss and accuracy of the epoch in progress."""
         logs = _scalars(logs)
-        done = sum(row.get("seconds") or 0.0 for row in self.history)
+        done = sum(row.get("seconds") or 0.0 for row in self.history) + self._lead
         runs.append_live_point(self.run_dir, done + seconds_in_epoch, self.epoch_offset + epochs_in_stage,
                                logs.get("loss"), logs.get("accuracy"))
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
-        seconds = time.perf_counter() - self._epoch_started
-        self._seconds_per_epoch = seconds
+        self._seconds_per_epoch = time.perf_counter() - self._epoch_started
+        seconds = self._seconds_per_epoch + self._lead
         row = {"epoch": self.epoch_offset + epoch + 1, "seconds": seconds,
                "learning_rate": current_learning_rate(self.model.optimizer), "stage": self.stage}
         for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
@@ -87,6 +91,10 @@ class RunRecorder(keras.callbacks.Callback):
         checkpoint.save(self.run_dir, self.model, self.history)
         runs.write_history(self.run_dir, self.history)
         self._beat(epoch + 1, 0, logs, finished_epoch=True)
+
+    @property
+    def _lead(self) -> float:
+        return 0.0 if self.history else self.lead_seconds
 
     @property
     def _current_epoch(self) -> int:

@@ -8,6 +8,7 @@ from .. import backend, runs
 from ..config import TrainConfig
 from ..data import Dataset
 from ..models import get_spec
+from . import distill
 from .callbacks import PredictHeartbeat
 
 
@@ -43,6 +44,7 @@ def finish_run(model, config: TrainConfig, run_dir: Path, dataset: Dataset, hist
     head_file = runs.checkpoint_file(run_dir, runs.HEAD_STATS_FILE)
     if head_file.is_file():  # transfer runs: the frozen-feature head's own accuracy and stage times
         metrics.update(runs.read_json(head_file))
+    metrics.update(distill.read_stats(run_dir) or {})  # distilled runs: which teacher, and its minutes
     runs.write_predictions(run_dir, dataset.y_test, probs, probs_tta)
     runs.atomic_write_json(run_dir / runs.METRICS_FILE, metrics)
     runs.write_status(run_dir, "completed", epoch=len(history), n_epochs=len(history), progress=1.0,

@@ -18,7 +18,7 @@ from ..data import Dataset, load_dataset
 from ..data.pipeline import AlternatingFlip, build_augmenter, make_dataset, split_train_val
 from ..errors import CifarError, RunFolderError
 from ..models import build_model, get_spec
-from . import checkpoint, distributed
+from . import checkpoint, distill, distributed
 from .finish import finish_run, input_size
 from .optimizers import compile_model
 from .precision import resolve_precision
@@ -48,6 +48,7 @@ def train(config: TrainConfig, run_dir: Path | str | None = None, dataset: Datas
     """
     distributed.check_config(config, get_spec(config.model).transfer)
     check_stages(config, get_spec(config.model).transfer)
+    distill.check_config(config, get_spec(config.model).transfer)
     strategy = distributed.make_strategy(config.distribute)  # before any other TensorFlow op
     config = resolve_precision(config, report=None if verbose == 0 else print)
     if not distributed.is_chief(config.distribute):  # the chief writes the run folder; this worker, its own
@@ -164,6 +165,13 @@ def _train(config: TrainConfig, run_dir: Path, dataset: Dataset, verbose, extra_
     completed = len(history)
     runs.write_history(run_dir, history)  # drops rows written after the checkpoint
 
+    # Before the student is made, and the seed set again after: the teacher's loading draws
+    # from Keras' generator, and the student starts as it would without a teacher.
+    targets = distill.training_targets(config, run_dir, split.y_train, split.x_train, dataset.class_names,
+                                       dataset.image_size)
+    if targets is not None:
+        keras.utils.set_random_seed(config.random_state)
+    train_labels = split.y_train if targets is None else targets
     steps_per_epoch = math.ceil(len(split.y_train) / config.batch_size)
     with strategy.scope() if strategy else contextlib.nullcontext():
         if state:
@@ -179,7 +187,7 @@ def _train(config: TrainConfig, run_dir: Path, dataset: Dataset, verbose, extra_
                         if "altflip" in config.augmentations else None)
 
     def pipelines_at(size: int):
-        train_data = make_dataset(split.x_train, split.y_train, num_classes, config.batch_size, size,
+        train_data = make_dataset(split.x_train, train_labels, num_classes, config.batch_size, size,
                                   build_augmenter(config, dataset.image_size), shuffle=True,
                                   random_state=config.random_state + completed, alternating_flip=alternating_flip)
         val_data = (make_dataset(split.x_val, split.y_val, num_classes, config.batch_size, size)
@@ -187,7 +195,8 @@ def _train(config: TrainConfig, run_dir: Path, dataset: Dataset, verbose, extra_
         return train_data, val_data
 
     context = FitContext(run_dir, split, history, *pipelines_at(size), steps_per_epoch, _total_epochs(config),
-                         verbose, extra_callbacks, pipelines_at=pipelines_at)
+                         verbose, extra_callbacks, pipelines_at=pipelines_at,
+                         lead_seconds=distill.lead_seconds(run_dir) if not history else 0.0)
     if state and state.get("training_done"):
         pass  # killed while finishing: the checkpoint holds the final weights, train no further
     elif spec.transfer:

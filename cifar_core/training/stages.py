@@ -34,6 +34,7 @@ class FitContext:
     extra_callbacks: list = field(default_factory=list)
     # (train, validation) pipelines at another input size: progressive resizing's low-resolution epochs
     pipelines_at: Callable[[int], tuple[object, object | None]] | None = None
+    lead_seconds: float = 0.0  # counted in the run's first epoch (a teacher's labelling)
 
     def at_size(self, size: int) -> FitContext:
         train_data, val_data = self.pipelines_at(size)
@@ -57,7 +58,8 @@ def fit_stage(model, config: TrainConfig, context: FitContext, stage: str, offse
 
     run_dir, history, val_data = context.run_dir, context.history, context.val_data
     recorder = RunRecorder(run_dir, n_epochs, context.steps_per_epoch, history, stage=stage,
-                           epoch_offset=offset, total_epochs=context.total_epochs)
+                           epoch_offset=offset, total_epochs=context.total_epochs,
+                           lead_seconds=context.lead_seconds)
     callbacks = [recorder, keras.callbacks.TensorBoard(log_dir=str(run_dir / runs.TENSORBOARD_DIR),
                                                        write_graph=False, profile_batch=0)]
     monitor = "val_loss" if val_data is not None else "loss"
