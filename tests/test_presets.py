@@ -64,3 +64,20 @@ def test_the_cli_trains_a_preset_with_the_flags_on_top():
     config = config_from_args(args)
     assert config == preset_config("lite0-224", n_epochs=2, data="x.tar.gz")
     assert config.input_size == 224 and config.fine_tune_epochs == 4 and config.n_epochs == 2
+
+
+def test_a_distilled_preset_was_taught_by_the_shipped_teacher_byte_for_byte():
+    """Its teacher is named by run: retraining the teacher's preset changes what the student learned
+    from, so the shipped student must say which model file taught it, and that file must be the one shipped."""
+    import hashlib
+
+    taught = {name: preset for name, preset in PRESETS.items() if preset.settings.get("teacher")}
+    assert taught, "no preset distils"
+    shipped_runs = {preset.shipped_run for preset in PRESETS.values()}
+    for name, preset in taught.items():
+        teacher = preset.settings["teacher"]
+        assert teacher in shipped_runs, name
+        metrics = runs.read_metrics(SHIPPED / preset.shipped_run)
+        model_hash = hashlib.sha256((SHIPPED / teacher / runs.MODEL_FILE).read_bytes()).hexdigest()
+        assert metrics["teacher_run"] == teacher and metrics["teacher_model_sha256"] == model_hash, name
+        assert metrics["teacher_seconds"] > 0 and metrics["train_seconds"] > metrics["teacher_seconds"], name
