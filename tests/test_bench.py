@@ -48,6 +48,10 @@ def test_presets_show_the_time_on_this_machine_only_from_a_bench_of_this_cpu(mon
     assert ui.preset_label("g3").endswith("10 min on Old CPU, 2 cores")  # another CPU's bench is not used
     bench.machine_file().write_text(json.dumps({"machine": {"cpu": cpu_name()}, "training": [row]}))
     assert ui.preset_label("g3").endswith("10 min on Old CPU, 2 cores; about 60 s here (bench)")
+    taught = {"train_seconds": 600.0, "train_images_per_second": 100.0, "teacher_seconds": 120.0,
+              "machine": {"cpu": "Old CPU", "cores": 2}}
+    monkeypatch.setattr(ui, "run_json", lambda run_dir, name: taught)
+    assert ui.preset_label("g3").endswith("; about 3 min here (bench)")  # 60 s of steps + the teacher's 120 s
     bench.machine_file().write_text("{not json")
     assert bench.this_machine_speeds() == {}
 
