@@ -12,9 +12,12 @@ import json
 import os
 import stat
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import CifarError, one_line
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # No file the studio writes nests deeper than a few levels; a hostile one may
 # nest 200,000 deep and blow the stack of every recursive walker.
@@ -126,7 +129,52 @@ def read_npz(path: Path | str, max_bytes: int, keys: tuple[str, ...], error: typ
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             if sum(info.file_size for info in archive.infolist()) > max_bytes:
                 raise ValueError(f"more than {size_text(max_bytes)} once unpacked")
+            for info in archive.infolist():
+                with archive.open(info) as member:
+                    check_npy_header(member, info.file_size)
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             return {key: npz[key] for key in (*keys, *(key for key in optional if key in npz.files))}
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
         raise error(f"corrupt {where}: {one_line(exc)}") from None
+
+
+NPY_HEADER_BYTES = 4096  # numpy writes 128; a longer header is still within reason
+
+
+def read_npy(path: Path | str, max_array_bytes: int, error: type[CifarError] = CifarError) -> np.ndarray:
+    """One array of at most max_array_bytes from a regular .npy file whose header declares no more
+    than the file holds."""
+    import io
+
+    import numpy as np
+
+    path = Path(path)
+    data = read_regular_file(path, NPY_HEADER_BYTES + max_array_bytes, error, what="array file")
+    try:
+        if check_npy_header(io.BytesIO(data), len(data)) > max_array_bytes:
+            raise ValueError(f"it holds more than {size_text(max_array_bytes)} of values")
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise error(f"corrupt {path.name} in {path.parent.name}: {one_line(exc)}") from None
+
+
+def check_npy_header(stream, stored_bytes: int) -> int:
+    """The bytes of values the .npy at `stream` (`stored_bytes` long) declares, which must be plain
+    values filling exactly the bytes after its header; ValueError otherwise. numpy allocates the
+    declared shape before it reads, so a header claiming a terabyte in a small file would end in a
+    MemoryError (or take the memory) instead."""
+    import math
+
+    from numpy.lib import format as npy
+
+    version = npy.read_magic(stream)
+    readers = {(1, 0): npy.read_array_header_1_0, (2, 0): npy.read_array_header_2_0}
+    if version not in readers:
+        raise ValueError(f".npy format version {version} is not read here")
+    shape, _, dtype = readers[version](stream)
+    if dtype.hasobject:
+        raise ValueError("the array holds Python objects")
+    declared, held = math.prod(shape) * dtype.itemsize, stored_bytes - stream.tell()
+    if declared != held:
+        raise ValueError(f"its header declares {shape} {dtype} values ({declared} bytes); it holds {held}")
+    return declared

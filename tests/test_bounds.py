@@ -338,3 +338,24 @@ def test_run_metadata_with_hostile_sizes_is_refused(tmp_path, data, message):
     runs.atomic_write_json(tmp_path / runs.DATA_FILE, data)
     with pytest.raises(RunFolderError, match=message):
         runs.read_data_info(tmp_path)
+
+
+RUN_ARRAYS_SETUP = "from cifar_core import runs\n"
+
+
+@pytest.mark.measured
+@pytest.mark.parametrize("shape", [(400_000_000_000, 10), (2_000_000_000, 10)], ids=["beyond memory", "within it"])
+def test_run_arrays_whose_headers_declare_more_than_they_hold_are_refused_within_bounds(tmp_path, shape):
+    """numpy allocates an .npy's declared shape before reading: a small predictions.npz declaring
+    16 TB (a MemoryError) or 80 GB must be one RunFolderError naming the lie."""
+    import io
+
+    from numpy.lib import format as npy
+
+    header = io.BytesIO()
+    npy.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": shape})
+    with zipfile.ZipFile(tmp_path / runs.PREDICTIONS_FILE, "w") as archive:
+        archive.writestr("probs.npy", header.getvalue() + bytes(64))
+        archive.writestr("y_true.npy", header.getvalue() + bytes(64))
+    outcome = measure(RUN_ARRAYS_SETUP, f"runs.read_predictions({str(tmp_path)!r})")
+    assert_refused_within_bounds(outcome, "RunFolderError", "declares")

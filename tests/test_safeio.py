@@ -141,3 +141,62 @@ def test_json_files_keep_the_callers_error_and_depth(tmp_path):
         read_json_file(tmp_path / "d.json", 100, RunFolderError, max_depth=2)
     with pytest.raises(RunFolderError, match="JSON file is 6 bytes"):
         read_json_file(tmp_path / "d.json", 5, RunFolderError)
+
+
+def _npy(shape, dtype="<f4", data=b"", version=(1, 0)) -> bytes:
+    """An .npy file whose header says `shape` and `dtype`, followed by `data` as it is."""
+    import io
+
+    from numpy.lib import format as npy
+
+    buffer = io.BytesIO()
+    header = {"descr": dtype, "fortran_order": False, "shape": shape}
+    (npy.write_array_header_1_0 if version == (1, 0) else npy.write_array_header_2_0)(buffer, header)
+    return buffer.getvalue() + data
+
+
+def _npz(tmp_path, member: bytes):
+    import zipfile
+
+    path = tmp_path / "arrays.npz"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("x.npy", member)
+    return path
+
+
+# Declared sizes numpy would allocate before reading: each must be refused with a reason, never
+# a MemoryError (nor, for a lie that fits in memory, the memory taken).
+LYING_HEADERS = {
+    "a terabyte in 16 bytes": (_npy((250_000_000_000,), data=bytes(16)), "declares"),
+    "one value too many": (_npy((5,), data=bytes(16)), "declares"),
+    "wide dtype": (_npy((4,), dtype="<f8", data=bytes(16)), "declares"),
+    "python objects": (_npy((2,), dtype="|O", data=bytes(16)), "objects"),
+    "an unknown format version": (b"\x93NUMPY\x09\x00" + bytes(64), "version"),
+    "no header": (b"PK not numpy", "corrupt"),
+}
+
+
+@pytest.mark.parametrize("content,message", LYING_HEADERS.values(), ids=LYING_HEADERS.keys())
+def test_an_array_file_declaring_more_than_it_holds_is_refused_before_numpy_allocates(tmp_path, content, message):
+    path = tmp_path / "array.npy"
+    path.write_bytes(content)
+    with pytest.raises(RunFolderError, match=message):
+        safeio.read_npy(path, 1 << 20, RunFolderError)
+    with pytest.raises(RunFolderError, match=message):
+        safeio.read_npz(_npz(tmp_path, content), 1 << 20, ("x",), RunFolderError)
+
+
+def test_an_array_file_that_holds_what_it_declares_is_read_in_either_version(tmp_path):
+    import numpy as np
+
+    values = np.arange(4, dtype="<f4")
+    for version in ((1, 0), (2, 0)):
+        path = tmp_path / "array.npy"
+        path.write_bytes(_npy((4,), data=values.tobytes(), version=version))
+        assert np.array_equal(safeio.read_npy(path, 16), values)
+        assert np.array_equal(safeio.read_npz(_npz(tmp_path, path.read_bytes()), 1 << 20, ("x",))["x"], values)
+    with pytest.raises(CifarError, match="more than 15 bytes"):  # the bound is on the values, header aside
+        safeio.read_npy(path, 15)
+    path.write_bytes(_npy((4,), data=values.tobytes() + b"x"))
+    with pytest.raises(CifarError, match="declares"):  # bytes nobody declared are refused too
+        safeio.read_npy(path, 1 << 20)

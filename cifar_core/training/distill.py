@@ -17,6 +17,7 @@ import numpy as np
 from .. import runs
 from ..config import TrainConfig
 from ..errors import ConfigError, RunFolderError
+from ..safeio import read_npy
 from ..schema import plain_name, validate
 
 TEACHER_FILE = "teacher.json"
@@ -73,13 +74,11 @@ def training_targets(config: TrainConfig, run_dir: Path, labels: np.ndarray, ima
 def _cached_probabilities(run_dir: Path, n_images: int, n_classes: int) -> np.ndarray | None:
     """The probabilities an earlier attempt of this run stored, if they are whole and sound."""
     path = runs.checkpoint_file(run_dir, TEACHER_PROBABILITIES_FILE)
-    if not path.is_file() or path.is_symlink() or read_stats(run_dir) is None:
+    if path.is_symlink() or runs.absent(path) or read_stats(run_dir) is None:
         return None
-    if path.stat().st_size > 128 + 4 * n_images * n_classes:  # the .npy header and float32 cells
-        return None
-    try:
-        probabilities = np.load(path, allow_pickle=False)
-    except (OSError, ValueError):
+    try:  # float32 cells, no more
+        probabilities = read_npy(path, 4 * n_images * n_classes, RunFolderError)
+    except RunFolderError:
         return None
     return probabilities if _sound(probabilities, n_images, n_classes) else None
 
@@ -114,11 +113,7 @@ def _label_with_teacher(teacher: str, run_dir: Path, images: np.ndarray, class_n
     teacher_metrics = runs.read_metrics(folder) or {}
     stats.update({f"teacher_{key}": teacher_metrics[key] for key in ("test_accuracy", "test_accuracy_tta")
                   if key in teacher_metrics})
-    path = runs.checkpoint_file(run_dir, TEACHER_PROBABILITIES_FILE)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.npy")
-    np.save(tmp, probabilities)
-    tmp.replace(path)
+    runs.atomic_write_npy(runs.checkpoint_file(run_dir, TEACHER_PROBABILITIES_FILE), probabilities)
     runs.atomic_write_json(runs.checkpoint_file(run_dir, TEACHER_FILE), stats)
     return probabilities
 

@@ -13,7 +13,11 @@ import numpy as np
 
 from .. import runs
 from ..config import TrainConfig
+from ..errors import RunFolderError
+from ..safeio import read_npy
 from .callbacks import PredictHeartbeat
+
+MAX_FEATURE_BYTES_PER_IMAGE = 4 * 4096  # float32 features; the Lite backbones give 1,280
 
 
 def extract_features(model, images: np.ndarray, input_size: int, flip: bool = False,
@@ -32,15 +36,15 @@ def cached_features(model, run_dir: Path, name: str, images: np.ndarray, input_s
                     flip: bool = False) -> np.ndarray:
     """Features for `images`, kept in the run's checkpoint folder so a resume reuses them."""
     path = runs.feature_cache_file(run_dir, name, flip)
-    if path.is_file():
-        features = np.load(path, allow_pickle=False)
-        if len(features) == len(images):
-            return features
+    if not path.is_symlink() and not runs.absent(path):
+        try:  # a damaged cache is computed again, never trusted
+            features = read_npy(path, len(images) * MAX_FEATURE_BYTES_PER_IMAGE, RunFolderError)
+            if features.ndim == 2 and len(features) == len(images):
+                return features
+        except RunFolderError:
+            pass
     features = extract_features(model, images, input_size, flip, run_dir=run_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.npy")
-    np.save(tmp, features)
-    tmp.replace(path)
+    runs.atomic_write_npy(path, features)
     return features
 
 
