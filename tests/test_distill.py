@@ -141,12 +141,15 @@ def test_a_damaged_cache_is_labelled_afresh(tmp_path, monkeypatch, damage):
     assert np.allclose(targets, fresh)
 
 
-def test_a_cache_without_its_record_or_behind_a_link_is_labelled_afresh(tmp_path, monkeypatch):
+def test_a_cache_without_a_sound_record_or_behind_a_link_is_labelled_afresh(tmp_path, monkeypatch):
     fresh = _probabilities(seed=1)
     monkeypatch.setattr(distill, "_label_with_teacher", lambda *args: fresh)
     config = TrainConfig(model="demo", teacher="t", teacher_weight=1.0)
     _stored(tmp_path, _probabilities())
     runs.checkpoint_file(tmp_path, distill.TEACHER_FILE).unlink()
+    assert np.allclose(distill.training_targets(config, tmp_path, np.zeros(6, int), None, "abc", 32), fresh)
+
+    _stored(tmp_path, _probabilities(), {"teacher_run": "t", "teacher_model_sha256": "x", "teacher_seconds": "soon"})
     assert np.allclose(distill.training_targets(config, tmp_path, np.zeros(6, int), None, "abc", 32), fresh)
 
     _stored(tmp_path, _probabilities())

@@ -74,9 +74,9 @@ def training_targets(config: TrainConfig, run_dir: Path, labels: np.ndarray, ima
 def _cached_probabilities(run_dir: Path, n_images: int, n_classes: int) -> np.ndarray | None:
     """The probabilities an earlier attempt of this run stored, if they are whole and sound."""
     path = runs.checkpoint_file(run_dir, TEACHER_PROBABILITIES_FILE)
-    if path.is_symlink() or runs.absent(path) or read_stats(run_dir) is None:
-        return None
-    try:  # float32 cells, no more
+    try:  # a damaged record or array is labelled again, never trusted; float32 cells, no more
+        if path.is_symlink() or runs.absent(path) or read_stats(run_dir) is None:
+            return None
         probabilities = read_npy(path, 4 * n_images * n_classes, RunFolderError)
     except RunFolderError:
         return None
