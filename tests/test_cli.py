@@ -182,6 +182,7 @@ FLAG_VALUES = {  # field -> (what the command line says, what the config then ho
     "precision": ("mixed_bfloat16", "mixed_bfloat16"), "fine_tune_epochs": ("2", 2),
     "fine_tune_learning_rate": ("0.001", 0.001), "fine_tune_layers": ("7", 7),
     "distribute": ("mirrored", "mirrored"), "low_res_size": ("16", 16), "low_res_epochs": ("1", 1),
+    "teacher": ("lite0-224-prog-cifar10", "lite0-224-prog-cifar10"), "teacher_weight": ("0.7", 0.7),
 }
 # Flags that are only valid with others: what each needs beside it.
 COMPANION_FLAGS = {"low_res_size": ["--low-res-epochs", "1", "--fine-tune-epochs", "1"],
