@@ -43,7 +43,9 @@ def test_a_distilled_run_records_its_teacher_and_counts_its_minutes(tiny_dataset
     metrics = runs.read_metrics(run_dir)
     model_hash = hashlib.sha256((teacher / runs.MODEL_FILE).read_bytes()).hexdigest()
     assert metrics["teacher_run"] == teacher.name and metrics["teacher_model_sha256"] == model_hash
-    assert metrics["teacher_test_accuracy"] == runs.read_metrics(teacher)["test_accuracy"]
+    teacher_metrics = runs.read_metrics(teacher)
+    assert metrics["teacher_test_accuracy"] == teacher_metrics["test_accuracy"]
+    assert metrics["teacher_test_accuracy_tta"] == teacher_metrics["test_accuracy_tta"]
     history = runs.read_history(run_dir)
     assert history[0]["seconds"] >= metrics["teacher_seconds"] > 0  # the labelling counts as training
     assert metrics["train_seconds"] == pytest.approx(sum(row["seconds"] for row in history), abs=0.02)
@@ -90,8 +92,11 @@ def _probabilities(n=6, k=3, seed=0):
 
 
 def test_targets_mix_the_label_and_the_teacher_by_the_weight_and_reuse_a_sound_cache(tmp_path, monkeypatch):
+    assert distill.lead_seconds(tmp_path) == 0.0  # no teacher, nothing before the first epoch
     labels = np.array([0, 1, 2, 0, 1, 2])
     probabilities = _probabilities()
+    probabilities[0] = [1.0, 0.0, 0.0]  # a certain teacher is a sound one
+    probabilities[1] *= 1.0005  # and a bf16 softmax's rounding is within tolerance
     _stored(tmp_path, probabilities)
     monkeypatch.setattr(distill, "_label_with_teacher", lambda *args: pytest.fail("the cache was not reused"))
     config = TrainConfig(model="demo", teacher="t", teacher_weight=0.25)
@@ -224,3 +229,17 @@ def test_the_pipeline_passes_targets_through_as_they_are(altflip):
     assert batch_targets.dtype.name == "float32" and np.allclose(np.asarray(batch_targets), targets)
     _, labels = next(iter(make_dataset(images, np.array([0, 1, 2, 3, 0]), 4, 5)))
     assert np.array_equal(np.asarray(labels), np.eye(4)[[0, 1, 2, 3, 0]])
+
+
+def test_the_teachers_probabilities_are_stored_as_distributions(tmp_path, teacher, monkeypatch):
+    """Whatever the teacher's output sums to (a bf16 softmax is off by ~1e-3), each stored row is a
+    distribution over the classes, in float32."""
+    from cifar_core import evaluation
+
+    monkeypatch.setattr(evaluation, "predict_proba", lambda model, images, **kwargs: np.full((len(images), 10), 0.2))
+    run_dir = tmp_path / "student"
+    runs.write_status(run_dir, "running")
+    stored = distill._label_with_teacher(str(teacher), run_dir, np.zeros((3, 32, 32, 3), np.uint8),
+                                         tuple(f"class{i}" for i in range(10)), 32)
+    assert stored.dtype == np.float32 and np.allclose(stored, 0.1)
+    assert np.allclose(np.load(runs.checkpoint_file(run_dir, distill.TEACHER_PROBABILITIES_FILE)), 0.1)
