@@ -64,6 +64,9 @@ EQUIVALENT: list[tuple[str, str]] = [
      "parses the JSON"),
     (r'get_label_quality_scores\(labels, probs, \)', "self_confidence is cleanlab's default method; it is named "
      "for the reader"),
+    (r'np\.load\(io\.BytesIO\(data\), (allow_pickle=(True|None))?\)', "check_npy_header has already refused every "
+     "array of Python objects, the only kind allow_pickle decides"),
+    (r'file\.read\((None|2 << 20|1 << 21)\)', "the hash of a file is the same whatever block size reads it"),
 ]
 
 
