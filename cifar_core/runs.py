@@ -34,7 +34,7 @@ from typing import Any
 
 from .config import MAX_INPUT_SIZE, TrainConfig
 from .errors import CifarError, RunFolderError, one_line
-from .safeio import parse_json, read_npz, read_regular_file
+from .safeio import parse_json, read_npy, read_npz, read_regular_file
 from .schema import (
     Check,
     all_are,
@@ -233,13 +233,23 @@ def atomic_write_text(path: Path | str, text: str) -> None:
 
 def atomic_write_npy(path: Path | str, array) -> None:
     """One array as a .npy file, whole or not at all (a resume reads it back)."""
-    import io
-
     import numpy as np
 
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=False)
     atomic_write_bytes(path, buffer.getvalue())
+
+
+def read_cached_array(path: Path | str, max_array_bytes: int):
+    """A cache's array as atomic_write_npy left it, or None where there is none, it is a link, or it
+    is damaged: a training cache is computed again, never trusted."""
+    path = Path(path)
+    if path.is_symlink() or absent(path):
+        return None
+    try:
+        return read_npy(path, max_array_bytes, RunFolderError)
+    except RunFolderError:
+        return None
 
 
 def atomic_write_json(path: Path | str, data: Any) -> None:

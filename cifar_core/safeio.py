@@ -138,6 +138,17 @@ def read_npz(path: Path | str, max_bytes: int, keys: tuple[str, ...], error: typ
         raise error(f"corrupt {where}: {one_line(exc)}") from None
 
 
+def file_sha256(path: Path | str) -> str:
+    """The SHA-256 of a file's bytes, read a block at a time."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 NPY_HEADER_BYTES = 4096  # numpy writes 128; a longer header is still within reason
 
 

@@ -8,12 +8,12 @@ Pages only read these files; nothing heavy runs in a page script.
 """
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from pathlib import Path
 
 from .. import runs
 from ..errors import ConfigError
+from ..safeio import file_sha256
 
 ANALYSIS_DIR = "analysis"
 FILES = {"embedding": "embedding.npz", "calibration": "calibration.json", "robustness": "robustness.json",
@@ -31,11 +31,7 @@ def analysis_path(run_dir: Path | str, name: str) -> Path:
 def model_fingerprint(run_dir: Path | str) -> str:
     """SHA-256 of the run's model file, and the computations' version: what every analysis file is
     stamped with (a new model or newer code recomputes it)."""
-    digest = hashlib.sha256()
-    with open(Path(run_dir) / runs.MODEL_FILE, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return f"{digest.hexdigest()}:v{COMPUTATION_VERSION}"
+    return f"{file_sha256(Path(run_dir) / runs.MODEL_FILE)}:v{COMPUTATION_VERSION}"
 
 
 def parse_only(text: str | None) -> tuple[str, ...]:

@@ -8,7 +8,6 @@ time (in the first epoch, as a transfer run's frozen features do), so a figure n
 """
 from __future__ import annotations
 
-import hashlib
 import time
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import numpy as np
 from .. import runs
 from ..config import TrainConfig
 from ..errors import ConfigError, RunFolderError
-from ..safeio import read_npy
+from ..safeio import file_sha256
 from ..schema import plain_name, validate
 
 TEACHER_FILE = "teacher.json"
@@ -73,14 +72,14 @@ def training_targets(config: TrainConfig, run_dir: Path, labels: np.ndarray, ima
 
 def _cached_probabilities(run_dir: Path, n_images: int, n_classes: int) -> np.ndarray | None:
     """The probabilities an earlier attempt of this run stored, if they are whole and sound."""
-    path = runs.checkpoint_file(run_dir, TEACHER_PROBABILITIES_FILE)
-    try:  # a damaged record or array is labelled again, never trusted; float32 cells, no more
-        if path.is_symlink() or runs.absent(path) or read_stats(run_dir) is None:
+    try:  # a damaged record is labelled again, never trusted
+        if read_stats(run_dir) is None:
             return None
-        probabilities = read_npy(path, 4 * n_images * n_classes, RunFolderError)
     except RunFolderError:
         return None
-    return probabilities if _sound(probabilities, n_images, n_classes) else None
+    probabilities = runs.read_cached_array(runs.checkpoint_file(run_dir, TEACHER_PROBABILITIES_FILE),
+                                           4 * n_images * n_classes)  # float32 cells, no more
+    return probabilities if probabilities is not None and _sound(probabilities, n_images, n_classes) else None
 
 
 def _sound(probabilities: np.ndarray, n_images: int, n_classes: int) -> bool:
@@ -108,7 +107,7 @@ def _label_with_teacher(teacher: str, run_dir: Path, images: np.ndarray, class_n
     probabilities = predict_proba(loaded.model, images, tta=True, input_size=loaded.input_size,
                                   callbacks=[PredictHeartbeat(run_dir, "teacher")]).astype(np.float32)
     probabilities /= probabilities.sum(axis=1, keepdims=True)  # a bf16 softmax sums to 1 within ~1e-3
-    stats = {"teacher_run": folder.name, "teacher_model_sha256": _file_sha256(folder / runs.MODEL_FILE),
+    stats = {"teacher_run": folder.name, "teacher_model_sha256": file_sha256(folder / runs.MODEL_FILE),
              "teacher_seconds": round(time.perf_counter() - started, 2)}
     teacher_metrics = runs.read_metrics(folder) or {}
     stats.update({f"teacher_{key}": teacher_metrics[key] for key in ("test_accuracy", "test_accuracy_tta")
@@ -117,10 +116,3 @@ def _label_with_teacher(teacher: str, run_dir: Path, images: np.ndarray, class_n
     runs.atomic_write_json(runs.checkpoint_file(run_dir, TEACHER_FILE), stats)
     return probabilities
 
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

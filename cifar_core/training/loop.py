@@ -196,7 +196,7 @@ def _train(config: TrainConfig, run_dir: Path, dataset: Dataset, verbose, extra_
 
     context = FitContext(run_dir, split, history, *pipelines_at(size), steps_per_epoch, _total_epochs(config),
                          verbose, extra_callbacks, pipelines_at=pipelines_at,
-                         lead_seconds=distill.lead_seconds(run_dir) if not history else 0.0)
+                         lead_seconds=distill.lead_seconds(run_dir))
     if state and state.get("training_done"):
         pass  # killed while finishing: the checkpoint holds the final weights, train no further
     elif spec.transfer:
