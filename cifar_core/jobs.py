@@ -308,7 +308,11 @@ def mark_dead(job: Job) -> None:
 # --- launching and stopping --------------------------------------------------------------------
 
 def launch(config: TrainConfig, run_dir: Path | None = None) -> Job:
-    """Create a job and start its worker process; returns at once."""
+    """Create a job and start its worker process; returns at once. A config the worker would
+    refuse (a missing teacher, settings its model cannot use) is refused here, before any row."""
+    from .training.checks import check_training_config
+
+    check_training_config(config)
     job = create_job(config, run_dir)
     _spawn(job, resume=False)
     return get_job(job.id)

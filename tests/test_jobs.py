@@ -144,6 +144,36 @@ def test_an_analysis_job_needs_a_model_and_known_analyses(tmp_path, monkeypatch)
     assert jobs.list_jobs() == []
 
 
+def test_launch_refuses_what_the_worker_would_before_any_job_or_folder(tmp_path, monkeypatch):
+    from cifar_core.config import preset_config
+    from cifar_core.errors import ConfigError
+
+    monkeypatch.setenv("CIFAR_JOBS_DB", str(tmp_path / "jobs.sqlite"))
+    monkeypatch.setenv("CIFAR_RUNS_DIR", str(tmp_path / "runs"))  # no teacher run in here
+    refused = [(preset_config("fastnet-distilled", data="x"), "not a finished run"),
+               (recipe_config("demo", data="x", low_res_epochs=1, low_res_size=16, fine_tune_epochs=1),
+                "transfer models' fine-tuning"),
+               (recipe_config("lite0", data="x", distribute="mirrored"), "--distribute mirrored")]
+    for config, reason in refused:
+        with pytest.raises(ConfigError, match=reason):
+            jobs.launch(config)
+    assert jobs.list_jobs() == []
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_the_launch_checks_do_not_import_tensorflow():
+    import subprocess
+    import sys
+
+    probe = ("import sys; from cifar_core.config import recipe_config; "
+             "from cifar_core.training.checks import check_training_config; "
+             "check_training_config(recipe_config('fastnet', data='x')); "
+             "print('tensorflow' in sys.modules, 'keras' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=Path(__file__).parents[1], capture_output=True,
+                            text=True, timeout=120)
+    assert result.stdout.strip().splitlines()[-1] == "False False", result.stderr[-2000:]
+
+
 def _analyses(text):
     return jobs._stored_analyses(jobs._stored_task(text))
 

@@ -19,11 +19,11 @@ from ..data.pipeline import AlternatingFlip, build_augmenter, make_dataset, spli
 from ..errors import CifarError, RunFolderError
 from ..models import build_model, get_spec
 from . import checkpoint, distill, distributed
+from .checks import check_training_config
 from .finish import finish_run, input_size
 from .optimizers import compile_model
 from .precision import resolve_precision
 from .stages import FitContext, fit_stage, train_transfer
-from .stages import check_config as check_stages
 
 
 @dataclass
@@ -46,9 +46,7 @@ def train(config: TrainConfig, run_dir: Path | str | None = None, dataset: Datas
     Bad arguments and unreadable data fail before the run folder exists, so
     a typo does not leave a dead run on the leaderboard.
     """
-    distributed.check_config(config, get_spec(config.model).transfer)
-    check_stages(config, get_spec(config.model).transfer)
-    distill.check_config(config, get_spec(config.model).transfer)
+    check_training_config(config)
     strategy = distributed.make_strategy(config.distribute)  # before any other TensorFlow op
     config = resolve_precision(config, report=None if verbose == 0 else print)
     if not distributed.is_chief(config.distribute):  # the chief writes the run folder; this worker, its own

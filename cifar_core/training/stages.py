@@ -14,7 +14,6 @@ import numpy as np
 from .. import runs
 from ..config import TrainConfig, fine_tune_plan
 from ..data import Dataset
-from ..errors import ConfigError
 from . import checkpoint
 from .callbacks import EpochPredictions, ResumableEarlyStopping, ResumablePlateau, RunRecorder
 from .optimizers import compile_model
@@ -39,16 +38,6 @@ class FitContext:
     def at_size(self, size: int) -> FitContext:
         train_data, val_data = self.pipelines_at(size)
         return replace(self, train_data=train_data, val_data=val_data)
-
-
-def check_config(config: TrainConfig, transfer: bool) -> None:
-    """Settings only a transfer model's stages use, refused elsewhere instead of ignored."""
-    if config.low_res_epochs and not transfer:
-        raise ConfigError(f"low_res_size and low_res_epochs are for transfer models' fine-tuning; "
-                          f"{config.model} trains in one stage at its input size")
-    if config.low_res_epochs and "altflip" in config.augmentations:
-        # Its epoch counter lives in the pipeline, and each image size has a pipeline of its own.
-        raise ConfigError("altflip cannot be combined with low_res_epochs; use flip")
 
 
 def fit_stage(model, config: TrainConfig, context: FitContext, stage: str, offset: int, n_epochs: int,
