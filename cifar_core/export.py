@@ -477,18 +477,26 @@ def _version(name: str) -> str:
 
 def read_manifest(out_dir: Path | str) -> dict:
     """{name: entry} of an export folder's manifest's sound entries ({} if there is none)."""
-    return read_manifest_entries(out_dir)[0]
+    return read_manifest_entries(out_dir).entries
 
 
-def read_manifest_entries(out_dir: Path | str) -> tuple[dict, list[str]]:
-    """({name: entry} of the manifest's sound entries, one line per entry left out and why);
-    ExportError if the file itself is unreadable or no manifest."""
-    from .safeio import read_json_file
+@dataclass(frozen=True)
+class ManifestRead:
+    entries: dict  # {name: entry} of the sound entries
+    left_out: list[str]  # one line per entry left out, and why
+    raw: bytes  # the file as read (what the Deploy page offers for download): read once, parsed from this
+
+
+def read_manifest_entries(out_dir: Path | str) -> ManifestRead:
+    """An export folder's manifest, its sound entries and the ones left out; ExportError if the
+    file itself is unreadable or no manifest; nothing in it if there is no manifest."""
+    from .safeio import parse_json, read_regular_file
 
     path = Path(out_dir) / MANIFEST
     if runs.absent(path):  # a dangling link is not "no manifest": the read below refuses it with its reason
-        return {}, []
-    found = read_json_file(path, MAX_MANIFEST_BYTES, ExportError)
+        return ManifestRead({}, [], b"")
+    raw = read_regular_file(path, MAX_MANIFEST_BYTES, ExportError, what="JSON file")
+    found = parse_json(raw, f"{path.name} in {path.parent.name}", ExportError)
     if not isinstance(found, dict) or not isinstance(found.get("exports"), dict):
         raise ExportError(f"{path}: not an export manifest")
     entries, problems = {}, []
@@ -498,7 +506,7 @@ def read_manifest_entries(out_dir: Path | str) -> tuple[dict, list[str]]:
             entries[name] = entry
         else:
             problems.append(f"{MANIFEST}: left out {name[:80]!r}: {problem}")
-    return entries, problems
+    return ManifestRead(entries, problems, raw)
 
 
 def _input_shape(value) -> bool:

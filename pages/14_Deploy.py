@@ -10,13 +10,12 @@ from cifar_core.errors import CifarError
 from cifar_core.export import (
     EXPORT_DIR,
     MANIFEST,
-    MAX_MANIFEST_BYTES,
     ExportError,
+    ManifestRead,
     artefact_signature,
     checked_download,
     read_manifest_entries,
 )
-from cifar_core.safeio import read_regular_file
 
 ui.page("Deploy", "📦")
 st.caption("Take a model out of the studio: a phone app (LiteRT), a web service or another language (ONNX), "
@@ -46,11 +45,12 @@ if right.button("Export", type="primary", key="deploy_start"):
 
 folder = run_dir / EXPORT_DIR
 try:
-    exports, left_out = read_manifest_entries(folder)
+    manifest = read_manifest_entries(folder)
 except CifarError as exc:
     ui.fail(exc)
-    exports, left_out = {}, []
-for line in left_out:
+    manifest = ManifestRead({}, [], b"")
+exports = manifest.entries
+for line in manifest.left_out:
     st.warning(line)
 if not exports:
     st.info(f"{record['run']} has no exports yet. Export one above, or with "
@@ -114,13 +114,12 @@ entry = exports[chosen]
 classes = ", ".join(entry["class_names"])
 try:
     download_name, download = checked_bytes(str(folder), entry, artefact_signature(folder, entry["file"]))
-    manifest_bytes = read_regular_file(folder / MANIFEST, MAX_MANIFEST_BYTES, ExportError)
 except ExportError as exc:
     st.warning(str(exc))
 else:
     left, right = st.columns(2)
     left.download_button(f"Download {download_name}", download, file_name=download_name, key="deploy_file")
-    right.download_button(f"Download {MANIFEST}", manifest_bytes, file_name=MANIFEST, key="deploy_manifest")
+    right.download_button(f"Download {MANIFEST}", manifest.raw, file_name=MANIFEST, key="deploy_manifest")
     st.markdown(f"**Use it** (raw 0-255 RGB pixels at 32x32 in; every normalisation and any resize is inside "
                 f"the file). Output order: {classes}.")
     st.code(SNIPPETS[entry["format"]].format(file=entry["file"]), language="python")

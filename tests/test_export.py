@@ -166,8 +166,10 @@ def test_a_manifest_entry_with_any_field_unlike_an_exports_is_left_out_and_named
     if field not in {"quantize", "quantization", "machine", "run_test_accuracy"}:  # these may be absent
         entries["missing"] = {name: value for name, value in sound.items() if name != field}
     (tmp_path / export.MANIFEST).write_text(json.dumps({"exports": entries}))
-    kept, left_out = export.read_manifest_entries(tmp_path)
+    manifest = export.read_manifest_entries(tmp_path)
+    kept, left_out = manifest.entries, manifest.left_out
     assert kept == {"sound": sound}
+    assert json.loads(manifest.raw) == {"exports": entries}  # the file as read, for its download
     assert any("'damaged'" in line and field in line for line in left_out)
     assert len(left_out) == len(entries) - 1
 
