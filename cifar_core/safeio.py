@@ -119,22 +119,24 @@ def read_npz(path: Path | str, max_bytes: int, keys: tuple[str, ...], error: typ
     pickled objects. A missing array or a damaged file is `error`."""
     import io
     import zipfile
-
-    import numpy as np
+    import zlib
 
     path = Path(path)
     where = where or f"{path.name} in {path.parent.name}"
     data = read_regular_file(path, max_bytes, error, what="array file")
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            if sum(info.file_size for info in archive.infolist()) > max_bytes:
+            members = archive.infolist()
+            if sum(info.file_size for info in members) > max_bytes:
                 raise ValueError(f"more than {size_text(max_bytes)} once unpacked")
-            for info in archive.infolist():
-                with archive.open(info) as member:
-                    check_npy_header(member, info.file_size)
-        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            return {key: npz[key] for key in (*keys, *(key for key in optional if key in npz.files))}
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+            stored = {info.filename.removesuffix(".npy"): info for info in members}
+            wanted = (*keys, *(key for key in optional if key in stored))
+            for key in wanted:
+                if key not in stored:
+                    raise ValueError(f"no array {key!r} in it")
+            # Each member unpacked once (bounded by the sum above), its header checked, then parsed.
+            return {key: _checked_npy(archive.read(stored[key]), max_bytes) for key in wanted}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         raise error(f"corrupt {where}: {one_line(exc)}") from None
 
 
@@ -155,18 +157,23 @@ NPY_HEADER_BYTES = 4096  # numpy writes 128; a longer header is still within rea
 def read_npy(path: Path | str, max_array_bytes: int, error: type[CifarError] = CifarError) -> np.ndarray:
     """One array of at most max_array_bytes from a regular .npy file whose header declares no more
     than the file holds."""
+    path = Path(path)
+    data = read_regular_file(path, NPY_HEADER_BYTES + max_array_bytes, error, what="array file")
+    try:
+        return _checked_npy(data, max_array_bytes)
+    except (OSError, ValueError) as exc:
+        raise error(f"corrupt {path.name} in {path.parent.name}: {one_line(exc)}") from None
+
+
+def _checked_npy(data: bytes, max_array_bytes: int) -> np.ndarray:
+    """The array of a whole .npy file's bytes, once its header passed check_npy_header."""
     import io
 
     import numpy as np
 
-    path = Path(path)
-    data = read_regular_file(path, NPY_HEADER_BYTES + max_array_bytes, error, what="array file")
-    try:
-        if check_npy_header(io.BytesIO(data), len(data)) > max_array_bytes:
-            raise ValueError(f"it holds more than {size_text(max_array_bytes)} of values")
-        return np.load(io.BytesIO(data), allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise error(f"corrupt {path.name} in {path.parent.name}: {one_line(exc)}") from None
+    if check_npy_header(io.BytesIO(data), len(data)) > max_array_bytes:
+        raise ValueError(f"it holds more than {size_text(max_array_bytes)} of values")
+    return np.load(io.BytesIO(data), allow_pickle=False)
 
 
 def check_npy_header(stream, stored_bytes: int) -> int:
