@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import stat
+import zipfile
+import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +20,11 @@ from .errors import CifarError, one_line
 
 if TYPE_CHECKING:
     import numpy as np
+
+# What reading a damaged zip archive can raise, for the readers that turn it into their one-line
+# error: zlib.error is a damaged deflate stream, NotImplementedError an unknown compression method.
+ZIP_READ_ERRORS = (OSError, EOFError, ValueError, NotImplementedError, zipfile.BadZipFile, zipfile.LargeZipFile,
+                   zlib.error)
 
 # No file the studio writes nests deeper than a few levels; a hostile one may
 # nest 200,000 deep and blow the stack of every recursive walker.
@@ -118,8 +125,6 @@ def read_npz(path: Path | str, max_bytes: int, keys: tuple[str, ...], error: typ
     anything: the file's bytes, the members' declared sizes (a zip bomb is refused unread), no
     pickled objects. A missing array or a damaged file is `error`."""
     import io
-    import zipfile
-    import zlib
 
     path = Path(path)
     where = where or f"{path.name} in {path.parent.name}"
@@ -136,7 +141,7 @@ def read_npz(path: Path | str, max_bytes: int, keys: tuple[str, ...], error: typ
                     raise ValueError(f"no array {key!r} in it")
             # Each member unpacked once (bounded by the sum above), its header checked, then parsed.
             return {key: _checked_npy(archive.read(stored[key]), max_bytes) for key in wanted}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+    except ZIP_READ_ERRORS as exc:
         raise error(f"corrupt {where}: {one_line(exc)}") from None
 
 

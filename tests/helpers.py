@@ -131,6 +131,17 @@ def tar_with_declared_member(path: Path, name: str, declared_size: int, kind: by
     return path
 
 
+def damage_deflate(path: Path, where: str = "start") -> Path:
+    """Damage the first member's deflate stream of a zip in place: at its start (zlib refuses the
+    stream) or in the middle of the file (the stream decodes; its CRC-32 does not match)."""
+    data = bytearray(path.read_bytes())
+    name_length, extra_length = int.from_bytes(data[26:28], "little"), int.from_bytes(data[28:30], "little")
+    start = 30 + name_length + extra_length if where == "start" else len(data) // 2
+    data[start:start + 8] = b"\xff" * 8
+    path.write_bytes(bytes(data))
+    return path
+
+
 def set_zip_flag(data: bytes, flag: int) -> bytes:
     """Set a general-purpose flag bit (0x1: encrypted) in every central directory entry."""
     out = bytearray(data)

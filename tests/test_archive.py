@@ -231,6 +231,21 @@ def test_unreadable_archives_name_the_file(tmp_path):
         list(iter_archive_files(tmp_path / "missing.zip"))
 
 
+@pytest.mark.parametrize("where", ["start", "middle"])
+def test_a_damaged_member_of_a_dataset_zip_is_the_archive_s_one_line_error(tmp_path, where):
+    from helpers import damage_deflate
+
+    from cifar_core.errors import DataSourceError
+
+    path = tmp_path / "data.zip"
+    noise = np.random.default_rng(0).integers(0, 9, 50_000, dtype=np.uint8).tobytes()
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("train/cat/0.png", noise)
+    damage_deflate(path, where)
+    with pytest.raises(DataSourceError, match=r"^data.zip: corrupt or unreadable archive \(.+\)$"):
+        list(iter_archive_files(path))
+
+
 def test_safe_extract_into_an_existing_folder_and_never_through_a_symlink(tmp_path):
     archive = _tar(tmp_path / "ok.tar.gz", [(_regular("d/train/cat/0.png"), PIXEL), (_regular("top.png"), PIXEL)])
     destination = tmp_path / "out"

@@ -283,11 +283,9 @@ def test_the_activation_cap_is_exact(tmp_path, monkeypatch):
 def test_broken_archives_and_configs_keras_cannot_build_are_one_line(tmp_path):
     build_model("demo", num_classes=3).save(tmp_path / "demo.keras")
     config = zipfile.ZipFile(tmp_path / "demo.keras").read("config.json")
-    deflated = _keras_zip(tmp_path / "deflated.keras", {"config.json": config}, zipfile.ZIP_DEFLATED)
-    data = bytearray(deflated.read_bytes())
-    start = data.index(b"config.json") + len("config.json")  # the local header's name, then the deflate stream
-    data[start + 10:start + 40] = b"\xff" * 30
-    (tmp_path / "broken.keras").write_bytes(bytes(data))
+    from helpers import damage_deflate
+
+    damage_deflate(_keras_zip(tmp_path / "broken.keras", {"config.json": config}, zipfile.ZIP_DEFLATED))
     with pytest.raises(ModelFileError, match=r"^broken.keras: (unreadable model file|not a readable .keras file) \("):
         check_model_file(tmp_path / "broken.keras")
 

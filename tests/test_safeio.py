@@ -202,27 +202,15 @@ def test_an_array_file_that_holds_what_it_declares_is_read_in_either_version(tmp
         safeio.read_npy(path, 1 << 20)
 
 
-def _damaged_deflate(tmp_path, where: str):
-    """A compressed .npz whose only member's deflate stream is damaged at its start (zlib refuses
-    the stream) or in its middle (the stream decodes, its CRC-32 does not match)."""
-    import numpy as np
-
-    path = tmp_path / "damaged.npz"
-    np.savez_compressed(path, x=np.random.default_rng(0).integers(0, 9, 50_000))
-    data = bytearray(path.read_bytes())
-    name_length, extra_length = int.from_bytes(data[26:28], "little"), int.from_bytes(data[28:30], "little")
-    start = 30 + name_length + extra_length if where == "start" else len(data) // 2
-    data[start:start + 8] = b"\xff" * 8
-    path.write_bytes(bytes(data))
-    return path
-
-
 @pytest.mark.parametrize("where", ["start", "middle"])
 def test_a_damaged_npz_member_or_a_missing_array_is_one_clear_error(tmp_path, where):
     import numpy as np
+    from helpers import damage_deflate
 
+    damaged = tmp_path / "damaged.npz"
+    np.savez_compressed(damaged, x=np.random.default_rng(0).integers(0, 9, 50_000))
     with pytest.raises(RunFolderError, match="corrupt damaged.npz"):
-        safeio.read_npz(_damaged_deflate(tmp_path, where), 1 << 20, ("x",), RunFolderError)
+        safeio.read_npz(damage_deflate(damaged, where), 1 << 20, ("x",), RunFolderError)
     path = tmp_path / "sound.npz"
     np.savez_compressed(path, x=np.arange(3), y=np.arange(2))
     with pytest.raises(RunFolderError, match="no array 'z'"):

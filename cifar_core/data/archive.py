@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from ..errors import DataSourceError, UnsafeArchiveError, one_line
+from ..safeio import ZIP_READ_ERRORS
 
 
 @dataclass(frozen=True)
@@ -167,8 +168,7 @@ def _iter_zip(path: Path, limits: ArchiveLimits, wanted: Wanted) -> Iterator[tup
                 # checks the CRC, so a header that lies cannot make this read more.
                 with archive.open(info) as handle:
                     yield name, handle.read()
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, NotImplementedError,
-            RuntimeError, MemoryError) as exc:
+    except (*ZIP_READ_ERRORS, RuntimeError, MemoryError) as exc:
         raise DataSourceError(f"{path.name}: corrupt or unreadable archive ({one_line(exc)})") from None
 
 

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import math
 import zipfile
-import zlib
 from pathlib import Path
 
 from ..config import MAX_INPUT_SIZE
 from ..errors import CifarError, ModelFileError, one_line
-from ..safeio import parse_json
+from ..safeio import ZIP_READ_ERRORS, parse_json
 
 ALLOWED_MEMBERS = {"config.json", "metadata.json", "model.weights.h5"}
 MAX_CONFIG_BYTES = 20 * 1024 * 1024
@@ -65,8 +64,7 @@ def check_model_file(path: Path | str) -> dict:
             text = archive.read(infos["config.json"])
     except zipfile.BadZipFile as exc:
         raise ModelFileError(f"{path.name}: not a readable .keras file ({one_line(exc)})") from None
-    except (OSError, EOFError, RuntimeError, NotImplementedError, ValueError, zipfile.LargeZipFile,
-            zlib.error) as exc:
+    except (*ZIP_READ_ERRORS, RuntimeError) as exc:
         raise ModelFileError(f"{path.name}: unreadable model file ({type(exc).__name__}: {one_line(exc)})") from None
     config = parse_json(text, f"{path.name}: config.json", ModelFileError)
     _check_objects(config, path.name)

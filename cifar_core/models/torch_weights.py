@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ModelFileError
+from ..safeio import ZIP_READ_ERRORS
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 STORAGE_DTYPES = {
@@ -78,7 +79,7 @@ def load_state_dict(path: Path | str) -> dict[str, np.ndarray]:
         return _load_legacy(path)
     except ModelFileError:
         raise
-    except (OSError, EOFError, pickle.UnpicklingError, struct.error, ValueError, KeyError, TypeError) as exc:
+    except (*ZIP_READ_ERRORS, pickle.UnpicklingError, struct.error, KeyError, TypeError) as exc:
         raise ModelFileError(f"{path.name}: not a readable PyTorch state dict ({type(exc).__name__}: {exc})") from None
 
 
@@ -103,7 +104,9 @@ def _load_legacy(path: Path) -> dict[str, np.ndarray]:
 def _load_zip(path: Path) -> dict[str, np.ndarray]:
     with zipfile.ZipFile(path) as archive:
         names = archive.namelist()
-        pickle_name = next(n for n in names if n.endswith("/data.pkl"))
+        pickle_name = next((n for n in names if n.endswith("/data.pkl")), None)
+        if pickle_name is None:
+            raise ModelFileError(f"{path.name}: a zip without the state dict's data.pkl")
         prefix = pickle_name[: -len("data.pkl")]
         tree = _StateDictUnpickler(io.BytesIO(archive.read(pickle_name))).load()
         storages = {}
