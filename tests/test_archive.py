@@ -246,6 +246,40 @@ def test_a_damaged_member_of_a_dataset_zip_is_the_archive_s_one_line_error(tmp_p
         list(iter_archive_files(path))
 
 
+def _noise_tar_gz(path, trailing: bytes = b""):
+    import gzip
+
+    noise = np.random.default_rng(0).integers(0, 9, 50_000, dtype=np.uint8).tobytes()
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        info = tarfile.TarInfo("train/cat/0.png")
+        info.size = len(noise)
+        tar.addfile(info, io.BytesIO(noise))
+    path.write_bytes(gzip.compress(buffer.getvalue() + trailing))
+    return path, noise
+
+
+@pytest.mark.parametrize("where", ["the deflate stream's start", "its middle", "the CRC-32 in the trailer"])
+def test_a_damaged_tar_gz_is_refused_not_unpacked_into_damaged_images(tmp_path, where):
+    from cifar_core.errors import DataSourceError
+
+    path, noise = _noise_tar_gz(tmp_path / "data.tar.gz")
+    assert list(iter_archive_files(path)) == [("train/cat/0.png", noise)]
+    data = bytearray(path.read_bytes())
+    start = {"the deflate stream's start": 10, "its middle": len(data) // 2, "the CRC-32 in the trailer": -8}[where]
+    data[start:start + 4 or None] = bytes(b ^ 0xFF for b in data[start:start + 4 or None])
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataSourceError, match=r"^data.tar.gz: corrupt or unreadable archive \(.+\)$"):
+        list(iter_archive_files(path))
+
+
+def test_what_follows_a_tar_gz_s_end_is_read_within_the_unpacking_budget(tmp_path):
+    path, noise = _noise_tar_gz(tmp_path / "data.tar.gz", trailing=bytes(200_000))
+    assert list(iter_archive_files(path)) == [("train/cat/0.png", noise)]  # read to the end, trailer checked
+    with pytest.raises(UnsafeArchiveError, match="after the tar's end"):
+        list(iter_archive_files(path, ArchiveLimits(max_total_bytes=150_000)))
+
+
 def test_safe_extract_into_an_existing_folder_and_never_through_a_symlink(tmp_path):
     archive = _tar(tmp_path / "ok.tar.gz", [(_regular("d/train/cat/0.png"), PIXEL), (_regular("top.png"), PIXEL)])
     destination = tmp_path / "out"

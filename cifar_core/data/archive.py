@@ -9,10 +9,13 @@ Extracting writes only inside the destination.
 """
 from __future__ import annotations
 
+import contextlib
+import gzip
 import os
 import stat
 import tarfile
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -112,12 +115,21 @@ def _guarded_tarinfo(limits: ArchiveLimits) -> type[tarfile.TarInfo]:
     return GuardedTarInfo
 
 
+GZIP_MAGIC = b"\x1f\x8b"
+
+
 def _iter_tar(path: Path, limits: ArchiveLimits, wanted: Wanted) -> Iterator[tuple[str, bytes]]:
     budget = _Budget(limits)
     try:
-        # Stream mode ("r|*"): one forward pass, no seeking in the compressed stream;
-        # a member not read is skipped block by block, never held.
-        with tarfile.open(path, mode="r|*", tarinfo=_guarded_tarinfo(limits)) as tar:
+        with contextlib.ExitStack() as stack:
+            # tarfile's own gzip reading never checks the gzip trailer's CRC-32, so a damaged
+            # .tar.gz would unpack damaged images without a word; GzipFile checks it at the end.
+            gzipped = _starts_with(path, GZIP_MAGIC)
+            source = stack.enter_context(gzip.open(path, "rb")) if gzipped else None
+            # Stream mode: one forward pass, no seeking in the compressed stream;
+            # a member not read is skipped block by block, never held.
+            tar = stack.enter_context(tarfile.open(None if gzipped else path, mode="r|" if gzipped else "r|*",
+                                                   fileobj=source, tarinfo=_guarded_tarinfo(limits)))
             for member in tar:
                 name = safe_member_name(member.name)
                 if member.isdir():
@@ -131,8 +143,24 @@ def _iter_tar(path: Path, limits: ArchiveLimits, wanted: Wanted) -> Iterator[tup
                 if not wanted(name):
                     continue
                 yield name, tar.extractfile(member).read()
-    except (tarfile.TarError, EOFError, OSError, ValueError, RuntimeError, MemoryError) as exc:
+            if source is not None:
+                _read_to_the_end(source, limits.max_total_bytes - budget.total)
+    except (tarfile.TarError, EOFError, OSError, ValueError, RuntimeError, MemoryError, zlib.error) as exc:
         raise DataSourceError(f"{path.name}: corrupt or unreadable archive ({one_line(exc)})") from None
+
+
+def _starts_with(path: Path, magic: bytes) -> bool:
+    with open(path, "rb") as file:
+        return file.read(len(magic)) == magic
+
+
+def _read_to_the_end(stream, budget: int) -> None:
+    """Read what follows the tar's end (its padding) so that the gzip trailer is checked, within
+    what is left of the unpacking budget."""
+    while block := stream.read(1 << 20):
+        budget -= len(block)
+        if budget < 0:
+            raise UnsafeArchiveError("archive unpacks to more than its limit after the tar's end")
 
 
 def _check_zip_member(info: zipfile.ZipInfo, limits: ArchiveLimits) -> None:
