@@ -15,9 +15,9 @@ from cifar_core.errors import UnsafeArchiveError
 PIXEL = png_bytes(np.zeros((4, 4, 3), np.uint8))
 
 
-def _tar(path, members):
+def _tar(path, members, mode="w:gz"):
     """members: list of (TarInfo-configuring callable, bytes or None)."""
-    with tarfile.open(path, "w:gz") as archive:
+    with tarfile.open(path, mode) as archive:
         for configure, data in members:
             info = tarfile.TarInfo()
             configure(info)
@@ -269,15 +269,38 @@ def test_a_damaged_tar_gz_is_refused_not_unpacked_into_damaged_images(tmp_path, 
     start = {"the deflate stream's start": 10, "its middle": len(data) // 2, "the CRC-32 in the trailer": -8}[where]
     data[start:start + 4 or None] = bytes(b ^ 0xFF for b in data[start:start + 4 or None])
     path.write_bytes(bytes(data))
-    with pytest.raises(DataSourceError, match=r"^data.tar.gz: corrupt or unreadable archive \(.+\)$"):
+    with pytest.raises(DataSourceError, match=r"^data.tar.gz: corrupt or unreadable archive \((?!None\)).+\)$"):
         list(iter_archive_files(path))
 
 
 def test_what_follows_a_tar_gz_s_end_is_read_within_the_unpacking_budget(tmp_path):
-    path, noise = _noise_tar_gz(tmp_path / "data.tar.gz", trailing=bytes(200_000))
+    from cifar_core.data.archive import _read_to_the_end
+
+    path, noise = _noise_tar_gz(tmp_path / "data.tar.gz", trailing=bytes(120_000))
     assert list(iter_archive_files(path)) == [("train/cat/0.png", noise)]  # read to the end, trailer checked
-    with pytest.raises(UnsafeArchiveError, match="after the tar's end"):
+    # 50,000 bytes of member leave 100,000 of a 150,000 budget for the 120,000 after the tar's end.
+    with pytest.raises(UnsafeArchiveError, match="^archive unpacks to more than its limit after the tar's end$"):
         list(iter_archive_files(path, ArchiveLimits(max_total_bytes=150_000)))
+    _read_to_the_end(io.BytesIO(bytes(3 << 20)), 3 << 20)  # exactly the budget: read
+
+    class Endless:
+        """Zeros without end: every read must ask for a bounded block, never 'all of it'."""
+
+        def read(self, size):
+            assert isinstance(size, int) and 0 < size <= 4 << 20, size
+            return bytes(size)
+
+    with pytest.raises(UnsafeArchiveError):
+        _read_to_the_end(Endless(), 4 << 20)
+    with pytest.raises(UnsafeArchiveError):
+        _read_to_the_end(io.BytesIO(bytes((3 << 20) + 1)), 3 << 20)
+
+
+@pytest.mark.parametrize("compression", ["", "bz2", "xz"])
+def test_tars_compressed_otherwise_or_not_at_all_read_too(tmp_path, compression):
+    path = _tar(tmp_path / f"data.tar.{compression or 'plain'}", [(_regular("train/cat/0.png"), PIXEL)],
+                mode=f"w:{compression}" if compression else "w")
+    assert list(iter_archive_files(path)) == [("train/cat/0.png", PIXEL)]
 
 
 def test_safe_extract_into_an_existing_folder_and_never_through_a_symlink(tmp_path):

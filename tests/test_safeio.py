@@ -217,3 +217,29 @@ def test_a_damaged_npz_member_or_a_missing_array_is_one_clear_error(tmp_path, wh
         safeio.read_npz(path, 1 << 20, ("x", "z"), RunFolderError)
     read = safeio.read_npz(path, 1 << 20, ("y",), RunFolderError, optional=("x", "z"))
     assert sorted(read) == ["x", "y"] and read["x"].tolist() == [0, 1, 2]
+
+
+def test_array_files_over_their_cap_are_the_callers_error_naming_an_array_file(tmp_path):
+    import numpy as np
+
+    npy = tmp_path / "big.npy"
+    np.save(npy, np.zeros(8192, np.uint8))  # past the header allowance too
+    with pytest.raises(RunFolderError, match=r"^big.npy: array file is [^;]+; the limit is"):
+        safeio.read_npy(npy, 8, RunFolderError)
+    npz = tmp_path / "big.npz"
+    np.savez(npz, x=np.zeros(64, np.uint8))
+    with pytest.raises(RunFolderError, match=r"^big.npz: array file is [^;]+; the limit is"):
+        safeio.read_npz(npz, 64, ("x",), RunFolderError)
+
+
+def test_a_npz_unpacking_to_exactly_its_cap_is_read(tmp_path):
+    import zipfile
+
+    import numpy as np
+
+    path = tmp_path / "exact.npz"
+    np.savez_compressed(path, x=np.zeros(4096, np.uint8))
+    unpacked = sum(info.file_size for info in zipfile.ZipFile(path).infolist())
+    assert safeio.read_npz(path, unpacked, ("x",))["x"].shape == (4096,)
+    with pytest.raises(CifarError, match="once unpacked"):
+        safeio.read_npz(path, unpacked - 1, ("x",))

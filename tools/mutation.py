@@ -54,6 +54,13 @@ EQUIVALENT: list[tuple[str, str]] = [
      "read"),
     (r'_read_at_most\(fd, max_bytes \+ 2\)', "reading two bytes past the cap refuses the same files as one"),
     (r'1000001\.0', "the megapixel figure is rounded to whole numbers either way"),
+    (r'gzip\.open\(path, \)', "'rb' is gzip.open's default mode"),
+    (r'tarfile\.open\(None if \(gzipped\) and False else path|tarfile\.open\(None if gzipped else path, fileobj=source'
+     r'|mode="r\|" if \(gzipped\) and False else "r\|\*"',
+     "with a file object given, tarfile takes the path as a name only, and 'r' or 'r|*' read the GzipFile's "
+     "plain tar as 'r|' does"),
+    (r'stream\.read\((2 << 20|1 << 21)\)', "the block size changes how the budget is counted off, not what it "
+     "allows"),
     (r'allowed = None', "None and False are both refusals"),
     (r'max\(label, -2\)', "any negative label is refused; -1 and -2 are equally out of range"),
     (r'os\.ftruncate\(fd, 1\)', "the pid written next overwrites the one byte kept"),

@@ -91,7 +91,7 @@ def _load_legacy(path: Path) -> dict[str, np.ndarray]:
         info = _plain_load(handle)
         if isinstance(info, dict) and not info.get("little_endian", True):
             raise ModelFileError(f"{path.name}: big-endian files are not supported")
-        tree = _StateDictUnpickler(handle).load()
+        tree = _state_tree(_StateDictUnpickler(handle).load())
         keys = _plain_load(handle)
         storages = {}
         for key in keys:
@@ -108,7 +108,7 @@ def _load_zip(path: Path) -> dict[str, np.ndarray]:
         if pickle_name is None:
             raise ModelFileError(f"{path.name}: a zip without the state dict's data.pkl")
         prefix = pickle_name[: -len("data.pkl")]
-        tree = _StateDictUnpickler(io.BytesIO(archive.read(pickle_name))).load()
+        tree = _state_tree(_StateDictUnpickler(io.BytesIO(archive.read(pickle_name))).load())
         storages = {}
         for ref in _iter_refs(tree):
             storages[ref.key] = np.frombuffer(archive.read(f"{prefix}data/{ref.key}"), dtype=ref.dtype)
@@ -137,9 +137,14 @@ def _find_ref(tree, key) -> _StorageRef:
     raise ModelFileError(f"storage {key!r} is not used by any tensor")
 
 
-def _materialise(tree, storages) -> dict[str, np.ndarray]:
+def _state_tree(tree):
+    """The unpickled object, if it is a state dict's {name: tensor} mapping."""
     if not isinstance(tree, dict):
         raise ModelFileError("file does not hold a state dict")
+    return tree
+
+
+def _materialise(tree, storages) -> dict[str, np.ndarray]:
     arrays = {}
     for name, value in tree.items():
         if not isinstance(value, _LazyTensor):
