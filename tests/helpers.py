@@ -131,6 +131,18 @@ def tar_with_declared_member(path: Path, name: str, declared_size: int, kind: by
     return path
 
 
+def tensorflow_and_keras_imported_by(code: str) -> str:
+    """Run `code` in a fresh interpreter at the project root; 'False False' when it imported
+    neither TensorFlow nor Keras."""
+    import subprocess
+    import sys
+
+    probe = f"import sys; {code}; print('tensorflow' in sys.modules, 'keras' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout.strip().splitlines()[-1]
+
+
 def damage_deflate(path: Path, where: str = "start") -> Path:
     """Damage the first member's deflate stream of a zip in place: at its start (zlib refuses the
     stream) or in the middle of the file (the stream decodes; its CRC-32 does not match)."""

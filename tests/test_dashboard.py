@@ -83,13 +83,9 @@ def test_classify_page_classifies_sample_images(studio):
 
 
 def test_home_page_does_not_import_tensorflow(studio):
-    import subprocess
-    import sys
+    from helpers import tensorflow_and_keras_imported_by
 
-    probe = ("import runpy, sys; runpy.run_path('pages/0_Home.py'); "
-             "print('tensorflow' in sys.modules, 'keras' in sys.modules)")
-    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert result.stdout.strip().splitlines()[-1] == "False False", result.stderr[-2000:]
+    assert tensorflow_and_keras_imported_by("import runpy; runpy.run_path('pages/0_Home.py')") == "False False"
 
 
 def test_navigation_declares_every_page_with_a_title_in_a_section(studio):

@@ -162,16 +162,12 @@ def test_launch_refuses_what_the_worker_would_before_any_job_or_folder(tmp_path,
 
 
 def test_the_launch_checks_do_not_import_tensorflow():
-    import subprocess
-    import sys
+    from helpers import tensorflow_and_keras_imported_by
 
-    probe = ("import sys; from cifar_core.config import recipe_config; "
-             "from cifar_core.training.checks import check_training_config; "
-             "check_training_config(recipe_config('fastnet', data='x')); "
-             "print('tensorflow' in sys.modules, 'keras' in sys.modules)")
-    result = subprocess.run([sys.executable, "-c", probe], cwd=Path(__file__).parents[1], capture_output=True,
-                            text=True, timeout=120)
-    assert result.stdout.strip().splitlines()[-1] == "False False", result.stderr[-2000:]
+    code = ("from cifar_core.config import recipe_config; "
+            "from cifar_core.training.checks import check_training_config; "
+            "check_training_config(recipe_config('fastnet', data='x'))")
+    assert tensorflow_and_keras_imported_by(code) == "False False"
 
 
 def _analyses(text):

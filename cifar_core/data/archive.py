@@ -15,7 +15,6 @@ import os
 import stat
 import tarfile
 import zipfile
-import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -37,6 +36,9 @@ class ArchiveLimits:
 
 
 DEFAULT_LIMITS = ArchiveLimits()
+# What reading a damaged tar or zip raises (a gzip stream's zlib.error and CRC included), turned
+# into the one-line "corrupt or unreadable archive" by both readers.
+ARCHIVE_READ_ERRORS = (*ZIP_READ_ERRORS, tarfile.TarError, RuntimeError, MemoryError)
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 
 
@@ -145,7 +147,7 @@ def _iter_tar(path: Path, limits: ArchiveLimits, wanted: Wanted) -> Iterator[tup
                 yield name, tar.extractfile(member).read()
             if source is not None:
                 _read_to_the_end(source, limits.max_total_bytes - budget.total)
-    except (tarfile.TarError, EOFError, OSError, ValueError, RuntimeError, MemoryError, zlib.error) as exc:
+    except ARCHIVE_READ_ERRORS as exc:
         raise DataSourceError(f"{path.name}: corrupt or unreadable archive ({one_line(exc)})") from None
 
 
@@ -196,7 +198,7 @@ def _iter_zip(path: Path, limits: ArchiveLimits, wanted: Wanted) -> Iterator[tup
                 # checks the CRC, so a header that lies cannot make this read more.
                 with archive.open(info) as handle:
                     yield name, handle.read()
-    except (*ZIP_READ_ERRORS, RuntimeError, MemoryError) as exc:
+    except ARCHIVE_READ_ERRORS as exc:
         raise DataSourceError(f"{path.name}: corrupt or unreadable archive ({one_line(exc)})") from None
 
 
