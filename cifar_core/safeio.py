@@ -145,6 +145,19 @@ def read_npz(path: Path | str, max_bytes: int, keys: tuple[str, ...], error: typ
         raise error(f"corrupt {where}: {one_line(exc)}") from None
 
 
+def read_cached_npz(path: Path | str, max_bytes: int, keys: tuple[str, ...]) -> dict | None:
+    """A cache's arrays as read_npz reads them, or None where there is none, it is a link, or it is
+    damaged: whatever the cache saves (a dataset's decoding, converted weights, a run's best epoch)
+    is computed again or started over, never trusted and never a crash."""
+    path = Path(path)
+    if path.is_symlink():  # caches are written by rename, never as links
+        return None
+    try:
+        return read_npz(path, max_bytes, keys)
+    except CifarError:
+        return None
+
+
 def file_sha256(path: Path | str) -> str:
     """The SHA-256 of a file's bytes, read a block at a time."""
     import hashlib

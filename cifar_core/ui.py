@@ -16,7 +16,7 @@ import pandas as pd
 import streamlit as st
 
 from . import runs
-from .data.sources import SAMPLE_FILE
+from .data.sources import MAX_SAMPLE_BYTES, SAMPLE_FILE
 from .errors import CifarError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -409,14 +409,25 @@ def dataset(source: str):
 
 @st.cache_resource(show_spinner=False)
 def sample_dataset():
-    """A small committed sample of the test split, so pages work with no dataset at hand."""
     from .data import Dataset
 
-    if not SAMPLE_FILE.is_file():
+    """A small committed sample of the test split, so pages work with no dataset at hand; None where
+    it is missing or damaged (the pages then say there is no data)."""
+    from .data.sources import validate_dataset
+    from .errors import DataSourceError
+    from .safeio import read_cached_npz
+
+    arrays = read_cached_npz(SAMPLE_FILE, MAX_SAMPLE_BYTES, ("images", "labels", "class_names"))
+    if arrays is None:
         return None
-    with np.load(SAMPLE_FILE, allow_pickle=False) as npz:
-        images, labels, names = npz["images"], npz["labels"], tuple(str(n) for n in npz["class_names"])
-    return Dataset(images, labels, images, labels, names, "sample", "CIFAR-10 sample (100 test images, shipped)")
+    images, labels = arrays["images"], arrays["labels"]
+    sample = Dataset(images, labels, images, labels, tuple(str(n) for n in arrays["class_names"].reshape(-1)),
+                     "sample", f"CIFAR-10 sample ({len(labels)} test images, shipped)")
+    try:
+        validate_dataset(sample)
+    except DataSourceError:
+        return None
+    return sample
 
 
 # What the uploaders offer (a browser's file picker filters by extension); the decoder then checks

@@ -30,7 +30,7 @@ def test_checkpoint_accuracy_uses_the_best_weights_then_the_last_checkpoint(tiny
     best = checkpoint.load_model(run_dir, checkpoint.load_state(run_dir))
     from cifar_core.training.callbacks import read_best_weights
 
-    best.set_weights(read_best_weights(checkpoint.checkpoint_dir(run_dir) / BEST_WEIGHTS_NAME)[1])
+    best.set_weights(read_best_weights(checkpoint.checkpoint_dir(run_dir) / BEST_WEIGHTS_NAME, best)[1])
     predicted = best.predict(tiny_dataset.x_test.astype("float32"), verbose=0).argmax(1)
     assert measured["test_accuracy"] == pytest.approx(np.mean(predicted == tiny_dataset.y_test))
     assert "test_accuracy_tta" in measured

@@ -25,7 +25,7 @@ def checkpoint_accuracy(run_dir: Path, dataset, tta: bool = True) -> tuple[str, 
         raise RunFolderError(f"{run_dir} has no usable checkpoint")
     model = checkpoint.load_model(run_dir, state)
     weights_from = f"epoch {state['epochs_completed']} (last checkpoint)"
-    best = read_best_weights(checkpoint.checkpoint_dir(run_dir) / BEST_WEIGHTS_NAME)
+    best = read_best_weights(checkpoint.checkpoint_dir(run_dir) / BEST_WEIGHTS_NAME, model)
     if best is not None:
         epoch, weights = best
         model.set_weights(weights)

@@ -19,7 +19,7 @@ import numpy as np
 from ..errors import DataSourceError, ImageDecodeError
 from ..imaging import MAX_BYTES as MAX_IMAGE_BYTES
 from ..imaging import decode_image, read_image_file, resize_image
-from ..safeio import read_regular_file
+from ..safeio import read_cached_npz, read_regular_file
 from .archive import DEFAULT_LIMITS, is_archive, iter_archive_files
 from .pickles import MAX_PICKLE_BYTES, parse_batch, parse_label_names
 
@@ -37,6 +37,7 @@ OFFICIAL_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 # 10 test images per class, committed so the dashboard works with no dataset at hand
 # (written by tools/make_sample.py).
 SAMPLE_FILE = Path(__file__).resolve().parents[2] / "artifacts" / "samples" / "cifar10-test-sample.npz"
+MAX_SAMPLE_BYTES = 4 << 20  # 100 images of 32 px are 300 KiB
 
 
 @dataclass
@@ -85,13 +86,13 @@ def load_dataset(source: str | os.PathLike | None = None, image_size: int = CIFA
     kind, fingerprint = _identify(source)
     cache_file = cache_dir() / f"{kind}-{_cache_key(fingerprint, image_size)}.npz"
     if use_cache and cache_file.is_file():
-        dataset = _read_cache(cache_file, source)
+        dataset = _read_cache(cache_file, source, image_size)
         if dataset is not None:
             dataset.load_seconds = time.perf_counter() - started
             return dataset
     loader = {"keras": _load_keras, "batches": _load_official_batches, "images": _load_image_folder}[kind]
     dataset = loader(source, image_size)
-    _validate(dataset)
+    validate_dataset(dataset)
     if use_cache:
         _write_cache(cache_file, dataset)
     dataset.load_seconds = time.perf_counter() - started
@@ -141,14 +142,29 @@ def _cache_key(fingerprint: str, image_size: int) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
-def _read_cache(cache_file: Path, source: str) -> Dataset | None:
+CACHE_KEYS = ("x_train", "y_train", "x_test", "y_test", "class_names", "description")
+
+
+def max_cache_bytes(image_size: int) -> int:
+    """The most a cache of any dataset the loaders accept can hold: every image an archive may
+    have, at the requested size, with its label, plus room for the names."""
+    return DEFAULT_LIMITS.max_members * (image_size * image_size * 3 + 8) + (1 << 20)
+
+
+def _read_cache(cache_file: Path, source: str, image_size: int) -> Dataset | None:
+    """The cached dataset, or None where it is missing, damaged or not what the loaders write
+    (rebuilt then, never trusted)."""
+    arrays = read_cached_npz(cache_file, max_cache_bytes(image_size), CACHE_KEYS)
+    if arrays is None:
+        return None
     try:
-        with np.load(cache_file, allow_pickle=False) as npz:
-            return Dataset(npz["x_train"], npz["y_train"], npz["x_test"], npz["y_test"],
-                           tuple(str(n) for n in npz["class_names"]), source, str(npz["description"]),
-                           from_cache=True)
-    except (OSError, KeyError, ValueError):
-        return None  # a damaged cache is rebuilt, never trusted
+        dataset = Dataset(arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"],
+                          tuple(str(n) for n in arrays["class_names"].reshape(-1)), source,
+                          str(arrays["description"]), from_cache=True)
+        validate_dataset(dataset)
+    except (DataSourceError, TypeError, ValueError):
+        return None
+    return dataset if dataset.image_size == image_size else None
 
 
 def _write_cache(cache_file: Path, dataset: Dataset) -> None:
@@ -165,13 +181,17 @@ def _write_cache(cache_file: Path, dataset: Dataset) -> None:
         tmp.unlink(missing_ok=True)  # caching is an optimisation; never fail the load for it
 
 
-def _validate(dataset: Dataset) -> None:
+def validate_dataset(dataset: Dataset) -> None:
     num_classes = len(dataset.class_names)
     for split, x, y in (("train", dataset.x_train, dataset.y_train), ("test", dataset.x_test, dataset.y_test)):
         if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] != 3:
             raise DataSourceError(f"{split} images must be uint8 (N, H, W, 3); found {x.dtype} {x.shape}")
-        if len(x) != len(y) or len(x) == 0:
-            raise DataSourceError(f"{split} split has {len(x)} images and {len(y)} labels")
+        if x.shape[1:] != dataset.x_train.shape[1:]:
+            raise DataSourceError(f"test images are {x.shape[1:]}, training images {dataset.x_train.shape[1:]}")
+        if y.ndim != 1 or len(x) != len(y) or len(x) == 0:
+            raise DataSourceError(f"{split} split has {len(x)} images and labels of shape {y.shape}")
+        if not np.issubdtype(y.dtype, np.integer):
+            raise DataSourceError(f"{split} labels must be integers; found {y.dtype}")
         if y.min() < 0 or y.max() >= num_classes:
             raise DataSourceError(f"{split} labels must be in [0, {num_classes - 1}]")
     if num_classes < 2:

@@ -156,23 +156,40 @@ def build_lite(variant: str = "lite0", input_shape=(128, 128, 3), num_classes: i
 
 
 def lite_weights_path(variant: str) -> Path:
-    cache = Path(os.environ.get("CIFAR_CORE_CACHE") or Path.home() / ".cache" / "cifar_core")
-    return cache / f"{variant}-imagenet.npz"
+    from ..data.sources import cache_dir
+
+    return cache_dir() / f"{variant}-imagenet.npz"
+
+
+# The converted file also keeps the ImageNet classifier (1280 x 1000 + 1000 floats), which a
+# CIFAR model does not load: room for it in the file's bound.
+IMAGENET_CLASSIFIER_BYTES = 4 * 1281 * 1000
 
 
 def load_lite_imagenet_weights(model: keras.Model, variant: str) -> None:
-    """Set the Lite layers from the converted ImageNet weights (converted once, then cached)."""
+    """Set the Lite layers from the converted ImageNet weights (converted once, then cached; a
+    damaged cache, or one that does not fit the model, is converted again)."""
+    from ..safeio import read_cached_npz
+
+    wanted = {layer.name: [f"{layer.name}/{i}" for i in range(len(layer.weights))]
+              for layer in model.layers if layer.weights and layer.name not in HEAD_LAYERS}
+    shapes = {f"{layer.name}/{i}": tuple(weight.shape) for layer in model.layers if layer.name in wanted
+              for i, weight in enumerate(layer.weights)}
+    max_bytes = 4 * sum(int(np.prod(shape)) for shape in shapes.values()) + IMAGENET_CLASSIFIER_BYTES + (1 << 20)
     path = lite_weights_path(variant)
-    if not path.is_file():
-        convert_lite_weights(variant, path)
-    with np.load(path, allow_pickle=False) as npz:
-        weights = {key: npz[key] for key in npz.files}
-    for layer in model.layers:
-        names = [f"{layer.name}/{i}" for i in range(len(layer.weights))]
-        if names and all(n in weights for n in names):
-            layer.set_weights([weights[n] for n in names])
-        elif layer.weights and layer.name not in HEAD_LAYERS:
-            raise ModelFileError(f"converted {variant} weights have nothing for layer {layer.name}")
+
+    def fitting(weights: dict | None) -> dict | None:
+        return weights if weights is not None and all(
+            name in weights and weights[name].shape == shape for name, shape in shapes.items()) else None
+
+    weights = fitting(read_cached_npz(path, max_bytes, tuple(shapes)))
+    if weights is None:  # not converted yet, or damaged: convert from the package's state dict
+        weights = fitting(convert_lite_weights(variant, path))
+        if weights is None:
+            raise ModelFileError(f"the {variant} ImageNet weights do not fit the {variant} model; "
+                                 f"is the installed weights package another variant?")
+    for layer_name, names in wanted.items():
+        model.get_layer(layer_name).set_weights([weights[name] for name in names])
 
 
 def _torch_source_path(variant: str) -> Path:
@@ -185,8 +202,10 @@ def _torch_source_path(variant: str) -> Path:
     return Path(getattr(module, f"EfficientnetLite{variant[-1]}ModelFile").get_model_file_path())
 
 
-def convert_lite_weights(variant: str, target: Path, source: Path | None = None) -> Path:
-    """PyTorch state dict -> {keras layer name/index: array} npz (no PyTorch needed)."""
+def convert_lite_weights(variant: str, target: Path | None = None, source: Path | None = None) -> dict:
+    """PyTorch state dict -> {keras layer name/index: float32 array} (no PyTorch needed), also saved
+    as the npz cache at `target` where given (a cache that cannot be written only costs the next
+    build another conversion)."""
     from .torch_weights import load_state_dict
 
     state = load_state_dict(source or _torch_source_path(variant))
@@ -201,27 +220,40 @@ def convert_lite_weights(variant: str, target: Path, source: Path | None = None)
         for index, suffix in enumerate(("weight", "bias", "running_mean", "running_var")):
             converted[f"{keras_name}/{index}"] = state[f"{torch_name}.{suffix}"]
 
-    conv("stem_conv", "_conv_stem")
-    bn("stem_bn", "_bn0")
-    for block, _, _, expand, _, _ in _lite_blocks(variant):
-        prefix, torch_prefix = f"block{block}", f"_blocks.{block}"
-        if expand != 1:
-            conv(f"{prefix}_expand_conv", f"{torch_prefix}._expand_conv")
-            bn(f"{prefix}_expand_bn", f"{torch_prefix}._bn0")
-        conv(f"{prefix}_dwconv", f"{torch_prefix}._depthwise_conv", depthwise=True)
-        bn(f"{prefix}_dw_bn", f"{torch_prefix}._bn1")
-        conv(f"{prefix}_project_conv", f"{torch_prefix}._project_conv")
-        bn(f"{prefix}_project_bn", f"{torch_prefix}._bn2")
-    conv("top_conv", "_conv_head")
-    bn("top_bn", "_bn1")
-    converted["imagenet_predictions/0"] = state["_fc.weight"].T
-    converted["imagenet_predictions/1"] = state["_fc.bias"]
-    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        conv("stem_conv", "_conv_stem")
+        bn("stem_bn", "_bn0")
+        for block, _, _, expand, _, _ in _lite_blocks(variant):
+            prefix, torch_prefix = f"block{block}", f"_blocks.{block}"
+            if expand != 1:
+                conv(f"{prefix}_expand_conv", f"{torch_prefix}._expand_conv")
+                bn(f"{prefix}_expand_bn", f"{torch_prefix}._bn0")
+            conv(f"{prefix}_dwconv", f"{torch_prefix}._depthwise_conv", depthwise=True)
+            bn(f"{prefix}_dw_bn", f"{torch_prefix}._bn1")
+            conv(f"{prefix}_project_conv", f"{torch_prefix}._project_conv")
+            bn(f"{prefix}_project_bn", f"{torch_prefix}._bn2")
+        conv("top_conv", "_conv_head")
+        bn("top_bn", "_bn1")
+        converted["imagenet_predictions/0"] = state["_fc.weight"].T
+        converted["imagenet_predictions/1"] = state["_fc.bias"]
+    except KeyError as exc:
+        raise ModelFileError(f"the {variant} ImageNet state dict has no {exc.args[0]!r}; "
+                             f"is the installed weights package another model's?") from None
+    converted = {name: array.astype(np.float32) for name, array in converted.items()}
+    if target is not None:
+        _write_weights_cache(target, converted)
+    return converted
+
+
+def _write_weights_cache(target: Path, converted: dict) -> None:
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as handle:
-        np.savez(handle, **{k: v.astype(np.float32) for k, v in converted.items()})
-    os.replace(tmp, target)
-    return target
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as handle:
+            np.savez(handle, **converted)
+        os.replace(tmp, target)
+    except OSError:
+        tmp.unlink(missing_ok=True)
 
 
 # --- keras.applications backbones ------------------------------------------------------------

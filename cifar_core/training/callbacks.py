@@ -16,12 +16,20 @@ LIVE_POINT_SECONDS = 2.0  # how often live.csv gets a point: the Train page's cu
 BEST_WEIGHTS_NAME = runs.BEST_WEIGHTS_FILE
 
 
-def read_best_weights(path: Path) -> tuple[int, list[np.ndarray]] | None:
-    """(0-based epoch, weights) from a best-weights file, or None if there is none."""
-    if not path.is_file():
+def read_best_weights(path: Path, model: keras.Model) -> tuple[int, list[np.ndarray]] | None:
+    """(0-based epoch, weights) from a best-weights file, or None if there is none, or it is damaged
+    or holds weights of another shape than `model`'s (then the run goes on without them)."""
+    from ..safeio import read_cached_npz
+
+    shapes = [tuple(weight.shape) for weight in model.weights]
+    max_bytes = sum(8 * int(np.prod(shape)) for shape in shapes) + (1 << 20)  # float64 at most
+    saved = read_cached_npz(path, max_bytes, (*(f"arr_{i}" for i in range(len(shapes))), "epoch"))
+    if saved is None or saved["epoch"].shape != () or not np.issubdtype(saved["epoch"].dtype, np.integer):
         return None
-    with np.load(path, allow_pickle=False) as saved:
-        return int(saved["epoch"]), [saved[f"arr_{i}"] for i in range(len(saved.files) - 1)]
+    weights = [saved[f"arr_{i}"] for i in range(len(shapes))]
+    if [weight.shape for weight in weights] != shapes:
+        return None
+    return int(saved["epoch"]), weights
 
 
 def current_learning_rate(optimizer) -> float:
@@ -241,7 +249,7 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
 
     def _saved_weights(self, epoch: int) -> list | None:
         """The best epoch's weights, or None (then Keras starts over from the next epoch)."""
-        saved = read_best_weights(self.path)
+        saved = read_best_weights(self.path, self.model)
         if saved is None or saved[0] != epoch:
             return None  # killed between improving and saving: that file is older
         return saved[1]
