@@ -119,3 +119,32 @@ def test_a_transfer_comparison_reads_as_its_recipes_stretches():
     assert "| previous recipe | all | 4 x 224 px at 52.8 images/s | 60.0 min | 1.00x |" in text
     assert ("| today's recipe | top 40 of 49 | 1 x 128 px at 190.0 images/s + 3 x 224 px at 70.2 images/s | 30.0 min "
             "| 2.00x |") in text
+
+
+def test_the_per_cpu_bench_table_has_one_row_per_bench_file(tmp_path, monkeypatch):
+    import json
+
+    from tools import report
+
+    def bench(cpu, conv, fastnet=None, speedups=()):
+        training = [{"model": "g3", "train_images_per_second": 1000.0, "percent_of_conv_peak": 50.4,
+                     "epoch_minutes_50k": 0.8}]
+        if fastnet:
+            training.append({"model": "fastnet", "train_images_per_second": fastnet, "percent_of_conv_peak": 61.0,
+                             "epoch_minutes_50k": 50_000 / fastnet / 60})
+        return {"machine": {"cpu": cpu}, "measured_at": "2026-12-01T10:00:00", "training": training,
+                "peaks": {"float32": {"conv_gflops": conv}, "mixed_bfloat16": {"conv_gflops": 2 * conv}},
+                "comparison": [{"model": m, "speedup": x} for m, x in speedups]}
+
+    main, others = tmp_path / "bench-results.json", tmp_path / "cpus"
+    others.mkdir()
+    main.write_text(json.dumps(bench("Zen 9", 1000.0, 500.0, [("fastnet", 1.5), ("g3", 1.25)])))
+    (others / "b.json").write_text(json.dumps(bench("Old CPU", 100.0)))
+    monkeypatch.setattr(report, "ROOT", tmp_path)
+    monkeypatch.setattr(report, "BENCH", main)
+    monkeypatch.setattr(report, "BENCH_CPUS", others)
+    rows = report.bench_cpus_table().splitlines()[2:]
+    assert rows == [
+        "| Zen 9 ([bench-results.json](bench-results.json)) | 2026-12-01 | 1,000 / 2,000 | 500 (61%) | 1,000 (50%) "
+        "| — | 1.67 min | fastnet 1.50x, g3 1.25x |",
+        "| Old CPU ([b.json](cpus/b.json)) | 2026-12-01 | 100 / 200 | — | 1,000 (50%) | — | — | — |"]

@@ -27,6 +27,7 @@ EXPERIMENTS_DOC = ROOT / "docs" / "experiments.md"
 README = ROOT / "README.md"
 LATENCY = ROOT / "docs" / "latency.json"  # written by tests/test_browser.py (STUDIO_LATENCY_REPORT)
 BENCH = ROOT / "docs" / "bench-results.json"  # written by `python -m cifar_core bench --output ...`
+BENCH_CPUS = ROOT / "docs" / "bench-cpus"  # <cpu>.json: the same bench command on other CPUs
 SEEDS = ROOT / "docs" / "seeds"  # <run>/: more seeds of a shipped run's exact config (records, no weights)
 EXPORTS = ROOT / "docs" / "exports"  # <run>.json: copies of each shipped run's export manifest
 SERVE_LOAD = ROOT / "docs" / "serve-load.json"  # written by tools/load_test.py --output
@@ -290,6 +291,29 @@ def bench_tables() -> str:
     return "\n".join(lines)
 
 
+def bench_cpus_table() -> str:
+    """One row per CPU the bench command ran on (docs/bench-results.json and docs/bench-cpus/): its
+    measured peaks, each model's training step against them, and today's recipes against the previous."""
+    rows = []
+    for path in [BENCH, *sorted(BENCH_CPUS.glob("*.json"))]:
+        report = _json(path)
+        peaks, steps = report["peaks"], {r["model"]: r for r in report["training"]}
+        speedups = {c["model"]: c["speedup"] for c in report.get("comparison") or []}
+        rows.append([f"{report['machine']['cpu']} ([{path.name}]({path.relative_to(ROOT).as_posix()}))",
+                     report["measured_at"][:10],
+                     " / ".join(f"{peaks[p]['conv_gflops']:,.0f}" for p in ("float32", "mixed_bfloat16") if p in peaks),
+                     *(f"{steps[m]['train_images_per_second']:,.0f} ({steps[m]['percent_of_conv_peak']:.0f}%)"
+                       if m in steps else "—" for m in BENCH_CPU_MODELS),
+                     f"{steps['fastnet']['epoch_minutes_50k']:.2f} min" if "fastnet" in steps else "—",
+                     ", ".join(f"{m} {x:.2f}x" for m, x in speedups.items()) or "—"])
+    return table(["CPU (2 cores)", "measured", "conv peak, float32 / bf16 GFLOP/s",
+                  *(f"{m} images/s (of its peak)" for m in BENCH_CPU_MODELS), "a fastnet epoch",
+                  "today's recipe vs previous, side by side"], rows)
+
+
+BENCH_CPU_MODELS = ("fastnet", "g3", "demo")
+
+
 def _transfer_comparison(comparison: dict) -> str:
     """A transfer preset's previous recipe against today's: each fine-tuning stretch's measured step."""
     head = (f"**{comparison['model']}**: the previous recipe's fine-tuning against today's, each stretch's step "
@@ -340,8 +364,8 @@ def serve_table() -> str:
 
 
 GENERATORS = {"presets": preset_table, "readme-presets": readme_table, "transfer": transfer_table,
-              "superseded": superseded_table, "curves": curves,
-              "latency": latency_table, "analysis": analysis_table, "bench": bench_tables,
+              "superseded": superseded_table, "curves": curves, "latency": latency_table,
+              "analysis": analysis_table, "bench": bench_tables, "bench-cpus": bench_cpus_table,
               "exports": export_table, "serving": serve_table, "seeds": seed_table}
 
 
