@@ -139,8 +139,13 @@ def read_npz(path: Path | str, max_bytes: int, keys: tuple[str, ...], error: typ
             for key in wanted:
                 if key not in stored:
                     raise ValueError(f"no array {key!r} in it")
-            # Each member unpacked once (bounded by the sum above), its header checked, then parsed.
-            return {key: _checked_npy(archive.read(stored[key]), max_bytes) for key in wanted}
+            # Each member unpacked once (bounded by the sum above) straight into its array, its
+            # header checked first.
+            arrays = {}
+            for key in wanted:
+                with archive.open(stored[key]) as member:
+                    arrays[key] = _checked_npy(member, stored[key].file_size, max_bytes)
+            return arrays
     except ZIP_READ_ERRORS as exc:
         raise error(f"corrupt {where}: {one_line(exc)}") from None
 
@@ -175,23 +180,26 @@ NPY_HEADER_BYTES = 4096  # numpy writes 128; a longer header is still within rea
 def read_npy(path: Path | str, max_array_bytes: int, error: type[CifarError] = CifarError) -> np.ndarray:
     """One array of at most max_array_bytes from a regular .npy file whose header declares no more
     than the file holds."""
+    import io
+
     path = Path(path)
     data = read_regular_file(path, NPY_HEADER_BYTES + max_array_bytes, error, what="array file")
     try:
-        return _checked_npy(data, max_array_bytes)
+        return _checked_npy(io.BytesIO(data), len(data), max_array_bytes)
     except (OSError, ValueError) as exc:
         raise error(f"corrupt {path.name} in {path.parent.name}: {one_line(exc)}") from None
 
 
-def _checked_npy(data: bytes, max_array_bytes: int) -> np.ndarray:
-    """The array of a whole .npy file's bytes, once its header passed check_npy_header."""
-    import io
-
+def _checked_npy(stream, stored_bytes: int, max_array_bytes: int) -> np.ndarray:
+    """The array of a whole .npy file (`stored_bytes` long, at the start of a seekable `stream`),
+    once its header passed check_npy_header; numpy then reads the values into the array a block
+    at a time, so a zip member is never held as bytes beside its array."""
     import numpy as np
 
-    if check_npy_header(io.BytesIO(data), len(data)) > max_array_bytes:
+    if check_npy_header(stream, stored_bytes) > max_array_bytes:
         raise ValueError(f"it holds more than {size_text(max_array_bytes)} of values")
-    return np.load(io.BytesIO(data), allow_pickle=False)
+    stream.seek(0)
+    return np.load(stream, allow_pickle=False)
 
 
 def check_npy_header(stream, stored_bytes: int) -> int:
