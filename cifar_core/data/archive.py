@@ -42,6 +42,11 @@ ARCHIVE_READ_ERRORS = (*ZIP_READ_ERRORS, tarfile.TarError, RuntimeError, MemoryE
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 
 
+def unreadable_archive(path: Path, exc: BaseException) -> DataSourceError:
+    """The one line both readers give for a damaged archive, with what the reader found."""
+    return DataSourceError(f"{path.name}: corrupt or unreadable archive ({one_line(exc)})")
+
+
 def is_archive(path: Path | str) -> bool:
     name = str(path).lower()
     return name.endswith(ARCHIVE_SUFFIXES)
@@ -148,7 +153,7 @@ def _iter_tar(path: Path, limits: ArchiveLimits, wanted: Wanted) -> Iterator[tup
             if source is not None:
                 _read_to_the_end(source, limits.max_total_bytes - budget.total)
     except ARCHIVE_READ_ERRORS as exc:
-        raise DataSourceError(f"{path.name}: corrupt or unreadable archive ({one_line(exc)})") from None
+        raise unreadable_archive(path, exc) from None
 
 
 def _starts_with(path: Path, magic: bytes) -> bool:
@@ -199,7 +204,7 @@ def _iter_zip(path: Path, limits: ArchiveLimits, wanted: Wanted) -> Iterator[tup
                 with archive.open(info) as handle:
                     yield name, handle.read()
     except ARCHIVE_READ_ERRORS as exc:
-        raise DataSourceError(f"{path.name}: corrupt or unreadable archive ({one_line(exc)})") from None
+        raise unreadable_archive(path, exc) from None
 
 
 
