@@ -71,7 +71,7 @@ def export_run(run_dir: Path | str, fmt: str, quantize: str | None = None, out_d
     run_dir = Path(run_dir)
     if not (run_dir / runs.MODEL_FILE).is_file():  # before the lock, which would create the folder
         raise RunFolderError(f"{run_dir.name}: no trained model ({runs.MODEL_FILE}) in this run folder")
-    out_dir = Path(out_dir) if out_dir else run_dir / EXPORT_DIR
+    out_dir = Path(out_dir) if out_dir else runs.ensure_subfolder(run_dir / EXPORT_DIR)
     if out_dir.resolve().is_relative_to(run_dir.resolve()):
         with runs.RunWriter(run_dir):  # one writer per run folder (a training resume, an analysis)
             return _export(run_dir, fmt, quantize, out_dir, source, progress)

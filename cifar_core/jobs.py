@@ -25,7 +25,8 @@ from pathlib import Path
 
 from . import runs
 from .config import TrainConfig
-from .errors import CifarError, ConfigError
+from .errors import CifarError, ConfigError, one_line
+from .safeio import open_for_writing
 
 DEFAULT_DB = runs.DEFAULT_RUNS_ROOT.parent / "jobs.sqlite"
 STALE_SECONDS = runs.STALE_SECONDS
@@ -330,13 +331,24 @@ def resume_job(job_id: int) -> Job:
 
 
 def _spawn(job: Job, resume: bool) -> None:
-    job.log_file.parent.mkdir(parents=True, exist_ok=True)
-    log = open(job.log_file, "ab")
+    """Start the job's worker, its output appended to the job's log. A worker that cannot start (a
+    link or pipe where the log belongs, a full disk, no interpreter) fails the job with that line
+    instead of leaving it queued with no worker."""
     env = dict(os.environ, CIFAR_JOBS_DB=str(db_path().resolve()))
     command = [sys.executable, "-m", "cifar_core", "worker", str(job.id)] + (["--resume"] if resume else [])
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                               cwd=Path(__file__).resolve().parent.parent, env=env, start_new_session=True)
-    log.close()
+    try:
+        job.run_dir.mkdir(parents=True, exist_ok=True)
+        if job.log_file.parent != job.run_dir:
+            runs.ensure_subfolder(job.log_file.parent)
+        log = open_for_writing(job.log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, CifarError, "job log")
+        try:
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                       cwd=Path(__file__).resolve().parent.parent, env=env, start_new_session=True)
+        finally:
+            os.close(log)
+    except (CifarError, OSError) as exc:
+        update_job(job.id, state="failed", message=one_line(exc))
+        raise CifarError(f"job {job.id} could not start: {one_line(exc)}") from None
     update_job(job.id, pid=process.pid, pid_started=_wait_for_start_time(process.pid))
 
 

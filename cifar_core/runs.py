@@ -34,7 +34,7 @@ from typing import Any
 
 from .config import MAX_INPUT_SIZE, TrainConfig
 from .errors import CifarError, RunFolderError, one_line
-from .safeio import parse_json, read_npy, read_npz, read_regular_file
+from .safeio import open_for_writing, parse_json, read_npy, read_npz, read_regular_file, regular_file_fd
 from .schema import (
     Check,
     all_are,
@@ -162,14 +162,14 @@ class RunWriter:
 
     def __enter__(self) -> RunWriter:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        lock = self.run_dir / LOCK_FILE
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+        fd = open_for_writing(self.run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, RunFolderError, "writer lock")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            holder = _lock_holder(fd)
             os.close(fd)
             raise RunFolderError(f"{self.run_dir.name} is being written by another process (pid "
-                                 f"{_lock_holder(lock)}); wait for it to finish or cancel it first") from None
+                                 f"{holder}); wait for it to finish or cancel it first") from None
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._fd = fd
@@ -181,20 +181,19 @@ class RunWriter:
             self._fd = None
 
 
-def _lock_holder(lock: Path) -> str:
-    """The pid its holder wrote into a lock file ('?' if it has not yet)."""
+def _lock_holder(fd: int) -> str:
+    """The pid its holder wrote into the open lock file ('?' if it has not yet)."""
     try:
-        return lock.read_text()[:20].strip() or "?"
+        return os.pread(fd, 20, 0).decode("ascii", "replace").strip() or "?"
     except OSError:
         return "?"
 
 
 def writer_alive(run_dir: Path | str) -> bool:
     """True while some process holds the run's writer lock."""
-    try:
-        fd = os.open(Path(run_dir) / LOCK_FILE, os.O_RDONLY)  # never inherited (PEP 446)
-    except OSError:
-        return False  # no lock file: no writer ever started here
+    fd = regular_file_fd(Path(run_dir) / LOCK_FILE)  # never inherited (PEP 446)
+    if fd is None:
+        return False  # no lock file (or a link, FIFO or device no writer could hold): no writer
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -202,6 +201,21 @@ def writer_alive(run_dir: Path | str) -> bool:
     finally:
         os.close(fd)  # closing drops the shared lock if we got it
     return False
+
+
+def ensure_subfolder(path: Path | str) -> Path:
+    """A folder inside a run folder that a writer fills (checkpoint/, analysis/, export/), made if
+    missing. A link by that name is refused, not followed: a shared run folder must not send the
+    studio's writes (or a checkpoint's clean-up of old epochs) into some other folder of the user's."""
+    path = Path(path)
+    if path.is_symlink():
+        raise RunFolderError(f"{path.name} in {path.parent.name} is a link; the studio writes only into real "
+                             f"folders (remove the link)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise RunFolderError(f"{path.name} in {path.parent.name} is a file where a folder belongs") from None
+    return path
 
 
 # --- atomic writes ---------------------------------------------------------------
@@ -442,9 +456,12 @@ def append_live_point(run_dir: Path | str, train_seconds: float, epoch: float, l
     path = Path(run_dir) / LIVE_FILE
     values = [train_seconds, epoch, loss, accuracy]
     line = ",".join("" if value is None else f"{float(value):.6g}" for value in values) + "\n"
-    header = "" if path.exists() else ",".join(LIVE_COLUMNS) + "\n"
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(header + line)
+    fd = open_for_writing(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, RunFolderError, "live progress file")
+    try:
+        header = "" if os.fstat(fd).st_size else ",".join(LIVE_COLUMNS) + "\n"
+        os.write(fd, (header + line).encode("utf-8"))
+    finally:
+        os.close(fd)
 
 
 def read_live(run_dir: Path | str) -> list[dict[str, float | None]]:

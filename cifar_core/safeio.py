@@ -63,6 +63,44 @@ def read_regular_file(path: Path | str, max_bytes: int, error: type[CifarError] 
     return data
 
 
+def open_for_writing(path: Path | str, flags: int, error: type[CifarError] = CifarError, what: str = "file") -> int:
+    """os.open(path, flags) for a file written in place (a lock, an appended log), which must be a
+    regular file in its own right: a link in its place is refused, not followed (a shared run
+    folder could point it at any file of the user's), and a FIFO or device is refused instead of
+    blocking or written to. A missing file is created (with O_CREAT in flags), honouring the umask."""
+    path = Path(path)
+    where = f"{path.name} in {path.parent}"
+    try:
+        found = os.lstat(path)
+    except FileNotFoundError:
+        found = None
+    except OSError as exc:
+        raise error(f"{where}: cannot look at it ({exc.strerror})") from None
+    if found is not None and stat.S_ISLNK(found.st_mode):
+        raise error(f"{where} is a link; the {what} is written only as a real file (remove the link)")
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
+    except OSError as exc:  # ELOOP: a link appeared since; ENXIO: a FIFO with no reader
+        raise error(f"{where}: cannot open the {what} for writing ({exc.strerror})") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise error(f"{where} is a device, pipe or socket; the {what} is written only as a regular file")
+    return fd
+
+
+def regular_file_fd(path: Path | str) -> int | None:
+    """A read-only descriptor of a regular file, or None where there is none, or a link, FIFO or
+    device is in its place (opened without following or blocking)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    if stat.S_ISREG(os.fstat(fd).st_mode):
+        return fd
+    os.close(fd)
+    return None
+
+
 def _read_at_most(fd: int, limit: int) -> bytes:
     chunks, total = [], 0
     while total < limit:

@@ -409,7 +409,7 @@ def test_spawning_appends_to_the_log_in_the_package_root(db, monkeypatch, sleepe
 
     def fake_popen(command, **kwargs):
         seen.update(kwargs)
-        kwargs["stdout"].write(b"worker output\n")
+        os.write(kwargs["stdout"], b"worker output\n")  # the log's descriptor, as the child gets it
         return sleeper
 
     monkeypatch.setattr(jobs.subprocess, "Popen", fake_popen)

@@ -152,9 +152,11 @@ def test_the_writer_lock_is_exclusive_names_its_holder_and_is_released(tmp_path)
     (run_dir / runs.LOCK_FILE).write_text("")
     with runs.RunWriter(run_dir), pytest.raises(RunFolderError, match=r"\(pid \d+\)"):
         runs.RunWriter(run_dir).__enter__()
-    assert runs._lock_holder(tmp_path / "nothing") == "?"
     (tmp_path / "blank").write_text("  ")
-    assert runs._lock_holder(tmp_path / "blank") == "?"
+    fd = os.open(tmp_path / "blank", os.O_RDONLY)
+    assert runs._lock_holder(fd) == "?"
+    os.close(fd)
+    assert runs._lock_holder(fd) == "?"  # a closed descriptor: nothing to say, no error
 
 
 def test_effective_state_follows_the_lock_when_there_is_one(tmp_path):

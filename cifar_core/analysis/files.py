@@ -20,13 +20,13 @@ STAMPS_FILE = "stamps.json"  # {analysis file name: SHA-256 of the model file it
 
 
 def write_json(path: Path, data: Any, fingerprint: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    runs.ensure_subfolder(path.parent)
     runs.atomic_write_text(path, json.dumps(data, indent=1) + "\n")
     _stamp(path, fingerprint)
 
 
 def write_npz(path: Path, arrays: dict[str, np.ndarray], fingerprint: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    runs.ensure_subfolder(path.parent)
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
     runs.atomic_write_bytes(path, buffer.getvalue())

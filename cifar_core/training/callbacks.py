@@ -244,7 +244,7 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
         if self.best_epoch == epoch and self.best_weights is not None:
             buffer = io.BytesIO()
             np.savez(buffer, *self.best_weights, epoch=np.int64(epoch))
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            runs.ensure_subfolder(self.path.parent)
             runs.atomic_write_bytes(self.path, buffer.getvalue())
 
     def _saved_weights(self, epoch: int) -> list | None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -19,14 +20,13 @@ def checkpoint_dir(run_dir: Path) -> Path:
 
 
 def save_model_atomically(model: keras.Model, path: Path) -> None:
-    """model.save to a temp name, then rename: a killed save leaves the old file."""
+    """model.save into a fresh private folder beside the target, then rename: a killed save leaves
+    the old file, and no name anyone could have placed a link at beforehand is ever written."""
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.keras")
-    try:
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.stem}.saving-") as folder:
+        tmp = Path(folder) / path.name
         model.save(tmp)
         os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def save(run_dir: Path, model: keras.Model, history: list[dict], training_done: bool = False) -> None:
@@ -35,8 +35,7 @@ def save(run_dir: Path, model: keras.Model, history: list[dict], training_done: 
     A kill at any moment leaves a state whose model file and history agree.
     training_done marks the final weights: a resume finishes the run, it does not train on.
     """
-    folder = checkpoint_dir(run_dir)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = runs.ensure_subfolder(checkpoint_dir(run_dir))
     model_name = f"epoch-{len(history):04d}{'-final' if training_done else ''}.keras"
     save_model_atomically(model, folder / model_name)
     runs.atomic_write_json(folder / STATE_NAME, {"epochs_completed": len(history), "model_file": model_name,
