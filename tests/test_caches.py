@@ -128,12 +128,11 @@ def _best_weights_check(tmp_path, expected):
 
 
 def _sample(tmp_path):
-    import shutil
-
-    from cifar_core.data.sources import SAMPLE_FILE
-
-    path = tmp_path / SAMPLE_FILE.name
-    shutil.copy(SAMPLE_FILE, path)
+    """A sample written as tools/make_sample.py writes the shipped one: 2 images of each of 10 classes."""
+    path = tmp_path / "sample.npz"
+    images = np.random.default_rng(0).integers(0, 256, (20, 32, 32, 3), np.uint8)
+    np.savez_compressed(path, images=images, labels=np.repeat(np.arange(10), 2),
+                        class_names=np.array([f"class {i}" for i in range(10)]))
     return path, None
 
 
@@ -161,15 +160,15 @@ def test_a_damaged_cache_is_computed_again_or_done_without(reader, damage, tmp_p
     cache.check(tmp_path, expected)
 
 
-def test_the_shipped_sample_reads_when_sound(tmp_path, monkeypatch):
+def test_a_sound_sample_is_read(tmp_path, monkeypatch):
     from cifar_core import ui
 
     path, _ = _sample(tmp_path)
     monkeypatch.setattr(ui, "SAMPLE_FILE", path)
     ui.sample_dataset.clear()
     sample = ui.sample_dataset()
-    assert sample.x_test.shape == (100, 32, 32, 3) and len(sample.class_names) == 10
-    assert np.bincount(sample.y_test).tolist() == [10] * 10
+    assert sample.x_test.shape == (20, 32, 32, 3) and sample.class_names[9] == "class 9"
+    assert np.bincount(sample.y_test).tolist() == [2] * 10 and "20 test images" in sample.description
 
 
 def test_a_cached_dataset_of_another_size_is_not_used(tmp_path):
@@ -217,3 +216,13 @@ def test_damaged_imagenet_weights_are_converted_again(damage, tmp_path):
                                 strict=True):
             np.testing.assert_array_equal(mine, theirs)
     assert np.abs(first.get_layer("stem_conv").get_weights()[0]).sum() > 0  # ImageNet's, not zeros
+
+
+def test_imagenet_weights_load_where_no_cache_can_be_written(tmp_path, monkeypatch):
+    from cifar_core.models.transfer import build_lite
+
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the cache folder would be")
+    monkeypatch.setenv("CIFAR_CORE_CACHE", str(blocked / "cache"))
+    model = build_lite("lite0", (32, 32, 3), 10, weights="imagenet")
+    assert np.abs(model.get_layer("stem_conv").get_weights()[0]).sum() > 0

@@ -7,6 +7,7 @@ A source is one of:
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import time
@@ -168,17 +169,18 @@ def _read_cache(cache_file: Path, source: str, image_size: int) -> Dataset | Non
 
 
 def _write_cache(cache_file: Path, dataset: Dataset) -> None:
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache_file.with_name(f".{cache_file.name}.{os.getpid()}.tmp")
     try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as handle:
             # Uncompressed: loading 180 MB of raw arrays is far faster than inflating them.
             np.savez(handle, x_train=dataset.x_train, y_train=dataset.y_train, x_test=dataset.x_test,
                      y_test=dataset.y_test, class_names=np.array(dataset.class_names),
                      description=np.array(dataset.description))
         os.replace(tmp, cache_file)
-    except OSError:
-        tmp.unlink(missing_ok=True)  # caching is an optimisation; never fail the load for it
+    except OSError:  # caching is an optimisation; never fail the load for it
+        with contextlib.suppress(OSError):  # a folder that could not be made holds nothing to clean
+            tmp.unlink(missing_ok=True)
 
 
 def validate_dataset(dataset: Dataset) -> None:

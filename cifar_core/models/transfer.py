@@ -8,6 +8,7 @@ wrong preprocessing). Resizing happens in the tf.data pipeline, per batch.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 from dataclasses import dataclass
@@ -252,8 +253,9 @@ def _write_weights_cache(target: Path, converted: dict) -> None:
         with open(tmp, "wb") as handle:
             np.savez(handle, **converted)
         os.replace(tmp, target)
-    except OSError:
-        tmp.unlink(missing_ok=True)
+    except OSError:  # a cache that cannot be written only costs the next build a conversion
+        with contextlib.suppress(OSError):  # a folder that could not be made holds nothing to clean
+            tmp.unlink(missing_ok=True)
 
 
 # --- keras.applications backbones ------------------------------------------------------------
