@@ -63,7 +63,7 @@ def read_regular_file(path: Path | str, max_bytes: int, error: type[CifarError] 
     return data
 
 
-def open_for_writing(path: Path | str, flags: int, error: type[CifarError] = CifarError, what: str = "file") -> int:
+def open_for_writing(path: Path | str, flags: int, error: type[CifarError], what: str) -> int:
     """os.open(path, flags) for a file written in place (a lock, an appended log), which must be a
     regular file in its own right: a link in its place is refused, not followed (a shared run
     folder could point it at any file of the user's), and a FIFO or device is refused instead of

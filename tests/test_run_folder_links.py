@@ -19,11 +19,16 @@ from cifar_core.errors import CifarError, RunFolderError
 VICTIM_TEXT = "the user's own file\n"
 
 
+class StillBlocked(Exception):
+    """Not an OSError (as TimeoutError is), so no `except OSError` in the code under test turns it
+    into the refusal the test expects."""
+
+
 @contextmanager
 def within_seconds(seconds: float):
     """A blocked open (a FIFO with nobody at the other end) fails the test instead of hanging it."""
     def expire(*_):
-        raise TimeoutError(f"still blocked after {seconds} s")
+        raise StillBlocked(f"still blocked after {seconds} s")
 
     previous = signal.signal(signal.SIGALRM, expire)
     signal.setitimer(signal.ITIMER_REAL, seconds)
@@ -128,6 +133,8 @@ def test_a_link_or_fifo_in_a_run_folder_is_refused_not_written_through(writer, k
     with within_seconds(10), pytest.raises(RunFolderError) as caught:
         write(run_dir)
     assert name in str(caught.value) and "\n" not in str(caught.value)
+    if kind != "fifo":  # refused as what it is, before anything is opened through it
+        assert f"{name} in " in str(caught.value) and " is a link" in str(caught.value)
     _untouched(victim)
 
 
@@ -182,6 +189,15 @@ def test_a_lock_that_no_writer_could_hold_is_no_writer(kind, tmp_path, victim):
     with within_seconds(10):
         assert not runs.writer_alive(run_dir)
         assert runs.effective_state({"state": "running", "heartbeat": 0}, run_dir=run_dir) == "interrupted"
+
+
+def test_a_lock_linked_to_a_running_writers_lock_is_no_writer(tmp_path, victim):
+    """A shared folder cannot pass for one being written by linking its lock to a live run's."""
+    live_run, shared = tmp_path / "live-run", tmp_path / "shared-run"
+    shared.mkdir()
+    with runs.RunWriter(live_run):
+        (shared / runs.LOCK_FILE).symlink_to(live_run / runs.LOCK_FILE)
+        assert runs.writer_alive(live_run) and not runs.writer_alive(shared)
 
 
 def test_a_model_save_never_writes_through_a_name_placed_beforehand(tmp_path, victim):

@@ -243,3 +243,58 @@ def test_a_npz_unpacking_to_exactly_its_cap_is_read(tmp_path):
     assert safeio.read_npz(path, unpacked, ("x",))["x"].shape == (4096,)
     with pytest.raises(CifarError, match="once unpacked"):
         safeio.read_npz(path, unpacked - 1, ("x",))
+
+
+def test_a_file_written_in_place_is_opened_only_as_itself(tmp_path):
+    """open_for_writing: a regular file is opened (made if missing, with the umask's mode); a link is
+    refused by name before any open, a FIFO or device refused without blocking, a path it cannot
+    look at is one line."""
+    import stat as stat_module
+
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+    fd = safeio.open_for_writing(tmp_path / "log", flags, RunFolderError, "job log")
+    os.write(fd, b"one\n")
+    os.close(fd)
+    assert (tmp_path / "log").read_bytes() == b"one\n"
+    assert stat_module.S_IMODE((tmp_path / "log").stat().st_mode) == 0o666 & ~_umask()
+    (tmp_path / "elsewhere").write_text("theirs")
+    (tmp_path / "link").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(RunFolderError, match=r"^link in .* is a link; the job log is written only as a real file"):
+        safeio.open_for_writing(tmp_path / "link", flags, RunFolderError, "job log")
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(RunFolderError, match=r"^fifo in .*: cannot open the job log for writing"):
+        safeio.open_for_writing(tmp_path / "fifo", flags, RunFolderError, "job log")  # no reader: ENXIO
+    with pytest.raises(RunFolderError, match=r"^fifo in .* is a device, pipe or socket; the lock is written"):
+        safeio.open_for_writing(tmp_path / "fifo", os.O_RDWR, RunFolderError, "lock")  # opens; then refused
+    with pytest.raises(RunFolderError, match=r"^null in /dev is a device, pipe or socket"):
+        safeio.open_for_writing("/dev/null", os.O_WRONLY, RunFolderError, "log")
+    with pytest.raises(RunFolderError, match=r"^x in .*/elsewhere: cannot look at it \(Not a directory\)$"):
+        safeio.open_for_writing(tmp_path / "elsewhere" / "x", flags, RunFolderError, "log")
+    assert (tmp_path / "elsewhere").read_text() == "theirs"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_a_regular_file_is_opened_for_reading_and_anything_else_is_none(tmp_path):
+    (tmp_path / "file").write_text("x")
+    fd = safeio.regular_file_fd(tmp_path / "file")
+    assert os.read(fd, 5) == b"x"
+    os.close(fd)
+    (tmp_path / "link").symlink_to(tmp_path / "file")
+    os.mkfifo(tmp_path / "fifo")
+    assert safeio.regular_file_fd(tmp_path / "link") is None  # not followed, though its target is sound
+    assert safeio.regular_file_fd(tmp_path / "fifo") is None  # and no wait for a writer
+    assert safeio.regular_file_fd(tmp_path / "missing") is None
+    assert safeio.regular_file_fd(tmp_path) is None
+
+
+def test_an_array_of_python_objects_is_refused_by_name(tmp_path):
+    import numpy as np
+
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+    with pytest.raises(RunFolderError, match=r"^corrupt objects.npy in .*: the array holds Python objects$"):
+        safeio.read_npy(tmp_path / "objects.npy", 1 << 20, RunFolderError)

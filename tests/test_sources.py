@@ -34,7 +34,8 @@ def _dataset(**changes) -> Dataset:
     ({"x_train": np.zeros((4, 8, 8, 3), np.float32)},
      r"train images must be uint8 \(N, H, W, 3\); found float32 \(4, 8, 8, 3\)"),
     ({"x_test": np.zeros((2, 8, 8), np.uint8)}, r"test images must be uint8 \(N, H, W, 3\); found uint8 \(2, 8, 8\)"),
-    ({"x_train": np.zeros((4, 8, 8, 4), np.uint8)}, r"train images must be uint8 \(N, H, W, 3\); found uint8 \(4, 8, 8, 4\)"),
+    ({"x_train": np.zeros((4, 8, 8, 4), np.uint8)},
+     r"train images must be uint8 \(N, H, W, 3\); found uint8 \(4, 8, 8, 4\)"),
     ({"x_test": np.zeros((2, 8, 9, 3), np.uint8)}, r"test images are \(8, 9, 3\), training images \(8, 8, 3\)"),
     ({"y_train": np.array([[0], [1], [2], [1]])}, r"train split has 4 images and labels of shape \(4, 1\)"),
     ({"y_test": np.array([0, 1, 2])}, r"test split has 2 images and labels of shape \(3,\)"),
@@ -58,7 +59,8 @@ def test_a_sound_dataset_passes_and_summarises():
     assert dataset.summary() == {"source": "src", "description": "d", "class_names": ["a", "b", "c"],
                                  "image_size": 8, "n_train": 4, "n_test": 2, "train_counts": [1, 2, 1],
                                  "test_counts": [1, 0, 1]}
-    assert _dataset(class_names=("a", "b", "c", "d")).summary()["test_counts"] == [1, 0, 1, 0]  # every class
+    four = _dataset(class_names=("a", "b", "c", "d")).summary()  # a count for every class, seen or not
+    assert four["train_counts"] == [1, 2, 1, 0] and four["test_counts"] == [1, 0, 1, 0]
 
 
 # --- the Keras download (online users) ----------------------------------------------------------
@@ -204,6 +206,13 @@ def test_a_batch_member_over_the_pickle_cap_is_refused_unread(tmp_path, monkeypa
         load_dataset(_tar(folder, tmp_path / "cifar-10-python.tar.gz"))
 
 
+def test_a_damaged_batch_is_named(tmp_path):
+    folder = write_official_batches(tmp_path / "cifar-10-batches-py")
+    (folder / "data_batch_2").write_bytes(pickle.dumps({b"data": 1, b"labels": []}, protocol=2))
+    with pytest.raises(DataSourceError, match=r"^data_batch_2: "):
+        load_dataset(folder)
+
+
 def test_a_batch_that_is_a_fifo_is_refused_without_blocking(tmp_path):
     folder = write_official_batches(tmp_path / "cifar-10-batches-py")
     (folder / "data_batch_4").unlink()
@@ -301,7 +310,8 @@ def test_what_looks_like_a_dataset(tmp_path, image_folder):
     assert not looks_like_dataset(tmp_path / "notes.txt")
     assert not looks_like_dataset(tmp_path / "half") and not looks_like_dataset(tmp_path / "missing")
     (tmp_path / "loop").symlink_to(tmp_path / "loop")
-    assert not looks_like_dataset(tmp_path / "loop")  # ELOOP is an OSError: not a dataset, no traceback
+    assert not looks_like_dataset(tmp_path / "loop")
+    assert not looks_like_dataset(tmp_path / ("x" * 300))  # ENAMETOOLONG: not a dataset, no traceback
 
 
 def test_a_source_that_is_neither_file_nor_folder_is_named(tmp_path):
@@ -324,9 +334,11 @@ def test_identical_folders_at_two_paths_are_cached_apart(image_folder, tmp_path)
 
 def test_each_image_size_has_its_own_cache(image_folder):
     assert not load_dataset(image_folder, image_size=16).from_cache
-    assert not load_dataset(image_folder, image_size=24).from_cache
+    assert not load_dataset(image_folder, image_size=24).from_cache  # written into the existing cache folder
+    assert load_dataset(image_folder, image_size=24).from_cache
     again = load_dataset(image_folder, image_size=16)
     assert again.from_cache and again.image_size == 16 and again.source == str(image_folder)
+    assert 0 < again.load_seconds < 60
     assert again.description == "image folder (my-photos)" and again.class_names == CLASSES
 
 
@@ -358,6 +370,21 @@ def test_a_cache_holds_every_image_an_archive_may_hold_and_no_more():
     assert sources.max_cache_bytes(32) >= sources.DEFAULT_LIMITS.max_members * per_image
     assert sources.max_cache_bytes(32) <= sources.DEFAULT_LIMITS.max_members * per_image + (1 << 20)
     assert sources.max_cache_bytes(64) > 3.9 * sources.max_cache_bytes(32)
+
+
+def test_a_cache_has_room_for_its_names_beside_the_most_images_it_may_hold(tmp_path, monkeypatch):
+    """Two images per split, as many as the (patched) archive limit allows, with long class names:
+    the cache still fits its bound and is used."""
+    from dataclasses import replace
+
+    monkeypatch.setattr(sources, "DEFAULT_LIMITS", replace(sources.DEFAULT_LIMITS, max_members=4))
+    names = [f"{'a very long class name ' * 8}{i}" for i in range(2)]
+    for split in ("train", "test"):
+        for name in names:
+            (tmp_path / "photos" / split / name).mkdir(parents=True)
+            (tmp_path / "photos" / split / name / "1.png").write_bytes(png_bytes(np.zeros((32, 32, 3), np.uint8)))
+    assert not load_dataset(tmp_path / "photos").from_cache
+    assert load_dataset(tmp_path / "photos").from_cache
 
 
 def test_images_are_resized_only_when_their_size_differs():

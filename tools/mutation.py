@@ -71,8 +71,14 @@ EQUIVALENT: list[tuple[str, str]] = [
      "parses the JSON"),
     (r'get_label_quality_scores\(labels, probs, \)', "self_confidence is cleanlab's default method; it is named "
      "for the reader"),
-    (r'np\.load\(io\.BytesIO\(data\), (allow_pickle=(True|None))?\)', "check_npy_header has already refused every "
-     "array of Python objects, the only kind allow_pickle decides"),
+    (r'np\.load\(stream, (allow_pickle=(True|None))?\)', "check_npy_header has already refused every "
+     "array of Python objects (and anything that is not a .npy), the only kinds allow_pickle decides"),
+    (r'hexdigest\(\)\[:25\]', "the cache key's length only names the cache file"),
+    (r'dtype=None\)\)|for n in names\[split\]\], \)\)', "numpy 2's default integer is int64, as the labels "
+     "are made"),
+    (r'reshape\(-2\)', "numpy reads any negative size as 'the rest'"),
+    (r'os\.walk\(root, (followlinks=None)?\)', "not following links is os.walk's default; it is spelt out for "
+     "the reader"),
     (r'file\.read\((None|2 << 20|1 << 21)\)', "the hash of a file is the same whatever block size reads it"),
 ]
 

@@ -32,7 +32,6 @@ CACHE_ENV_VAR = "CIFAR_CORE_CACHE"
 # Bump when decoding changes, so stale caches are not reused.
 LOADER_VERSION = 1
 SPLITS = ("train", "test")
-SKIPPED_NAMES = {".ds_store", "thumbs.db", "desktop.ini"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp"}
 OFFICIAL_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 # 10 test images per class, committed so the dashboard works with no dataset at hand
@@ -160,7 +159,7 @@ def _read_cache(cache_file: Path, source: str, image_size: int) -> Dataset | Non
         return None
     try:
         dataset = Dataset(arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"],
-                          tuple(str(n) for n in arrays["class_names"].reshape(-1)), source,
+                          tuple(str(n) for n in arrays["class_names"]), source,  # 0-d: TypeError
                           str(arrays["description"]), from_cache=True)
         validate_dataset(dataset)
     except (DataSourceError, TypeError, ValueError):
@@ -179,8 +178,8 @@ def _write_cache(cache_file: Path, dataset: Dataset) -> None:
                      description=np.array(dataset.description))
         os.replace(tmp, cache_file)
     except OSError:  # caching is an optimisation; never fail the load for it
-        with contextlib.suppress(OSError):  # a folder that could not be made holds nothing to clean
-            tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # none written, or no folder that could hold it
+            tmp.unlink()
 
 
 def validate_dataset(dataset: Dataset) -> None:
@@ -288,7 +287,9 @@ def _walk_files(root: Path, max_entries: int = DEFAULT_LIMITS.max_members) -> It
 def _layout_key(relative: str) -> tuple[str, str] | None:
     """(split, class) for '<any prefix>/<split>/<class>/<file>', else None."""
     parts = PurePosixPath(relative).parts
-    if len(parts) < 3 or parts[-1].lower() in SKIPPED_NAMES or parts[-1].startswith("."):
+    # Hidden files are left out: AppleDouble "._x.jpg" files carry an image suffix. (.DS_Store,
+    # Thumbs.db and desktop.ini fall to the suffix test below.)
+    if len(parts) < 3 or parts[-1].startswith("."):
         return None
     if "__MACOSX" in parts or PurePosixPath(parts[-1]).suffix.lower() not in IMAGE_SUFFIXES:
         return None

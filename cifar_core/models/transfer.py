@@ -254,8 +254,8 @@ def _write_weights_cache(target: Path, converted: dict) -> None:
             np.savez(handle, **converted)
         os.replace(tmp, target)
     except OSError:  # a cache that cannot be written only costs the next build a conversion
-        with contextlib.suppress(OSError):  # a folder that could not be made holds nothing to clean
-            tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # none written, or no folder that could hold it
+            tmp.unlink()
 
 
 # --- keras.applications backbones ------------------------------------------------------------
