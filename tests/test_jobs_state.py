@@ -420,6 +420,10 @@ def test_spawning_appends_to_the_log_in_the_package_root(db, monkeypatch, sleepe
     assert (job.run_dir / runs.LOG_FILE).read_bytes() == b"earlier\nworker output\n"
     assert seen["cwd"] == Path(jobs.__file__).resolve().parent.parent
     assert seen["stdin"] == subprocess.DEVNULL and seen["stderr"] == subprocess.STDOUT
+    monkeypatch.chdir(db.parent)
+    monkeypatch.setenv("CIFAR_JOBS_DB", db.name)  # relative here; the worker runs in the package root
+    jobs._spawn(job, resume=False)
+    assert seen["env"]["CIFAR_JOBS_DB"] == str(db.resolve())  # so it is handed the registry's full path
 
 
 def test_waiting_for_a_start_time_gives_up(monkeypatch):

@@ -113,35 +113,36 @@ def _export(run_dir):
     export_run(run_dir, "onnx")
 
 
-# writer -> (the name in the run folder it writes through, how it is called)
+# writer -> (the name in the run folder it writes through, how it is called, what its refusal of a link says)
+FOLDER_REFUSAL = "the studio writes only into real folders"
 WRITERS = {
-    "writer lock": (runs.LOCK_FILE, _writer_lock),
-    "live progress": (runs.LIVE_FILE, _live_point),
-    "checkpoint folder": (runs.CHECKPOINT_DIR, _checkpoint),
-    "best weights' folder": (runs.CHECKPOINT_DIR, _best_weights),
-    "analysis folder": ("analysis", _analysis),
-    "export folder": ("export", _export),
+    "writer lock": (runs.LOCK_FILE, _writer_lock, "the writer lock is written only as a real file"),
+    "live progress": (runs.LIVE_FILE, _live_point, "the live progress file is written only as a real file"),
+    "checkpoint folder": (runs.CHECKPOINT_DIR, _checkpoint, FOLDER_REFUSAL),
+    "best weights' folder": (runs.CHECKPOINT_DIR, _best_weights, FOLDER_REFUSAL),
+    "analysis folder": ("analysis", _analysis, FOLDER_REFUSAL),
+    "export folder": ("export", _export, FOLDER_REFUSAL),
 }
 
 
 @pytest.mark.parametrize("kind", ["link", "fifo", "dangling link"])
 @pytest.mark.parametrize("writer", WRITERS)
 def test_a_link_or_fifo_in_a_run_folder_is_refused_not_written_through(writer, kind, tmp_path, victim):
-    name, write = WRITERS[writer]
+    name, write, refusal = WRITERS[writer]
     run_dir = tmp_path / "shared-run"
     _plant(run_dir / name, kind, victim)
     with within_seconds(10), pytest.raises(RunFolderError) as caught:
         write(run_dir)
     assert name in str(caught.value) and "\n" not in str(caught.value)
     if kind != "fifo":  # refused as what it is, before anything is opened through it
-        assert f"{name} in " in str(caught.value) and " is a link" in str(caught.value)
+        assert str(caught.value).startswith(f"{name} in ") and f" is a link; {refusal}" in str(caught.value)
     _untouched(victim)
 
 
 @pytest.mark.parametrize("writer", WRITERS)
 def test_each_writer_writes_where_nothing_was_planted(writer, tmp_path):
     """The same calls succeed in a sound folder: the refusals above are about the planted thing."""
-    name, write = WRITERS[writer]
+    name, write, _ = WRITERS[writer]
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     if writer == "export folder":  # a real export needs a trained model: only the folder is checked here
@@ -160,11 +161,33 @@ def test_a_job_whose_log_cannot_be_written_fails_with_that_line(kind, tmp_path, 
     monkeypatch.setattr(jobs.subprocess, "Popen", lambda *args, **kwargs: started.append(args))
     job = jobs.create_job(TrainConfig(model="demo", n_epochs=1), tmp_path / "run")
     _plant(job.log_file, kind, victim)
-    with within_seconds(10), pytest.raises(CifarError, match=rf"job {job.id} could not start: .*{runs.LOG_FILE}"):
+    refusal = rf"job {job.id} could not start: {runs.LOG_FILE} in .*job log"
+    with within_seconds(10), pytest.raises(CifarError, match=refusal):
         jobs._spawn(job, resume=False)
     assert not started  # no worker writing nowhere
     failed = jobs.get_job(job.id)
     assert failed.state == "failed" and runs.LOG_FILE in failed.message
+    _untouched(victim)
+
+
+def test_an_analysis_job_logs_into_the_analysis_folder_and_refuses_a_link_there(tmp_path, monkeypatch, victim):
+    monkeypatch.setenv("CIFAR_JOBS_DB", str(tmp_path / "jobs.sqlite"))
+    real_popen = subprocess.Popen
+
+    def worker(*args, **kwargs):
+        os.write(kwargs["stdout"], b"ok\n")
+        return real_popen([sys.executable, "-c", "pass"])
+
+    monkeypatch.setattr(jobs.subprocess, "Popen", worker)
+    sound, shared = tmp_path / "sound", tmp_path / "shared"
+    for run_dir in (sound, shared):
+        run_dir.mkdir()
+        (run_dir / runs.MODEL_FILE).write_bytes(b"a model")
+    job = jobs.launch_analysis(sound, ("calibration",))
+    assert job.log_file == sound / "analysis" / "analyze.log" and job.log_file.read_bytes() == b"ok\n"
+    _plant(shared / "analysis", "link", victim)
+    with pytest.raises(CifarError, match=rf"could not start: analysis in shared is a link; {FOLDER_REFUSAL}"):
+        jobs.launch_analysis(shared, ("calibration",))
     _untouched(victim)
 
 
@@ -211,6 +234,15 @@ def test_a_model_save_never_writes_through_a_name_placed_beforehand(tmp_path, vi
     save_model_atomically(_tiny_model(), run_dir / "model.keras")
     _untouched(victim)
     assert sorted(p.name for p in run_dir.iterdir()) == [f".model.{os.getpid()}.tmp.keras", "model.keras"]
+
+
+def test_a_lock_holder_is_read_whatever_bytes_it_holds(tmp_path):
+    (tmp_path / "lock").write_bytes(b"\xff12 \n")
+    fd = os.open(tmp_path / "lock", os.O_RDONLY)
+    try:
+        assert runs._lock_holder(fd) == "\ufffd12"  # not ASCII: replaced, never a UnicodeDecodeError
+    finally:
+        os.close(fd)
 
 
 def test_live_points_start_with_the_header_once(tmp_path):

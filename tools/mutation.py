@@ -39,7 +39,7 @@ EQUIVALENT: list[tuple[str, str]] = [
     (r'execute\("(pragma journal_mode=wal|PRAGMA JOURNAL_MODE=WAL)"\)|"(insert into jobs|INSERT INTO JOBS) \(',
      "SQL keywords and names are case-insensitive"),
     (r'fields\["UPDATED_AT"\]', "SQLite column names are case-insensitive"),
-    (r'(en|de)code\("(LATIN1|UTF-8)"|encoding="UTF-8"|encoding=None\) as handle', "codec names are "
+    (r'(en|de)code\("(LATIN1|UTF-8|ASCII)"|encoding="UTF-8"|encoding=None\) as handle', "codec names are "
      "case-insensitive, and /proc files are ASCII"),
     (r'stacklevel=|warnings\.warn\(problem, \)|"started \(run folders are untouched\)", \)',
      "only changes which line a warning is attributed to; the message is what is shown"),
@@ -65,7 +65,7 @@ EQUIVALENT: list[tuple[str, str]] = [
     (r'max\(label, -2\)', "any negative label is refused; -1 and -2 are equally out of range"),
     (r'os\.ftruncate\(fd, 1\)', "the pid written next overwrites the one byte kept"),
     (r'self\._fd(: int \| None)? = ""', "__exit__ runs only after __enter__ set the descriptor, and once"),
-    (r'\[:21\]', "a pid is never 20 characters long"),
+    (r'\[:21\]|os\.pread\(fd, 21, 0\)', "a pid is never 20 characters long"),
     (r'kind="STABLE"', "numpy reads sort kinds in either case"),
     (r'json\.dumps\((stamps|data), (indent=(None|2))?\)', "indentation only changes whitespace; every reader "
      "parses the JSON"),
