@@ -201,6 +201,29 @@ def read_cached_npz(path: Path | str, max_bytes: int, keys: tuple[str, ...]) -> 
         return None
 
 
+def write_cached_npz(path: Path | str, arrays: dict) -> None:
+    """Arrays as an uncompressed .npz cache, whole or not at all (streamed to a fresh temporary file
+    beside it, then renamed). A cache that cannot be written (a file where its folder belongs, a
+    read-only or full disk) costs only the cache: the caller has its arrays either way."""
+    import contextlib
+    import tempfile
+
+    import numpy as np
+
+    path = Path(path)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as handle:
+            np.savez(handle, **arrays)  # uncompressed: reading raw arrays back is far faster than inflating
+        os.replace(tmp, path)
+    except OSError:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
 def file_sha256(path: Path | str) -> str:
     """The SHA-256 of a file's bytes, read a block at a time."""
     import hashlib

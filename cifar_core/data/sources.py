@@ -7,7 +7,6 @@ A source is one of:
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import time
@@ -20,7 +19,7 @@ import numpy as np
 from ..errors import DataSourceError, ImageDecodeError
 from ..imaging import MAX_BYTES as MAX_IMAGE_BYTES
 from ..imaging import decode_image, read_image_file, resize_image
-from ..safeio import read_cached_npz, read_regular_file
+from ..safeio import read_cached_npz, read_regular_file, write_cached_npz
 from .archive import DEFAULT_LIMITS, is_archive, iter_archive_files
 from .pickles import MAX_PICKLE_BYTES, parse_batch, parse_label_names
 
@@ -94,7 +93,10 @@ def load_dataset(source: str | os.PathLike | None = None, image_size: int = CIFA
     dataset = loader(source, image_size)
     validate_dataset(dataset)
     if use_cache:
-        _write_cache(cache_file, dataset)
+        write_cached_npz(cache_file, {"x_train": dataset.x_train, "y_train": dataset.y_train,
+                                      "x_test": dataset.x_test, "y_test": dataset.y_test,
+                                      "class_names": np.array(dataset.class_names),
+                                      "description": np.array(dataset.description)})
     dataset.load_seconds = time.perf_counter() - started
     return dataset
 
@@ -165,21 +167,6 @@ def _read_cache(cache_file: Path, source: str, image_size: int) -> Dataset | Non
     except (DataSourceError, TypeError, ValueError):
         return None
     return dataset if dataset.image_size == image_size else None
-
-
-def _write_cache(cache_file: Path, dataset: Dataset) -> None:
-    tmp = cache_file.with_name(f".{cache_file.name}.{os.getpid()}.tmp")
-    try:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as handle:
-            # Uncompressed: loading 180 MB of raw arrays is far faster than inflating them.
-            np.savez(handle, x_train=dataset.x_train, y_train=dataset.y_train, x_test=dataset.x_test,
-                     y_test=dataset.y_test, class_names=np.array(dataset.class_names),
-                     description=np.array(dataset.description))
-        os.replace(tmp, cache_file)
-    except OSError:  # caching is an optimisation; never fail the load for it
-        with contextlib.suppress(OSError):  # none written, or no folder that could hold it
-            tmp.unlink()
 
 
 def validate_dataset(dataset: Dataset) -> None:

@@ -8,9 +8,7 @@ wrong preprocessing). Resizing happens in the tf.data pipeline, per batch.
 """
 from __future__ import annotations
 
-import contextlib
 import importlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -242,20 +240,10 @@ def convert_lite_weights(variant: str, target: Path | None = None, source: Path 
                              f"is the installed weights package another model's?") from None
     converted = {name: array.astype(np.float32) for name, array in converted.items()}
     if target is not None:
-        _write_weights_cache(target, converted)
+        from ..safeio import write_cached_npz
+
+        write_cached_npz(target, converted)
     return converted
-
-
-def _write_weights_cache(target: Path, converted: dict) -> None:
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as handle:
-            np.savez(handle, **converted)
-        os.replace(tmp, target)
-    except OSError:  # a cache that cannot be written only costs the next build a conversion
-        with contextlib.suppress(OSError):  # none written, or no folder that could hold it
-            tmp.unlink()
 
 
 # --- keras.applications backbones ------------------------------------------------------------
