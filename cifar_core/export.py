@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import backend, runs, schema
+from . import backend, runs, safeio, schema
 from .errors import CifarError, ConfigError, RunFolderError
 
 FORMATS = ("saved_model", "tflite", "onnx")
@@ -196,41 +196,40 @@ def write_export(model, fmt: str, quantize: str | None, target: Path, calibratio
     Returns how an ONNX INT8 file's setting was chosen (None for the others)."""
     import keras
 
-    # The real suffix last: Keras' LiteRT export insists on ".tflite".
-    temporary = target.with_name(f".{target.stem}.{os.getpid()}.tmp{target.suffix}")
-    _remove(temporary)
     signature = [keras.InputSpec(shape=(None, *model.input_shape[1:]), dtype="float32")]
-    quantization = None
-    try:
-        if fmt == "tflite" and quantize == "int8":
-            import tensorflow as tf
+    # The target's own name (Keras' LiteRT export insists on ".tflite"), in a fresh private folder.
+    with safeio.private_path_beside(target) as temporary:
+        try:
+            quantization = _export_to(model, fmt, quantize, temporary, signature, calibration, held_out)
+            _remove(target)
+            os.replace(temporary, target)
+            return quantization
+        except CifarError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - converters raise anything; the user gets one clear line
+            raise ExportError(f"{fmt}{' int8' if quantize else ''} export failed: {type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0][:300] if str(exc) else ''}") from None
 
-            def representative():
-                for image in calibration:
-                    yield [image[None]]
 
-            model.export(str(temporary), format="litert", verbose=False, optimizations=[tf.lite.Optimize.DEFAULT],
-                         representative_dataset=representative)
-        elif fmt == "onnx" and quantize == "int8":
-            float_file = temporary.with_name(temporary.stem + ".float.onnx")
-            try:
-                model.export(str(float_file), format="onnx", verbose=False, input_signature=signature)
-                quantization = quantize_onnx(float_file, temporary, calibration, held_out)
-            finally:
-                _remove(float_file)
-        else:
-            extra = {} if fmt == "tflite" else {"input_signature": signature}
-            model.export(str(temporary), format=KERAS_FORMAT[fmt], verbose=False, **extra)
-        _remove(target)
-        os.replace(temporary, target)
-        return quantization
-    except CifarError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - converters raise anything; the user gets one clear line
-        raise ExportError(f"{fmt}{' int8' if quantize else ''} export failed: {type(exc).__name__}: "
-                          f"{str(exc).splitlines()[0][:300] if str(exc) else ''}") from None
-    finally:
-        _remove(temporary)
+def _export_to(model, fmt: str, quantize: str | None, path: Path, signature, calibration: np.ndarray,
+               held_out: np.ndarray) -> dict | None:
+    if fmt == "tflite" and quantize == "int8":
+        import tensorflow as tf
+
+        def representative():
+            for image in calibration:
+                yield [image[None]]
+
+        model.export(str(path), format="litert", verbose=False, optimizations=[tf.lite.Optimize.DEFAULT],
+                     representative_dataset=representative)
+        return None
+    if fmt == "onnx" and quantize == "int8":
+        float_file = path.with_name(path.stem + ".float.onnx")
+        model.export(str(float_file), format="onnx", verbose=False, input_signature=signature)
+        return quantize_onnx(float_file, path, calibration, held_out)
+    extra = {} if fmt == "tflite" else {"input_signature": signature}
+    model.export(str(path), format=KERAS_FORMAT[fmt], verbose=False, **extra)
+    return None
 
 
 def onnx_int8_settings() -> dict[str, dict]:

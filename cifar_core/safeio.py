@@ -8,11 +8,13 @@ depth before any code walks it.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
 import zipfile
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -201,11 +203,22 @@ def read_cached_npz(path: Path | str, max_bytes: int, keys: tuple[str, ...]) -> 
         return None
 
 
+@contextlib.contextmanager
+def private_path_beside(target: Path | str) -> Iterator[Path]:
+    """A path named like `target` inside a fresh private folder beside it, for a writer that makes its
+    file (or folder) there and renames it onto the target: no name anyone could have placed a link at
+    beforehand is ever written, and whatever is left there goes with the folder."""
+    import tempfile
+
+    target = Path(target)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.stem}.writing-") as folder:
+        yield Path(folder) / target.name
+
+
 def write_cached_npz(path: Path | str, arrays: dict) -> None:
     """Arrays as an uncompressed .npz cache, whole or not at all (streamed to a fresh temporary file
     beside it, then renamed). A cache that cannot be written (a file where its folder belongs, a
     read-only or full disk) costs only the cache: the caller has its arrays either way."""
-    import contextlib
     import tempfile
 
     import numpy as np

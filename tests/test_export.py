@@ -1,7 +1,9 @@
 """Export (#18): Keras' own export paths, each file checked with the runtime a user would run it with."""
 import hashlib
 import json
+import os
 import shutil
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -24,7 +26,14 @@ def tiny_run(shipped_runs, tmp_path, monkeypatch):
 def test_a_float_export_agrees_with_keras_and_is_recorded(tiny_run, tmp_path, fmt):
     run_dir, data = tiny_run
     out = tmp_path / "out"
+    out.mkdir()
+    # What someone placed at the old scheme's temporary name (pid-based) is neither written nor removed.
+    planted = out / f".{Path(export.FILE_NAMES[fmt]).stem}.{os.getpid()}.tmp{Path(export.FILE_NAMES[fmt]).suffix}"
+    planted.symlink_to(tmp_path / "victim")
+    (tmp_path / "victim").write_text("theirs")
     entry = export.export_run(run_dir, fmt, out_dir=out, source=data, progress=lambda line: None)
+    assert planted.is_symlink() and (tmp_path / "victim").read_text() == "theirs"
+    planted.unlink()
     target = out / export.FILE_NAMES[fmt]
     assert target.exists()
     assert entry["agreement"] == 1.0 and entry["accuracy"] == entry["keras_accuracy"]

@@ -298,3 +298,22 @@ def test_an_array_of_python_objects_is_refused_by_name(tmp_path):
     np.save(tmp_path / "objects.npy", np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
     with pytest.raises(RunFolderError, match=r"^corrupt objects.npy in .*: the array holds Python objects$"):
         safeio.read_npy(tmp_path / "objects.npy", 1 << 20, RunFolderError)
+
+
+def test_a_private_path_beside_is_fresh_named_like_its_target_and_goes_with_its_folder(tmp_path):
+    target = tmp_path / "model.keras"
+    planted = tmp_path / f".model.{os.getpid()}.tmp.keras"
+    planted.symlink_to(tmp_path / "victim")
+    with safeio.private_path_beside(target) as first, safeio.private_path_beside(target) as second:
+        assert first.name == second.name == "model.keras" and first.parent != second.parent
+        assert first.parent.parent == tmp_path and first.parent.name.startswith(".model.writing-")
+        assert not first.exists() and (first.parent.stat().st_mode & 0o777) == 0o700
+        first.write_text("made here")
+        second.mkdir()  # a writer may make a folder (a SavedModel) as well as a file
+        (second / "inside").write_text("x")
+    with pytest.raises(KeyError), safeio.private_path_beside(target) as third:
+        third.write_text("left behind by a failed writer")
+        raise KeyError("the writer failed")
+    # Nothing is left beside the target, and what was planted there is neither followed nor removed.
+    assert sorted(p.name for p in tmp_path.iterdir()) == [planted.name]
+    assert not (tmp_path / "victim").exists()

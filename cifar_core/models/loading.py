@@ -7,6 +7,12 @@ objects) with bounded sizes: every width, kernel, input and resize is capped,
 and the weights the config declares are counted before Keras allocates them.
 Then Keras loads it with safe_mode=True and we check the input/output shapes
 and the size of every activation before the model sees an image.
+
+A training checkpoint (a run's checkpoint/epoch-*.keras, loaded to resume) gets
+the same bounds, with the training objects a checkpoint holds also allowed:
+Keras' optimizers, losses and metrics, and the classes this package registers
+(its fused BatchNorm, schedules and optimizer), a registered layer counted as
+the built-in layer it extends.
 """
 from __future__ import annotations
 
@@ -51,9 +57,27 @@ ALLOWED_OTHER = {
 }
 
 
+TRAINING_OBJECTS = {
+    "keras.optimizers": None,  # built-in Keras classes; registered or custom ones are refused
+    "keras.optimizers.schedules": None,
+    "keras.losses": None,
+    "keras.metrics": None,
+}
+REGISTERED_PACKAGE = "cifar_core"
+
+
 def check_model_file(path: Path | str) -> dict:
     """Validate a .keras archive without executing anything; returns its config."""
-    path = Path(path)
+    return _check_archive(Path(path), _check_class)
+
+
+def check_checkpoint_file(path: Path | str) -> dict:
+    """check_model_file for a training checkpoint: its optimizer, loss, metrics and this package's
+    registered classes are allowed too, and bounded like every other layer."""
+    return _check_archive(Path(path), _check_checkpoint_class)
+
+
+def _check_archive(path: Path, check_class) -> dict:
     if not path.is_file():
         raise ModelFileError(f"model file not found: {path}")
     try:
@@ -67,7 +91,7 @@ def check_model_file(path: Path | str) -> dict:
     except (*ZIP_READ_ERRORS, RuntimeError) as exc:
         raise ModelFileError(f"{path.name}: unreadable model file ({type(exc).__name__}: {one_line(exc)})") from None
     config = parse_json(text, f"{path.name}: config.json", ModelFileError)
-    _check_objects(config, path.name)
+    _check_objects(config, path.name, check_class)
     return config
 
 
@@ -86,16 +110,16 @@ def _check_members(infos: dict[str, zipfile.ZipInfo], name: str) -> None:
         raise ModelFileError(f"{name}: model file members are implausibly large")
 
 
-def _check_objects(config, name: str) -> None:
+def _check_objects(config, name: str, check_class) -> None:
     """Every object is allowed and every layer's sizes are bounded; walked without recursion."""
     stack, params = [config], 0
     while stack:
         node = stack.pop()
         if isinstance(node, dict):
             if "class_name" in node and node.get("class_name") != "__keras_tensor__":
-                _check_class(node, name)
-                if node.get("module") == "keras.layers":
-                    params += _layer_params(node, name)
+                layer_class = check_class(node, name)
+                if layer_class:
+                    params += _layer_params(node, name, layer_class)
                     if params > MAX_PARAMS:
                         raise ModelFileError(f"{name}: the layers declare more than {MAX_PARAMS:,} weights")
             stack.extend(node.values())
@@ -120,9 +144,11 @@ def _shapes(input_shape) -> list[list]:
     return [input_shape] if isinstance(input_shape, list) else []
 
 
-def _layer_params(node: dict, name: str) -> int:
-    """Check a layer's declared sizes; return the weights it will allocate."""
+def _layer_params(node: dict, name: str, bound_as: str | None = None) -> int:
+    """Check a layer's declared sizes; return the weights it will allocate, counted as the built-in
+    layer `bound_as` (the layer's own class unless named) counts them."""
     class_name, config = node.get("class_name"), node.get("config")
+    bound_as = bound_as or class_name
     if not isinstance(config, dict):
         raise ModelFileError(f"{name}: layer {class_name} has no config")
     for key, limit in LAYER_INT_LIMITS.items():
@@ -135,12 +161,12 @@ def _layer_params(node: dict, name: str) -> int:
         dims = _ints(shape[1:])  # per image: the batch dimension is not part of it
         if any(not 0 <= d <= 1 << 16 for d in dims) or math.prod(dims) > MAX_ACTIVATION_VALUES:
             raise ModelFileError(f"{name}: layer {class_name} declares the input shape {input_shape}")
-    if class_name not in WEIGHTED_LAYERS:
+    if bound_as not in WEIGHTED_LAYERS:
         return 0
     if input_shape is None or not isinstance(input_shape, list) or not input_shape:
         raise ModelFileError(f"{name}: weighted layer {class_name} declares no input shape")
     channels = input_shape[-1] if type(input_shape[-1]) is int else 0
-    return _declared_weights(class_name, config, channels)
+    return _declared_weights(bound_as, config, channels)
 
 
 def _field(config: dict, key: str, default: int) -> int:
@@ -174,13 +200,14 @@ def _declared_weights(class_name: str, config: dict, channels: int) -> int:
     return channels * (2 + _flag(config, "center") + _flag(config, "scale"))  # BatchNorm: + moving mean, var
 
 
-def _check_class(node: dict, name: str) -> None:
+def _check_class(node: dict, name: str, others: dict = ALLOWED_OTHER) -> str | None:
+    """Refuse an object not allowed; the built-in layer class to bound it as, None if no layer."""
     module, class_name = node.get("module"), node.get("class_name")
     registered = node.get("registered_name")
     if module == "keras.layers":
         allowed = class_name in ALLOWED_LAYERS
-    elif module in ALLOWED_OTHER:
-        names = ALLOWED_OTHER[module]
+    elif module in others:
+        names = others[module]
         allowed = names is None or class_name in names
     else:
         allowed = False
@@ -189,6 +216,37 @@ def _check_class(node: dict, name: str) -> None:
     if not allowed:
         raise ModelFileError(f"{name}: refusing layer or object {module}.{class_name} "
                              "(only built-in Keras layers are loaded from files)")
+    return class_name if module == "keras.layers" else None
+
+
+def _check_checkpoint_class(node: dict, name: str) -> str | None:
+    registered = _registered_class(node, name)
+    if registered is None:
+        return _check_class(node, name, {**ALLOWED_OTHER, **TRAINING_OBJECTS})
+    import keras
+
+    if not issubclass(registered, keras.layers.Layer):
+        return None
+    # A registered layer is bounded as the built-in layer it extends (fused BatchNorm as BatchNormalization).
+    return next((base.__name__ for base in registered.__mro__
+                 if base.__name__ in ALLOWED_LAYERS and base.__module__.startswith("keras.")), "Layer")
+
+
+def _registered_class(node: dict, name: str) -> type | None:
+    """This package's class that the node names by its registered name, module and class agreeing."""
+    registered = node.get("registered_name")
+    if not isinstance(registered, str) or not registered.startswith(f"{REGISTERED_PACKAGE}>"):
+        return None
+    import keras
+
+    from ..models import layers  # noqa: F401 - registers the classes a checkpoint may name
+    from ..training import optimizers, schedules  # noqa: F401
+
+    found = keras.saving.get_custom_objects().get(registered)
+    if found is None or found.__name__ != node.get("class_name") or found.__module__ != node.get("module"):
+        raise ModelFileError(f"{name}: refusing {node.get('module')}.{node.get('class_name')} registered "
+                             f"as {registered!r} (not a class this version registers)")
+    return found
 
 
 def load_model_file(path: Path | str, expected_classes: int | None = None):

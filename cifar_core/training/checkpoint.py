@@ -3,14 +3,15 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 import zipfile
 from pathlib import Path
 
 import keras
 
 from .. import runs
-from ..errors import RunFolderError
+from ..errors import ModelFileError, RunFolderError
+from ..models.loading import check_checkpoint_file
+from ..safeio import private_path_beside
 
 STATE_NAME = runs.CHECKPOINT_STATE_FILE
 
@@ -22,9 +23,7 @@ def checkpoint_dir(run_dir: Path) -> Path:
 def save_model_atomically(model: keras.Model, path: Path) -> None:
     """model.save into a fresh private folder beside the target, then rename: a killed save leaves
     the old file, and no name anyone could have placed a link at beforehand is ever written."""
-    path = Path(path)
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.stem}.saving-") as folder:
-        tmp = Path(folder) / path.name
+    with private_path_beside(path) as tmp:
         model.save(tmp)
         os.replace(tmp, path)
 
@@ -71,12 +70,15 @@ def load_state(run_dir: Path) -> dict | None:
 
 
 def load_model(run_dir: Path, state: dict) -> keras.Model:
-    # Our own checkpoint, written by this code, so the registered schedules and layers may load.
-    from ..models import layers  # noqa: F401 - registers FusedBatchNormalization
-
+    """The checkpoint's model with its optimizer. A run folder may come from someone else, so the file
+    is bounded like any model file first (its training objects and this package's classes allowed)."""
     path = checkpoint_dir(run_dir) / state["model_file"]
     try:
-        return keras.models.load_model(path)
+        check_checkpoint_file(path)
+    except ModelFileError as exc:
+        raise RunFolderError(f"{run_dir.name}'s checkpoint cannot be resumed: {exc}") from None
+    try:
+        return keras.models.load_model(path, safe_mode=True)
     except Exception as exc:  # noqa: BLE001 - a truncated zip or h5 shows up as many types
         raise RunFolderError(f"{run_dir.name}'s checkpoint model {path.name} is unreadable "
                              f"({type(exc).__name__}); it cannot be resumed") from None
