@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="re-measure a saved run on the test split")
     evaluate.add_argument("run_dir", type=Path)
     evaluate.add_argument("--data")
+    evaluate.add_argument("--input-size", type=int, help="measure a transfer model at another input size "
+                                                         "instead (nothing in the run folder changes)")
 
     predict = commands.add_parser("predict", help="top-3 classes for images")
     predict.add_argument("--run", type=Path, required=True, dest="run_dir")
@@ -192,8 +194,12 @@ def _read(path: Path) -> bytes:
 def cmd_evaluate(args) -> int:
     from .inference import evaluate_run
 
-    metrics = evaluate_run(args.run_dir, args.data)
-    print(_accuracy_line(metrics))
+    metrics = evaluate_run(args.run_dir, args.data, args.input_size)
+    line = _accuracy_line(metrics)
+    if "trained_input_size" in metrics:
+        line += (f" at {metrics['input_size']} px (the model's own size is {metrics['trained_input_size']} px; "
+                 "the run's files are unchanged)")
+    print(line)
     return 0
 
 

@@ -87,8 +87,9 @@ def classify_bytes(run: LoadedRun, data: bytes, name: str = "image", k: int = 3)
     return top_k(probs, run.class_names, k)[0]
 
 
-def evaluate_run(run_dir: Path | str, source: str | None = None) -> dict:
-    """Re-measure a saved model on the test split; rewrites metrics and predictions."""
+def evaluate_run(run_dir: Path | str, source: str | None = None, input_size: int | None = None) -> dict:
+    """Re-measure a saved model on the test split; rewrites metrics and predictions. At an
+    `input_size` other than the model's it only measures (measure_at_input_size)."""
     from .data import load_dataset
     from .evaluation import measure_on_test
 
@@ -97,6 +98,8 @@ def evaluate_run(run_dir: Path | str, source: str | None = None) -> dict:
     if tuple(dataset.class_names) != run.class_names:
         raise RunFolderError(f"the data's classes {list(dataset.class_names)} differ from the model's "
                              f"{list(run.class_names)}")
+    if input_size not in (None, run.input_size):
+        return measure_at_input_size(run, dataset, input_size)
     fresh, probs, probs_tta = measure_on_test(run.model, dataset.x_test, dataset.y_test, dataset.class_names,
                                               run.input_size, run.config.tta)
     metrics_path = run.run_dir / runs.METRICS_FILE
@@ -105,3 +108,24 @@ def evaluate_run(run_dir: Path | str, source: str | None = None) -> dict:
     runs.write_predictions(run.run_dir, dataset.y_test, probs, probs_tta)
     runs.atomic_write_json(metrics_path, metrics)
     return metrics
+
+
+def measure_at_input_size(run: LoadedRun, dataset, input_size: int) -> dict:
+    """The test split measured with its images resized to `input_size` instead of the size the model was
+    trained at (the FixRes question: does a larger test size help?). Only a transfer model, convolutional up
+    to its global pooling, takes another size; the run's files are left as they are."""
+    from .config import MAX_INPUT_SIZE
+    from .errors import ConfigError
+    from .evaluation import measure_on_test
+    from .models.registry import get_spec
+    from .models.transfer import accept_any_size
+
+    if not get_spec(run.config.model).transfer:
+        raise ConfigError(f"{run.run_dir.name}: a {run.config.model} model takes {run.input_size} px images only; "
+                          "another input size is for transfer models")
+    if not 16 <= input_size <= MAX_INPUT_SIZE:
+        raise ConfigError(f"input size {input_size} px is outside 16-{MAX_INPUT_SIZE}")
+    accept_any_size(run.model)
+    fresh, _, _ = measure_on_test(run.model, dataset.x_test, dataset.y_test, dataset.class_names, input_size,
+                                  run.config.tta)
+    return {**fresh, "data": dataset.description, "input_size": input_size, "trained_input_size": run.input_size}

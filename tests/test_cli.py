@@ -33,6 +33,13 @@ def test_train_evaluate_predict(trained_run, tmp_path, capsys):
     assert metrics["class_names"] == ["cat", "dog", "ship"]
     code, out, _ = run_cli(capsys, "evaluate", str(trained_run))
     assert code == 0 and "test accuracy" in out
+    before = (trained_run / "metrics.json").read_bytes()
+    code, _, err = run_cli(capsys, "evaluate", str(trained_run), "--input-size", "64")
+    assert code == 2 and err == ("error: cli-run: a demo model takes 32 px images only; another input size is "
+                                 "for transfer models\n")
+    assert (trained_run / "metrics.json").read_bytes() == before
+    code, out, _ = run_cli(capsys, "evaluate", str(trained_run), "--input-size", "32")  # its own size: as before
+    assert code == 0 and out.startswith("test accuracy: ") and " px" not in out
     photo = tmp_path / "photo.png"
     photo.write_bytes(png_bytes(np.full((50, 70, 3), 120, np.uint8)))
     code, out, _ = run_cli(capsys, "predict", "--run", str(trained_run), str(photo))
@@ -47,6 +54,17 @@ def test_train_evaluate_predict(trained_run, tmp_path, capsys):
     probs = classify_arrays(run, [decode_image_file(photo)])[0]
     expected = ", ".join(f"{run.class_names[i]} {probs[i]:.1%}" for i in np.argsort(-probs))
     assert line == f"{photo}: {expected}"
+
+
+def test_a_measure_at_another_input_size_says_so(capsys, monkeypatch):
+    from cifar_core import inference
+
+    measured = {"test_accuracy": 0.9125, "test_loss": 0.3, "test_accuracy_tta": 0.925, "data": "CIFAR-10",
+                "input_size": 160, "trained_input_size": 128}
+    monkeypatch.setattr(inference, "evaluate_run", lambda run_dir, data, size: dict(measured, input_size=size))
+    code, out, _ = run_cli(capsys, "evaluate", "some-run", "--input-size", "160")
+    assert code == 0 and out == ("test accuracy: 0.9125  (loss 0.3000; with flip TTA 0.9250) on CIFAR-10 at 160 px "
+                                 "(the model's own size is 128 px; the run's files are unchanged)\n")
 
 
 def test_predict_reports_bad_images_and_continues(trained_run, tmp_path, capsys):

@@ -4,7 +4,7 @@ import pytest
 
 from cifar_core import runs
 from cifar_core.config import recipe_config
-from cifar_core.errors import ModelFileError
+from cifar_core.errors import ConfigError, ModelFileError
 from cifar_core.imaging import resize_image
 from cifar_core.models import build_model, get_spec
 from cifar_core.models.loading import check_model_file, load_model_file
@@ -86,6 +86,28 @@ def test_two_stage_transfer_run(tiny_dataset, tmp_path):
     assert {"test_accuracy_head", "stage_seconds", "test_accuracy"} <= set(metrics)
     assert metrics["transfer"] is True and metrics["input_size"] == 48
     check_model_file(run_dir / "model.keras")  # only built-in layers: loads with safe_mode
+
+    # Measured at another input size (the FixRes question), with the run's files left as they are.
+    from cifar_core.evaluation import predict_proba
+    from cifar_core.inference import load_run_model, measure_at_input_size
+
+    files = {path.name: path.read_bytes() for path in run_dir.iterdir() if path.is_file()}
+    run = load_run_model(run_dir)
+    at_own_size = measure_at_input_size(run, tiny_dataset, 48)
+    assert at_own_size["test_accuracy"] == metrics["test_accuracy"]
+    assert at_own_size["test_accuracy_tta"] == metrics["test_accuracy_tta"]
+    larger = measure_at_input_size(run, tiny_dataset, 64)
+    fresh = load_run_model(run_dir).model
+    from cifar_core.models.transfer import accept_any_size
+
+    accept_any_size(fresh)
+    expected = predict_proba(fresh, tiny_dataset.x_test, input_size=64).argmax(axis=1)
+    assert larger["test_accuracy"] == pytest.approx(float(np.mean(expected == tiny_dataset.y_test)))
+    assert larger["input_size"] == 64 and larger["trained_input_size"] == 48
+    assert {path.name: path.read_bytes() for path in run_dir.iterdir() if path.is_file()} == files
+    for size in (15, 513):
+        with pytest.raises(ConfigError, match=f"^input size {size} px is outside 16-512$"):
+            measure_at_input_size(run, tiny_dataset, size)
 
 
 def test_progressive_resizing_fine_tunes_small_first_then_at_the_input_size_and_resumes_between(
