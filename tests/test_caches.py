@@ -226,3 +226,39 @@ def test_imagenet_weights_load_where_no_cache_can_be_written(tmp_path, monkeypat
     monkeypatch.setenv("CIFAR_CORE_CACHE", str(blocked / "cache"))
     model = build_lite("lite0", (32, 32, 3), 10, weights="imagenet")
     assert np.abs(model.get_layer("stem_conv").get_weights()[0]).sum() > 0
+
+
+def test_a_cache_is_written_beside_itself_and_a_failed_write_leaves_nothing(tmp_path, monkeypatch):
+    from cifar_core import safeio
+
+    target = tmp_path / "cache" / "images.npz"
+    seen = []
+    real_savez = np.savez
+
+    def recording_savez(handle, **arrays):
+        seen.append(Path(os.readlink(f"/proc/self/fd/{handle.fileno()}")))
+        real_savez(handle, **arrays)
+
+    monkeypatch.setattr(np, "savez", recording_savez)
+    safeio.write_cached_npz(target, {"a": np.arange(3)})
+    # Streamed to a temporary in the cache's own folder (a rename never crosses file systems), hidden,
+    # named after the cache, then renamed: nothing else is left.
+    assert seen[0].parent == target.parent and seen[0].name.startswith(".images.npz.") and seen[0].suffix == ".tmp"
+    assert [p.name for p in target.parent.iterdir()] == ["images.npz"]
+    np.testing.assert_array_equal(read_cached_npz(target, 10_000, ("a",))["a"], np.arange(3))
+
+    def failing_savez(handle, **arrays):
+        handle.write(b"half a cache")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", failing_savez)
+    safeio.write_cached_npz(tmp_path / "cache" / "other.npz", {"a": np.arange(3)})  # costs only the cache
+    assert [p.name for p in target.parent.iterdir()] == ["images.npz"]
+
+    def vanishing_savez(handle, **arrays):  # the temporary is gone before the clean-up reaches it
+        os.unlink(os.readlink(f"/proc/self/fd/{handle.fileno()}"))
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(np, "savez", vanishing_savez)
+    safeio.write_cached_npz(tmp_path / "cache" / "third.npz", {"a": np.arange(3)})
+    assert [p.name for p in target.parent.iterdir()] == ["images.npz"]

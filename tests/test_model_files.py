@@ -312,3 +312,35 @@ def test_a_spatial_output_is_refused_even_without_a_class_count(tmp_path):
     keras.Model(inputs, keras.layers.Conv2D(4, 3)(inputs)).save(tmp_path / "maps.keras")
     with pytest.raises(ModelFileError, match=r"^maps.keras: expected N class outputs; found \(None, 6, 6, 4\)$"):
         load_model_file(tmp_path / "maps.keras")
+
+
+def test_zero_sizes_and_open_spatial_sides_are_counted_not_refused():
+    assert loading._layer_params(_layer("ZeroPadding2D", None, padding=[[0, 0], [0, 1]]), "m") == 0
+    assert loading._layer_params(_layer(input_shape=(None, 0, 4)), "m") == 4 * 2 + 2  # an empty side is no bomb
+    # Spatial sides left open (a model taking any size): the channels still count every weight.
+    assert loading._layer_params(_layer("Conv2D", (None, None, None, 4), filters=3, kernel_size=[1, 1]), "m") \
+        == 4 * 3 + 3
+
+
+def test_the_fields_of_objects_that_are_not_layers_are_not_read_as_layer_sizes():
+    initializer = {"module": "keras.initializers", "class_name": "Constant", "config": {"units": 9000, "value": 1}}
+    model = {"module": "keras", "class_name": "Functional", "registered_name": "Functional",
+             "config": {"layers": [_layer(kernel_initializer=initializer)]}}
+    loading._check_objects(model, "m", loading._check_class)
+
+
+def test_failures_reading_or_loading_a_model_file_name_their_cause(tmp_path, monkeypatch):
+    build_model("demo", num_classes=3).save(tmp_path / "demo.keras")
+    with monkeypatch.context() as patched:
+        patched.setattr(zipfile.ZipFile, "read", lambda self, name: (_ for _ in ()).throw(OSError("disk gone")))
+        with pytest.raises(ModelFileError, match=r"^demo.keras: unreadable model file \(OSError: disk gone\)$"):
+            check_model_file(tmp_path / "demo.keras")
+    with monkeypatch.context() as patched:
+        patched.setattr(keras.models, "load_model", lambda *a, **k: (_ for _ in ()).throw(ValueError("bad\nthing")))
+        with pytest.raises(ModelFileError, match=r"^demo.keras: Keras could not load it \(ValueError: bad\)$"):
+            load_model_file(tmp_path / "demo.keras")
+    # The activation cap is checked on the loaded model too (the declared shapes aside), naming the file.
+    monkeypatch.setattr(loading, "check_model_file", lambda path: {})
+    monkeypatch.setattr(loading, "MAX_ACTIVATION_VALUES", 10)
+    with pytest.raises(ModelFileError, match=r"^demo.keras: layer \w+ outputs \(None, "):
+        load_model_file(tmp_path / "demo.keras")

@@ -80,6 +80,18 @@ EQUIVALENT: list[tuple[str, str]] = [
     (r'os\.walk\(root, (followlinks=None)?\)', "not following links is os.walk's default; it is spelt out for "
      "the reader"),
     (r'file\.read\((None|2 << 20|1 << 21)\)', "the hash of a file is the same whatever block size reads it"),
+    (r'input_shape\[2\] is None:|int\(input_shape\[2\]\)', "the input is checked square first "
+     "(input_shape[1] == input_shape[2]), so either side reads the same"),
+    (r'^\s*tmp = ""$', "an empty name reaches only the unlink under suppress(OSError), which swallows its "
+     "FileNotFoundError"),
+    (r'_field\(config, "(kernel_size|depth_multiplier|groups|filters)", (None|2)\)|_field\(config, "units", 1\)',
+     "Keras writes kernel_size, depth_multiplier, groups and filters or units in every config of the layers "
+     "that use them, and its constructors refuse a config without them, so the default never counts a "
+     "layer that loads"),
+    (r'\(channels / max\(', "Keras builds only convolutions whose channels divide by their groups, where / and "
+     "// agree"),
+    (r'base\.__name__ in ALLOWED_LAYERS or base\.__module__', "each layer this package registers reaches its "
+     "built-in ancestor before any other Keras class, or extends none"),
 ]
 
 

@@ -227,9 +227,10 @@ def _check_checkpoint_class(node: dict, name: str) -> str | None:
 
     if not issubclass(registered, keras.layers.Layer):
         return None
-    # A registered layer is bounded as the built-in layer it extends (fused BatchNorm as BatchNormalization).
+    # A registered layer is bounded as the built-in layer it extends (fused BatchNorm as BatchNormalization);
+    # one that extends none (TanhGelu) gets the size limits, and no weights are counted for it.
     return next((base.__name__ for base in registered.__mro__
-                 if base.__name__ in ALLOWED_LAYERS and base.__module__.startswith("keras.")), "Layer")
+                 if base.__name__ in ALLOWED_LAYERS and base.__module__.startswith("keras.")), registered.__name__)
 
 
 def _registered_class(node: dict, name: str) -> type | None:
