@@ -240,9 +240,7 @@ def _registered_class(node: dict, name: str) -> type | None:
         return None
     import keras
 
-    from ..models import layers  # noqa: F401 - registers the classes a checkpoint may name
-    from ..training import optimizers, schedules  # noqa: F401
-
+    # Registered by importing their modules, which the caller that loads a checkpoint has done.
     found = keras.saving.get_custom_objects().get(registered)
     if found is None or found.__name__ != node.get("class_name") or found.__module__ != node.get("module"):
         raise ModelFileError(f"{name}: refusing {node.get('module')}.{node.get('class_name')} registered "

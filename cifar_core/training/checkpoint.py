@@ -72,6 +72,10 @@ def load_state(run_dir: Path) -> dict | None:
 def load_model(run_dir: Path, state: dict) -> keras.Model:
     """The checkpoint's model with its optimizer. A run folder may come from someone else, so the file
     is bounded like any model file first (its training objects and this package's classes allowed)."""
+    # The classes a checkpoint may name, registered before the check and Keras look them up.
+    from ..models import layers  # noqa: F401
+    from . import optimizers, schedules  # noqa: F401
+
     path = checkpoint_dir(run_dir) / state["model_file"]
     try:
         check_checkpoint_file(path)
