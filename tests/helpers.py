@@ -174,6 +174,17 @@ def keras_file(path: Path, config: dict, weights: bytes = b"", compress_type: in
     return path
 
 
+def rewrite_keras_config(source: Path, target: Path, mutate) -> Path:
+    """A copy of a .keras file with its config.json passed through `mutate` (every other member as it was)."""
+    with zipfile.ZipFile(source) as original, zipfile.ZipFile(target, "w") as copy:
+        for name in original.namelist():
+            data = original.read(name)
+            if name == "config.json":
+                data = json.dumps(mutate(json.loads(data))).encode()
+            copy.writestr(name, data)
+    return Path(target)
+
+
 def layer(class_name: str, config: dict, input_shape=None) -> dict:
     node = {"module": "keras.layers", "class_name": class_name, "config": config, "registered_name": None}
     if input_shape is not None:

@@ -1,12 +1,10 @@
 """A run's training checkpoint may come from someone else's run folder: before Keras loads it to
 resume, it gets the bounds every model file gets, with a checkpoint's training objects allowed."""
-import json
 import shutil
-import zipfile
 
 import keras
 import pytest
-from helpers import stop_after_epoch
+from helpers import rewrite_keras_config, stop_after_epoch
 
 from cifar_core.config import recipe_config
 from cifar_core.errors import ModelFileError, RunFolderError
@@ -34,16 +32,6 @@ def interrupted_fastnet(tmp_path_factory):
         train(recipe_config("fastnet", **SMALL), run_dir, dataset, verbose=0, callbacks=[stop_after_epoch(1)])
     state = checkpoint.load_state(run_dir)
     return run_dir, checkpoint.checkpoint_dir(run_dir) / state["model_file"], dataset
-
-
-def _rewritten(source, target, mutate):
-    with zipfile.ZipFile(source) as original, zipfile.ZipFile(target, "w") as copy:
-        for name in original.namelist():
-            data = original.read(name)
-            if name == "config.json":
-                data = json.dumps(mutate(json.loads(data))).encode()
-            copy.writestr(name, data)
-    return target
 
 
 def _layers(config: dict, class_name: str) -> list[dict]:
@@ -82,7 +70,7 @@ def test_a_registered_layer_gets_the_size_limits_of_its_keras_class(interrupted_
         _layers(config, "FusedBatchNormalization")[0]["build_config"]["input_shape"] = [None, 4096, 4096, 64]
         return config
 
-    bad = _rewritten(path, tmp_path / path.name, huge_batchnorm)
+    bad = rewrite_keras_config(path, tmp_path / path.name, huge_batchnorm)
     with pytest.raises(ModelFileError, match="^epoch-0001.keras: layer FusedBatchNormalization declares the input "
                                              "shape"):
         check_checkpoint_file(bad)
@@ -92,7 +80,7 @@ def test_a_registered_layer_gets_the_size_limits_of_its_keras_class(interrupted_
         return config
 
     with pytest.raises(ModelFileError, match="^epoch-0001.keras: layer TanhGelu declares units 9000; the limit "):
-        check_checkpoint_file(_rewritten(path, tmp_path / path.name, wide_gelu))
+        check_checkpoint_file(rewrite_keras_config(path, tmp_path / path.name, wide_gelu))
 
 
 @pytest.mark.parametrize("module,class_name,registered,allowed", [
@@ -126,7 +114,7 @@ def test_resuming_an_oversized_checkpoint_is_refused_before_keras_allocates(inte
         _layers(config, "Dense")[-1]["config"]["units"] = 9000
         return config
 
-    _rewritten(path, shared / "checkpoint" / path.name, wide_head)
+    rewrite_keras_config(path, shared / "checkpoint" / path.name, wide_head)
     monkeypatch.setattr(keras.models, "load_model", lambda *a, **k: pytest.fail("Keras saw the file"))
     with pytest.raises(RunFolderError, match=rf"^shared-run's checkpoint cannot be resumed: {path.name}: layer "
                                              "Dense declares units 9000; the limit is 8192$"):
@@ -142,7 +130,7 @@ def test_resuming_a_checkpoint_with_a_foreign_class_is_refused(interrupted_fastn
         config["compile_config"]["optimizer"].update(module="evil", registered_name="evil>FilterMuon")
         return config
 
-    _rewritten(path, shared / "checkpoint" / path.name, foreign_optimizer)
+    rewrite_keras_config(path, shared / "checkpoint" / path.name, foreign_optimizer)
     with pytest.raises(RunFolderError, match="^shared-run's checkpoint cannot be resumed: .*refusing .*evil"):
         resume(shared, dataset, verbose=0)
     control = tmp_path / "control-run"

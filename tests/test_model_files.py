@@ -5,6 +5,7 @@ import zipfile
 import keras
 import numpy as np
 import pytest
+from helpers import rewrite_keras_config
 
 from cifar_core.errors import ModelFileError
 from cifar_core.models import build_model as _build_for_training
@@ -41,16 +42,6 @@ def test_lambda_model_is_refused_and_its_code_never_runs(tmp_path):
     assert sentinel.exists()
 
 
-def _rewrite(source, target, mutate):
-    with zipfile.ZipFile(source) as original, zipfile.ZipFile(target, "w") as copy:
-        for name in original.namelist():
-            data = original.read(name)
-            if name == "config.json":
-                data = json.dumps(mutate(json.loads(data))).encode()
-            copy.writestr(name, data)
-        return copy
-
-
 def test_custom_objects_extra_members_and_non_zip_are_refused(tmp_path):
     path = tmp_path / "ok.keras"
     build_model("demo").save(path)
@@ -62,12 +53,12 @@ def test_custom_objects_extra_members_and_non_zip_are_refused(tmp_path):
         return config
 
     custom = tmp_path / "custom.keras"
-    _rewrite(path, custom, register_custom)
+    rewrite_keras_config(path, custom, register_custom)
     with pytest.raises(ModelFileError, match="refusing"):
         check_model_file(custom)
 
     extra = tmp_path / "extra.keras"
-    _rewrite(path, extra, lambda c: c)
+    rewrite_keras_config(path, extra, lambda c: c)
     with zipfile.ZipFile(extra, "a") as archive:
         archive.writestr("assets/payload.py", "import os")
     with pytest.raises(ModelFileError, match="unexpected contents"):
@@ -294,7 +285,7 @@ def test_broken_archives_and_configs_keras_cannot_build_are_one_line(tmp_path):
         dense["config"]["units"] = "ten"  # passes our size checks (not an int), fails in Keras
         return cfg
 
-    _rewrite(tmp_path / "demo.keras", tmp_path / "odd.keras", drop_units)
+    rewrite_keras_config(tmp_path / "demo.keras", tmp_path / "odd.keras", drop_units)
     with pytest.raises(ModelFileError, match=r"^odd.keras: Keras could not load it \(\w+: "):
         load_model_file(tmp_path / "odd.keras")
     with pytest.raises(ModelFileError, match="^custom.keras: refusing layer or object keras.layers.Lambda "):
