@@ -94,11 +94,14 @@ def evaluate_run(run_dir: Path | str, source: str | None = None, input_size: int
     from .evaluation import measure_on_test
 
     run = load_run_model(run_dir)
+    other_size = input_size not in (None, run.input_size)
+    if other_size:
+        check_other_input_size(run, input_size)  # before the data is loaded
     dataset = load_dataset(source or run.config.data, image_size=run.data_image_size)
     if tuple(dataset.class_names) != run.class_names:
         raise RunFolderError(f"the data's classes {list(dataset.class_names)} differ from the model's "
                              f"{list(run.class_names)}")
-    if input_size not in (None, run.input_size):
+    if other_size:
         return measure_at_input_size(run, dataset, input_size)
     fresh, probs, probs_tta = measure_on_test(run.model, dataset.x_test, dataset.y_test, dataset.class_names,
                                               run.input_size, run.config.tta)
@@ -110,21 +113,28 @@ def evaluate_run(run_dir: Path | str, source: str | None = None, input_size: int
     return metrics
 
 
-def measure_at_input_size(run: LoadedRun, dataset, input_size: int) -> dict:
-    """The test split measured with its images resized to `input_size` instead of the size the model was
-    trained at (the FixRes question: does a larger test size help?). Only a transfer model, convolutional up
-    to its global pooling, takes another size; the run's files are left as they are."""
-    from .config import MAX_INPUT_SIZE
+def check_other_input_size(run: LoadedRun, input_size: int) -> None:
+    """Only a transfer model, convolutional up to its global pooling, takes another size, and only one
+    a config could ask for."""
+    from .config import RANGES
     from .errors import ConfigError
-    from .evaluation import measure_on_test
     from .models.registry import get_spec
-    from .models.transfer import accept_any_size
 
     if not get_spec(run.config.model).transfer:
         raise ConfigError(f"{run.run_dir.name}: a {run.config.model} model takes {run.input_size} px images only; "
                           "another input size is for transfer models")
-    if not 16 <= input_size <= MAX_INPUT_SIZE:
-        raise ConfigError(f"input size {input_size} px is outside 16-{MAX_INPUT_SIZE}")
+    low, high, _ = RANGES["input_size"]
+    if not low <= input_size <= high:
+        raise ConfigError(f"input size {input_size} px is outside {low}-{high}")
+
+
+def measure_at_input_size(run: LoadedRun, dataset, input_size: int) -> dict:
+    """The test split measured with its images resized to `input_size` instead of the size the model was
+    trained at (the FixRes question: does a larger test size help?); the run's files are left as they are."""
+    from .evaluation import measure_on_test
+    from .models.transfer import accept_any_size
+
+    check_other_input_size(run, input_size)
     accept_any_size(run.model)
     fresh, _, _ = measure_on_test(run.model, dataset.x_test, dataset.y_test, dataset.class_names, input_size,
                                   run.config.tta)

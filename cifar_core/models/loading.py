@@ -57,12 +57,9 @@ ALLOWED_OTHER = {
 }
 
 
-TRAINING_OBJECTS = {
-    "keras.optimizers": None,  # built-in Keras classes; registered or custom ones are refused
-    "keras.optimizers.schedules": None,
-    "keras.losses": None,
-    "keras.metrics": None,
-}
+# A checkpoint's objects beyond a model file's: built-in Keras classes (registered or custom ones are refused).
+CHECKPOINT_OTHER = {**ALLOWED_OTHER, "keras.optimizers": None, "keras.optimizers.schedules": None,
+                    "keras.losses": None, "keras.metrics": None}
 REGISTERED_PACKAGE = "cifar_core"
 
 
@@ -222,7 +219,7 @@ def _check_class(node: dict, name: str, others: dict = ALLOWED_OTHER) -> str | N
 def _check_checkpoint_class(node: dict, name: str) -> str | None:
     registered = _registered_class(node, name)
     if registered is None:
-        return _check_class(node, name, {**ALLOWED_OTHER, **TRAINING_OBJECTS})
+        return _check_class(node, name, CHECKPOINT_OTHER)
     import keras
 
     if not issubclass(registered, keras.layers.Layer):
