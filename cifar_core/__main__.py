@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="measure this machine: data, training, inference")
     bench.add_argument("--data", help="data source to time (default: $CIFAR10_SOURCE)")
     bench.add_argument("--output", type=Path, default=Path("benchmarks.json"))
-    bench.add_argument("--models", default="g3,fastnet,demo")
+    bench.add_argument("--models", default="g3,fastnet,demo,stage",
+                       help="recipes to time: models' own or presets' (e.g. stage)")
     bench.add_argument("--steps", type=int, default=20, help="timed training steps per model")
     bench.add_argument("--batch-sizes", default="", help="also time these batch sizes, e.g. 128,512")
     bench.add_argument("--precisions", default="", help="also time these precisions, e.g. float32,mixed_bfloat16")

@@ -183,20 +183,21 @@ def time_training(model_name: str, steps: int, warmup: int = 3, batch_size: int 
                   precision: str | None = None, peaks: dict | None = None, config=None,
                   fused_batchnorm: bool = True, ns_dtype: str | None = None) -> dict:
     """Images/s of full training steps (augmentation pipeline included) on random images,
-    and of the input pipeline alone; `config` replaces the model's recipe, and the last two
+    and of the input pipeline alone. `model_name` names a recipe: a preset ("stage") or a
+    model's own; the row's "model" is that name. `config` replaces the recipe, and the last two
     arguments rebuild the previous recipe's kernels (`compare_with_previous`)."""
-    from .config import recipe_config
+    from .config import named_recipe
     from .models import build_model
     from .training.optimizers import compile_model
     from .training.precision import resolve_precision
 
-    config = config or recipe_config(model_name, batch_size=batch_size, precision=precision)
+    config = config or named_recipe(model_name, batch_size=batch_size, precision=precision)
     config = resolve_precision(config)
     from .models.layers import stock_batchnorm
 
     # The previous recipe's side builds with Keras' own batch norm.
     with contextlib.nullcontext() if fused_batchnorm else stock_batchnorm():
-        model = build_model(model_name, precision=config.precision, **config.model_options)
+        model = build_model(config.model, precision=config.precision, **config.model_options)
     compile_model(model, config, config.learning_rate, 1000, ns_dtype=ns_dtype)
     images_per_second, data = time_steps(model, config, steps, warmup)
     flops = forward_flops(model)
@@ -242,9 +243,14 @@ def time_pipeline(data, batches: int, batch_size: int) -> float:
 
 
 def recipe_steps(model_name: str) -> list[tuple[str, dict]]:
-    """From the previous recipe to today's, one change at a time: (name, time_training arguments)."""
-    from .config import PREVIOUS_RECIPES, recipe_config
+    """From the previous recipe to today's, one change at a time: (name, time_training arguments).
+    A preset on another model's recipe ("stage") changed only its own settings: one step."""
+    from .config import PRESETS, PREVIOUS_RECIPES, preset_config, recipe_config
 
+    if model_name in PRESETS and PRESETS[model_name].model != model_name:
+        current = preset_config(model_name)
+        return [("previous recipe", dict(config=current.replace(**PREVIOUS_RECIPES[model_name]))),
+                ("today's recipe", dict(config=current))]
     previous = recipe_config(model_name, **PREVIOUS_RECIPES[model_name])
     current = recipe_config(model_name)
     steps = [("previous recipe", dict(config=previous, fused_batchnorm=False, ns_dtype="float32")),
@@ -316,16 +322,17 @@ def compare_transfer_preset(preset: str, steps: int, rounds: int = 2) -> dict:
 def time_inference(run_dir: Path | None, model_name: str, repeats: int = 50) -> dict:
     from PIL import Image
 
-    from .config import recipe_config
+    from .config import named_recipe
     from .evaluation import predict_proba
     from .inference import LoadedRun, classify_bytes, load_run_model
     from .models import build_model
 
     if run_dir is not None:
         run = load_run_model(run_dir)
-    else:
-        model = build_model(model_name)
-        run = LoadedRun(Path("."), model, 32, 32, tuple(str(i) for i in range(10)), recipe_config(model_name))
+    else:  # the recipe's network with its initial weights: the same arithmetic as a trained one
+        config = named_recipe(model_name)
+        model = build_model(config.model, **config.model_options)
+        run = LoadedRun(Path("."), model, 32, 32, tuple(str(i) for i in range(10)), config)
     buffer = io.BytesIO()
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)).save(
         buffer, format="JPEG")
@@ -342,26 +349,28 @@ def time_inference(run_dir: Path | None, model_name: str, repeats: int = 50) -> 
     started = time.perf_counter()
     predict_proba(run.model, batch, input_size=run.input_size)
     throughput = len(batch) / (time.perf_counter() - started)
-    return {"model": run.config.model, "run": run_dir.name if run_dir else None,
+    return {"model": model_name, "run": run_dir.name if run_dir else None,
             "single_image_ms_p50": round(float(np.percentile(latencies, 50)), 1),
             "single_image_ms_p95": round(float(np.percentile(latencies, 95)), 1),
             "batch_images_per_second": round(throughput, 1)}
 
 
 def shipped_run_for(model_name: str) -> Path | None:
-    """The completed run whose inference stands for `model_name`: the run its own preset ships
-    (fastnet's, not the stage preset's fastnet), else any preset's, else any completed run of it."""
-    from .config import PRESETS
+    """The completed run whose inference stands for recipe `model_name` (a preset or a model's own):
+    the run that name's preset ships, else any completed run of the same network (model and options);
+    None where there is none (`time_inference` then builds the network)."""
+    from .config import PRESETS, named_recipe
 
+    config = named_recipe(model_name)
     found, _ = runs.list_runs()
     usable = {run.path.name: run.path for run in found
-              if run.config.get("model") == model_name and run.has_model and run.status.get("state") == "completed"}
-    by_preset = sorted((name != model_name, preset.shipped_run) for name, preset in PRESETS.items()
-                       if preset.model == model_name)
-    for _, shipped in by_preset:
-        if shipped in usable:
-            return usable[shipped]
-    return next(iter(usable.values()), None)
+              if run.config.get("model") == config.model and run.has_model
+              and run.status.get("state") == "completed"
+              and (run.config.get("model_options") or {}) == config.model_options}
+    preset = PRESETS.get(model_name)
+    if preset is not None and preset.shipped_run in usable:
+        return usable[preset.shipped_run]
+    return next(iter(sorted(usable.items())), (None, None))[1]
 
 
 def run_benchmarks(source: str | None, output: Path, models: list[str], steps: int,

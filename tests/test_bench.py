@@ -52,27 +52,64 @@ def test_presets_show_the_time_on_this_machine_only_from_a_bench_of_this_cpu(mon
               "machine": {"cpu": "Old CPU", "cores": 2}}
     monkeypatch.setattr(ui, "run_json", lambda run_dir, name: taught)
     assert ui.preset_label("g3").endswith("; about 3 min here (bench)")  # 60 s of steps + the teacher's 120 s
+    # A preset on its own network is estimated from its own row, never from its model's recipe.
+    monkeypatch.setattr(ui, "run_json", lambda run_dir, name: {
+        "train_seconds": 600.0, "train_images_per_second": 100.0, "machine": {"cpu": "Old CPU", "cores": 2}})
+    stage = preset_config("stage")
+    fastnet_row = {**row, "model": "fastnet", "batch_size": stage.batch_size}  # bf16: one of "auto"'s choices
+    bench.machine_file().write_text(json.dumps({"machine": {"cpu": cpu_name()}, "training": [fastnet_row]}))
+    assert ui.preset_label("stage").endswith("10 min on Old CPU, 2 cores")
+    stage_row = {**fastnet_row, "model": "stage", "train_images_per_second": 500.0}
+    bench.machine_file().write_text(json.dumps({"machine": {"cpu": cpu_name()},
+                                                "training": [fastnet_row, stage_row]}))
+    assert ui.preset_label("stage").endswith("; about 2 min here (bench)")
     bench.machine_file().write_text("{not json")
     assert bench.this_machine_speeds() == {}
 
 
-def test_inference_is_timed_on_the_run_the_models_own_preset_ships(monkeypatch, tmp_path):
+def test_inference_is_timed_on_the_run_the_recipes_own_preset_ships(monkeypatch, tmp_path):
     from types import SimpleNamespace
 
     from cifar_core import bench, runs
-    from cifar_core.config import PRESETS
+    from cifar_core.config import PRESETS, preset_config
 
-    def run(name, state="completed", has_model=True):
-        return SimpleNamespace(path=tmp_path / name, config={"model": "fastnet"}, has_model=has_model,
-                               status={"state": state})
+    def run(name, options, state="completed", has_model=True):
+        return SimpleNamespace(path=tmp_path / name, config={"model": "fastnet", "model_options": options},
+                               has_model=has_model, status={"state": state})
 
-    stage, own, other = run(PRESETS["stage"].shipped_run), run(PRESETS["fastnet"].shipped_run), run("zz-fastnet")
-    for order in ([stage, own, other], [other, own, stage]):
+    fastnet_net, stage_net = preset_config("fastnet").model_options, preset_config("stage").model_options
+    assert fastnet_net != stage_net  # else this test proves nothing about telling networks apart
+    stage, own = run(PRESETS["stage"].shipped_run, stage_net), run(PRESETS["fastnet"].shipped_run, fastnet_net)
+    other, other_stage = run("zz-fastnet", fastnet_net), run("aa-stage", stage_net)
+    for order in ([stage, own, other, other_stage], [other_stage, other, own, stage]):
         monkeypatch.setattr(runs, "list_runs", lambda order=order: (order, []))
         assert bench.shipped_run_for("fastnet") == own.path
-    unfinished = run(PRESETS["fastnet"].shipped_run, state="running")
-    monkeypatch.setattr(runs, "list_runs", lambda: ([other, unfinished, stage], []))
-    assert bench.shipped_run_for("fastnet") == stage.path  # another preset's run before an unshipped one
-    monkeypatch.setattr(runs, "list_runs", lambda: ([run("a", has_model=False), other], []))
-    assert bench.shipped_run_for("fastnet") == other.path
+        assert bench.shipped_run_for("stage") == stage.path  # a preset is timed on its own run
+    unfinished = run(PRESETS["fastnet"].shipped_run, fastnet_net, state="running")
+    monkeypatch.setattr(runs, "list_runs", lambda: ([stage, other, unfinished], []))
+    assert bench.shipped_run_for("fastnet") == other.path  # the same network, never the stage's narrower one
+    monkeypatch.setattr(runs, "list_runs", lambda: ([run("a", fastnet_net, has_model=False), stage], []))
+    assert bench.shipped_run_for("fastnet") is None
     assert bench.shipped_run_for("g3") is None
+
+
+def test_bench_times_a_preset_by_its_name_on_its_own_network(monkeypatch):
+    from cifar_core import bench
+    from cifar_core.bench import forward_flops
+    from cifar_core.config import preset_config
+
+    built = []
+    monkeypatch.setattr(bench, "time_steps", lambda model, config, steps, warmup: (built.append(model) or 100.0, []))
+    monkeypatch.setattr(bench, "time_pipeline", lambda data, batches, batch_size: 1.0)
+    stage, fastnet = (bench.time_training(name, 1, precision="float32") for name in ("stage", "fastnet"))
+    assert stage["model"] == "stage" and fastnet["model"] == "fastnet"
+    assert stage["params"] == built[0].count_params() < fastnet["params"] == built[1].count_params()
+    assert stage["forward_mflops_per_image"] == round(forward_flops(built[0]) / 1e6, 1)
+    assert stage["batch_size"] == preset_config("stage").batch_size
+    steps = bench.recipe_steps("stage")
+    assert [name for name, _ in steps] == ["previous recipe", "today's recipe"]
+    previous, today = (arguments["config"] for _, arguments in steps)
+    assert today == preset_config("stage") and previous.replace(model_options=today.model_options) == today
+    assert previous.model_options != today.model_options
+    timed = bench.time_inference(None, "stage", repeats=1)  # no run: the preset's network, freshly built
+    assert timed["model"] == "stage" and timed["run"] is None and timed["batch_images_per_second"] > 0

@@ -214,7 +214,8 @@ def test_presets_are_recipes_with_settings_on_top():
     assert set(PRESETS) == {"demo", "g3", "stage", "fastnet", "fastnet-distilled", "lite0-128", "lite0-224"}
     assert preset_config("fastnet-distilled") == recipe_config("fastnet", n_epochs=32, teacher="lite0-224-prog-cifar10",
                                                                teacher_weight=0.7)
-    assert preset_config("stage") == recipe_config("fastnet", n_epochs=3, model_options={"activation": "silu"})
+    assert preset_config("stage") == recipe_config("fastnet", n_epochs=3, model_options={
+        "activation": "gelu_tanh", "widths": [64, 128, 256]})
 
 
 def test_the_input_size_is_resolved_when_the_config_is_made():
@@ -234,8 +235,9 @@ def test_a_run_made_by_a_preset_is_recognised_whatever_precision_auto_chose():
     for chosen in ("float32", "mixed_bfloat16"):
         assert made_by_preset(made.replace(precision=chosen), "fastnet")
     assert not made_by_preset(made.replace(precision="float32", n_epochs=5), "fastnet")
-    assert made_by_preset(made.replace(precision="float32", n_epochs=3, model_options={"activation": "silu"}),
-                          "stage")
+    stage_net = {"activation": "gelu_tanh", "widths": [64, 128, 256]}
+    assert made_by_preset(made.replace(precision="float32", n_epochs=3, model_options=stage_net), "stage")
+    assert not made_by_preset(made.replace(precision="float32", n_epochs=3), "stage")  # fastnet's full widths
     assert not made_by_preset(preset_config("demo").replace(precision="mixed_bfloat16"), "demo")  # demo: float32
 
 

@@ -139,12 +139,15 @@ def test_the_per_cpu_bench_table_has_one_row_per_bench_file(tmp_path, monkeypatc
     main, others = tmp_path / "bench-results.json", tmp_path / "cpus"
     others.mkdir()
     main.write_text(json.dumps(bench("Zen 9", 1000.0, 500.0, [("fastnet", 1.5), ("g3", 1.25)])))
-    (others / "b.json").write_text(json.dumps(bench("Old CPU", 100.0)))
+    old_cpu = bench("Old CPU", 100.0)
+    old_cpu["training"].append({"model": "stage", "train_images_per_second": 300.0, "percent_of_conv_peak": 45.0,
+                                "epoch_minutes_50k": 2.8})  # a preset's row, by its name
+    (others / "b.json").write_text(json.dumps(old_cpu))
     monkeypatch.setattr(report, "ROOT", tmp_path)
     monkeypatch.setattr(report, "BENCH", main)
     monkeypatch.setattr(report, "BENCH_CPUS", others)
     rows = report.bench_cpus_table().splitlines()[2:]
     assert rows == [
         "| Zen 9 ([bench-results.json](bench-results.json)) | 2026-12-01 | 1,000 / 2,000 | 500 (61%) | 1,000 (50%) "
-        "| — | 1.67 min | fastnet 1.50x, g3 1.25x |",
-        "| Old CPU ([b.json](cpus/b.json)) | 2026-12-01 | 100 / 200 | — | 1,000 (50%) | — | — | — |"]
+        "| — | — | 1.67 min | fastnet 1.50x, g3 1.25x |",
+        "| Old CPU ([b.json](cpus/b.json)) | 2026-12-01 | 100 / 200 | — | 1,000 (50%) | — | 300 (45%) | — | — |"]

@@ -311,7 +311,7 @@ def bench_cpus_table() -> str:
                   "today's recipe vs previous, side by side"], rows)
 
 
-BENCH_CPU_MODELS = ("fastnet", "g3", "demo")
+BENCH_CPU_MODELS = ("fastnet", "g3", "demo", "stage")  # recipes: models' own, and the stage preset
 
 
 def _transfer_comparison(comparison: dict) -> str:
