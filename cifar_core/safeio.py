@@ -9,6 +9,7 @@ depth before any code walks it.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import stat
@@ -37,6 +38,21 @@ def read_regular_file(path: Path | str, max_bytes: int, error: type[CifarError] 
                       what: str = "file") -> bytes:
     """The bytes of a regular file no larger than max_bytes, or `error` with one line."""
     path = Path(path)
+    fd, _ = _open_regular_file(path, max_bytes, error, what)
+    try:
+        data = _read_at_most(fd, max_bytes + 1)
+    except OSError as exc:
+        raise error(f"{path}: cannot read ({exc.strerror})") from None
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:  # it grew after fstat
+        raise error(f"{path.name}: {what} is larger than the limit of {size_text(max_bytes)}")
+    return data
+
+
+def _open_regular_file(path: Path, max_bytes: int, error: type[CifarError], what: str) -> tuple[int, int]:
+    """A read-only descriptor of the regular file at `path` and its size, no more than max_bytes;
+    `error` with one line otherwise (nothing is left open)."""
     try:
         # O_NONBLOCK: opening a FIFO with no writer returns at once instead of hanging.
         # (os.open's descriptors are never inherited by child processes: PEP 446.)
@@ -55,14 +71,42 @@ def read_regular_file(path: Path | str, max_bytes: int, error: type[CifarError] 
             raise error(f"{path}: is a device, pipe or socket; only regular files are read")
         if info.st_size > max_bytes:
             raise error(f"{path.name}: {what} is {size_text(info.st_size)}; the limit is {size_text(max_bytes)}")
-        data = _read_at_most(fd, max_bytes + 1)
-    except OSError as exc:
-        raise error(f"{path}: cannot read ({exc.strerror})") from None
-    finally:
+    except BaseException:
         os.close(fd)
-    if len(data) > max_bytes:  # it grew after fstat
-        raise error(f"{path.name}: {what} is larger than the limit of {size_text(max_bytes)}")
-    return data
+        raise
+    return fd, info.st_size
+
+
+class _FirstBytes(io.RawIOBase):
+    """The first `size` bytes of an open file, seekable, and never a byte more: a reader of a file
+    that grows while it is read sees the size that was checked when it was opened."""
+
+    def __init__(self, handle, size: int):
+        super().__init__()
+        self._handle, self._size, self._position = handle, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        start = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._size}[whence]
+        if start + offset < 0:
+            raise ValueError("negative seek position")
+        self._position = start + offset
+        return self._position
+
+    def readinto(self, buffer) -> int:
+        wanted = max(0, min(len(buffer), self._size - self._position))
+        self._handle.seek(self._position)
+        count = self._handle.readinto(memoryview(buffer)[:wanted]) or 0
+        self._position += count
+        return count
 
 
 def open_for_writing(path: Path | str, flags: int, error: type[CifarError], what: str) -> int:
@@ -164,13 +208,12 @@ def read_npz(path: Path | str, max_bytes: int, keys: tuple[str, ...], error: typ
     """The named arrays of a .npz (and those of `optional` it holds), bounded before numpy unpacks
     anything: the file's bytes, the members' declared sizes (a zip bomb is refused unread), no
     pickled objects. A missing array or a damaged file is `error`."""
-    import io
-
     path = Path(path)
     where = where or f"{path.name} in {path.parent.name}"
-    data = read_regular_file(path, max_bytes, error, what="array file")
+    fd, size = _open_regular_file(path, max_bytes, error, what="array file")
+    # Read from the file, not from a copy of it in memory (a dataset cache took twice its size).
     try:
-        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        with os.fdopen(fd, "rb") as handle, zipfile.ZipFile(_FirstBytes(handle, size)) as archive:
             members = archive.infolist()
             if sum(info.file_size for info in members) > max_bytes:
                 raise ValueError(f"more than {size_text(max_bytes)} once unpacked")
@@ -254,12 +297,11 @@ NPY_HEADER_BYTES = 4096  # numpy writes 128; a longer header is still within rea
 def read_npy(path: Path | str, max_array_bytes: int, error: type[CifarError] = CifarError) -> np.ndarray:
     """One array of at most max_array_bytes from a regular .npy file whose header declares no more
     than the file holds."""
-    import io
-
     path = Path(path)
-    data = read_regular_file(path, NPY_HEADER_BYTES + max_array_bytes, error, what="array file")
+    fd, size = _open_regular_file(path, NPY_HEADER_BYTES + max_array_bytes, error, what="array file")
     try:
-        return _checked_npy(io.BytesIO(data), len(data), max_array_bytes)
+        with os.fdopen(fd, "rb") as handle:  # numpy reads straight from the file into the array
+            return _checked_npy(_FirstBytes(handle, size), size, max_array_bytes)
     except (OSError, ValueError) as exc:
         raise error(f"corrupt {path.name} in {path.parent.name}: {one_line(exc)}") from None
 

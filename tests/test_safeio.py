@@ -317,3 +317,59 @@ def test_a_private_path_beside_is_fresh_named_like_its_target_and_goes_with_its_
     # Nothing is left beside the target, and what was planted there is neither followed nor removed.
     assert sorted(p.name for p in tmp_path.iterdir()) == [planted.name]
     assert not (tmp_path / "victim").exists()
+
+
+def test_array_files_are_read_from_the_file_with_no_copy_of_it_in_memory(tmp_path):
+    import tracemalloc
+
+    import numpy as np
+
+    values = np.random.default_rng(0).integers(0, 255, (4 << 20,), dtype=np.uint8)  # 4 MiB
+    np.save(tmp_path / "big.npy", values)
+    np.savez(tmp_path / "big.npz", x=values, y=values[:1000])
+    reads = {"npy": lambda: {"x": safeio.read_npy(tmp_path / "big.npy", 8 << 20)},
+             "npz": lambda: safeio.read_npz(tmp_path / "big.npz", 8 << 20, ("x", "y"))}
+    for name, read in reads.items():
+        tracemalloc.start()
+        try:
+            arrays = read()
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert np.array_equal(arrays["x"], values)
+        # The arrays plus reading buffers; the whole file's bytes beside them would double it.
+        assert peak < 1.25 * values.nbytes, (name, peak)
+
+
+def test_an_array_file_is_read_only_up_to_the_size_checked_when_it_was_opened(tmp_path, monkeypatch):
+    import numpy as np
+
+    np.save(tmp_path / "a.npy", np.arange(64, dtype=np.int64))
+    np.savez(tmp_path / "a.npz", x=np.arange(64, dtype=np.int64))
+    assert safeio.read_npy(tmp_path / "a.npy", 1 << 20).sum() == 2016
+    real_fstat = os.fstat
+
+    def fstat_one_byte_short(fd):  # the file grew by a byte after it was checked
+        info = real_fstat(fd)
+        return os.stat_result(tuple(info)[:6] + (info.st_size - 1,) + tuple(info)[7:])
+
+    monkeypatch.setattr(safeio.os, "fstat", fstat_one_byte_short)
+    with pytest.raises(CifarError, match="declares .* it holds 511$"):
+        safeio.read_npy(tmp_path / "a.npy", 1 << 20)
+    with pytest.raises(CifarError, match="^corrupt a.npz"):
+        safeio.read_npz(tmp_path / "a.npz", 1 << 20, ("x",))
+
+
+def test_the_first_bytes_of_a_file_are_all_a_reader_can_reach(tmp_path):
+    import io
+
+    (tmp_path / "f").write_bytes(b"0123456789")
+    with open(tmp_path / "f", "rb") as handle:
+        view = safeio._FirstBytes(handle, 6)
+        assert view.seek(0, io.SEEK_END) == 6 and view.read() == b""
+        assert view.seek(-4, io.SEEK_END) == 2 and view.read(100) == b"2345"
+        assert view.seek(1) == 1 and view.read(2) == b"12" and view.tell() == 3
+        assert view.seek(2, io.SEEK_CUR) == 5 and view.read() == b"5"
+        assert view.seek(20) == 20 and view.read(3) == b""
+        with pytest.raises(ValueError, match="negative"):
+            view.seek(-7, io.SEEK_END)
