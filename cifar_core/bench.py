@@ -56,13 +56,31 @@ def time_data_load(source: str) -> dict:
         try:
             cold = load_dataset(source)
             cached = load_dataset(source)
+            peak_bytes = _traced_peak_bytes(lambda: load_dataset(source))  # apart: tracing slows it
         finally:
             if previous is None:
                 os.environ.pop("CIFAR_CORE_CACHE", None)
             else:
                 os.environ["CIFAR_CORE_CACHE"] = previous
+    arrays = (cached.x_train, cached.y_train, cached.x_test, cached.y_test)
     return {"source": cold.description, "n_images": int(len(cold.y_train) + len(cold.y_test)),
-            "cold_seconds": round(cold.load_seconds, 2), "cached_seconds": round(cached.load_seconds, 3)}
+            "cold_seconds": round(cold.load_seconds, 2), "cached_seconds": round(cached.load_seconds, 3),
+            # What loading from the cache allocates at its peak, against the arrays it returns.
+            "cached_peak_mib": round(peak_bytes / 2**20, 2),
+            "arrays_mib": round(sum(a.nbytes for a in arrays) / 2**20, 2)}
+
+
+def _traced_peak_bytes(call) -> int:
+    """The most memory Python and numpy held at once during `call` (tracemalloc), above what was held before."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        call()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return peak
 
 
 # The probes that set this machine's peaks: a square matmul, and a 3x3 convolution the

@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from cifar_core.bench import forward_flops, run_benchmarks
 from cifar_core.models import build_model
 
@@ -23,6 +25,9 @@ def test_bench_writes_all_sections(image_folder, tmp_path):
     results = json.loads(output.read_text())
     assert results["data_load"]["n_images"] == 18
     assert results["data_load"]["cached_seconds"] < results["data_load"]["cold_seconds"] + 1
+    loaded = results["data_load"]
+    assert loaded["arrays_mib"] == pytest.approx(18 * 32 * 32 * 3 / 2**20, abs=0.01)  # the images; labels are bytes
+    assert loaded["arrays_mib"] < loaded["cached_peak_mib"] < 1.0  # a cache read holds the arrays, not megabytes more
     recipe, bf16 = results["training"]
     assert [recipe["precision"], bf16["precision"]] == ["float32", "mixed_bfloat16"]
     for training in (recipe, bf16):
