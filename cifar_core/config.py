@@ -321,8 +321,9 @@ PRESETS: dict[str, Preset] = {
     "demo": Preset("demo", {}, "demo-cifar10", "small CNN on an 8,000-image subset, for live demos"),
     "g3": Preset("g3", {}, "g3-onecycle-cifar10",
                  "the original study's 416k-parameter CNN and AdamW, 30 one-cycle epochs"),
-    # Narrower middle blocks (128 wide, not 256): 1.7x the full net's training speed for about a point
-    # of accuracy, so 85% fits in 5 minutes on a Zen 4 too, not only on a Zen 5 (docs/experiments.md).
+    # Narrower middle blocks (128 wide, not 256): 1.53x the full SiLU net's training speed side by side
+    # (`bench --compare stage`) for about a point of accuracy, so 85% fits in 5 minutes on a Zen 4 too,
+    # not only on a Zen 5 (docs/experiments.md).
     "stage": Preset("fastnet", {"n_epochs": 3, "model_options": {"activation": "gelu_tanh", "widths": [64, 128, 256]}},
                     "stage-narrow-cifar10",
                     "fastnet at 64-128-256 channels, 3 epochs: 85%+ in under 5 minutes, for training on stage"),

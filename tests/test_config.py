@@ -265,3 +265,18 @@ def test_fine_tuning_runs_in_stretches_small_first():
     assert fine_tune_stretches(progressive.replace(low_res_epochs=4)) == [(128, 4)]  # nothing left at 224
     plain = recipe_config("lite0", input_size=224, fine_tune_epochs=4)
     assert fine_tune_plan(plain) == [(224, 4)] and fine_tune_stretches(plain) == [(224, 4)]
+
+
+def test_a_recipe_name_is_a_preset_first_else_a_models_own_recipe():
+    from cifar_core.config import named_recipe, preset_config
+
+    assert named_recipe("stage") == preset_config("stage") != recipe_config("fastnet", n_epochs=3)
+    assert named_recipe("stage", batch_size=64) == preset_config("stage", batch_size=64)
+    assert named_recipe("lite0") == recipe_config("lite0")  # a model no preset is named after
+    assert named_recipe("lite0", input_size=224) == recipe_config("lite0", input_size=224)
+
+
+def test_a_teacher_is_named_in_at_most_4096_characters():
+    assert TrainConfig(model="fastnet", teacher="t" * 4096).teacher == "t" * 4096
+    with pytest.raises(ConfigError, match="^teacher must be a run's folder name or path; received 't{76}\\.\\.\\.$"):
+        TrainConfig(model="fastnet", teacher="t" * 4097)
