@@ -377,14 +377,13 @@ def shipped_run_for(model_name: str) -> Path | None:
     """The completed run whose inference stands for recipe `model_name` (a preset or a model's own):
     the run that name's preset ships, else any completed run of the same network (model and options);
     None where there is none (`time_inference` then builds the network)."""
-    from .config import PRESETS, named_recipe
+    from .config import PRESETS, builds_network_of, named_recipe
 
     config = named_recipe(model_name)
     found, _ = runs.list_runs()
     usable = {run.path.name: run.path for run in found
-              if run.config.get("model") == config.model and run.has_model
-              and run.status.get("state") == "completed"
-              and (run.config.get("model_options") or {}) == config.model_options}
+              if run.has_model and run.status.get("state") == "completed"
+              and builds_network_of(run.config.get("model"), run.config.get("model_options"), config)}
     preset = PRESETS.get(model_name)
     if preset is not None and preset.shipped_run in usable:
         return usable[preset.shipped_run]

@@ -358,6 +358,12 @@ def named_recipe(name: str, **overrides) -> TrainConfig:
     return preset_config(name, **overrides) if name in PRESETS else recipe_config(name, **overrides)
 
 
+def builds_network_of(model: str | None, model_options: dict | None, config: TrainConfig) -> bool:
+    """Whether a run of `model` built with `model_options` has the network `config` builds (its weights and
+    arithmetic: what bench's speeds and inference timings depend on)."""
+    return model == config.model and (model_options or {}) == config.model_options
+
+
 def made_by_preset(config: TrainConfig, name: str) -> bool:
     """Whether a run's saved config is exactly the preset's, where its data lived aside; a preset's
     "auto" precision matches whichever precision the probe chose on the run's machine."""

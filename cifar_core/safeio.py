@@ -109,6 +109,15 @@ class _FirstBytes(io.RawIOBase):
         return count
 
 
+@contextlib.contextmanager
+def _capped_stream(path: Path, max_bytes: int, error: type[CifarError]) -> Iterator[tuple[_FirstBytes, int]]:
+    """An array file as a seekable stream capped at its size checked at open (at most max_bytes), and that
+    size: readers unpack from the file, never from a copy of it in memory (a dataset cache took twice its size)."""
+    fd, size = _open_regular_file(path, max_bytes, error, what="array file")
+    with os.fdopen(fd, "rb") as handle:
+        yield _FirstBytes(handle, size), size
+
+
 def open_for_writing(path: Path | str, flags: int, error: type[CifarError], what: str) -> int:
     """os.open(path, flags) for a file written in place (a lock, an appended log), which must be a
     regular file in its own right: a link in its place is refused, not followed (a shared run
@@ -210,27 +219,30 @@ def read_npz(path: Path | str, max_bytes: int, keys: tuple[str, ...], error: typ
     pickled objects. A missing array or a damaged file is `error`."""
     path = Path(path)
     where = where or f"{path.name} in {path.parent.name}"
-    fd, size = _open_regular_file(path, max_bytes, error, what="array file")
-    # Read from the file, not from a copy of it in memory (a dataset cache took twice its size).
-    try:
-        with os.fdopen(fd, "rb") as handle, zipfile.ZipFile(_FirstBytes(handle, size)) as archive:
-            members = archive.infolist()
-            if sum(info.file_size for info in members) > max_bytes:
-                raise ValueError(f"more than {size_text(max_bytes)} once unpacked")
-            stored = {info.filename.removesuffix(".npy"): info for info in members}
-            wanted = (*keys, *(key for key in optional if key in stored))
-            for key in wanted:
-                if key not in stored:
-                    raise ValueError(f"no array {key!r} in it")
-            # Each member unpacked once (bounded by the sum above) straight into its array, its
-            # header checked first.
-            arrays = {}
-            for key in wanted:
-                with archive.open(stored[key]) as member:
-                    arrays[key] = _checked_npy(member, stored[key].file_size, max_bytes)
-            return arrays
-    except ZIP_READ_ERRORS as exc:
-        raise error(f"corrupt {where}: {one_line(exc)}") from None
+    with _capped_stream(path, max_bytes, error) as (stream, _):
+        try:
+            with zipfile.ZipFile(stream) as archive:
+                return _arrays_in(archive, keys, optional, max_bytes)
+        except ZIP_READ_ERRORS as exc:
+            raise error(f"corrupt {where}: {one_line(exc)}") from None
+
+
+def _arrays_in(archive: zipfile.ZipFile, keys: tuple[str, ...], optional: tuple[str, ...], max_bytes: int) -> dict:
+    """read_npz's arrays from its open archive; ValueError for a missing array or more than max_bytes unpacked."""
+    members = archive.infolist()
+    if sum(info.file_size for info in members) > max_bytes:
+        raise ValueError(f"more than {size_text(max_bytes)} once unpacked")
+    stored = {info.filename.removesuffix(".npy"): info for info in members}
+    wanted = (*keys, *(key for key in optional if key in stored))
+    for key in wanted:
+        if key not in stored:
+            raise ValueError(f"no array {key!r} in it")
+    # Each member unpacked once (bounded by the sum above) straight into its array, its header checked first.
+    arrays = {}
+    for key in wanted:
+        with archive.open(stored[key]) as member:
+            arrays[key] = _checked_npy(member, stored[key].file_size, max_bytes)
+    return arrays
 
 
 def read_cached_npz(path: Path | str, max_bytes: int, keys: tuple[str, ...]) -> dict | None:
@@ -298,12 +310,11 @@ def read_npy(path: Path | str, max_array_bytes: int, error: type[CifarError] = C
     """One array of at most max_array_bytes from a regular .npy file whose header declares no more
     than the file holds."""
     path = Path(path)
-    fd, size = _open_regular_file(path, NPY_HEADER_BYTES + max_array_bytes, error, what="array file")
-    try:
-        with os.fdopen(fd, "rb") as handle:  # numpy reads straight from the file into the array
-            return _checked_npy(_FirstBytes(handle, size), size, max_array_bytes)
-    except (OSError, ValueError) as exc:
-        raise error(f"corrupt {path.name} in {path.parent.name}: {one_line(exc)}") from None
+    with _capped_stream(path, NPY_HEADER_BYTES + max_array_bytes, error) as (stream, size):
+        try:
+            return _checked_npy(stream, size, max_array_bytes)
+        except (OSError, ValueError) as exc:
+            raise error(f"corrupt {path.name} in {path.parent.name}: {one_line(exc)}") from None
 
 
 def _checked_npy(stream, stored_bytes: int, max_array_bytes: int) -> np.ndarray:

@@ -476,7 +476,7 @@ def preset_label(name: str) -> str:
     The time is the shipped run's, on the machine it was measured on; where `bench` has measured
     this CPU, the training images that run processed divided by this machine's images/s too."""
     from .bench import this_machine_speeds
-    from .config import PRESETS, preset_config, recipe_config
+    from .config import PRESETS, builds_network_of, preset_config, recipe_config
 
     if name not in PRESETS:
         return "custom (the fields below)"
@@ -491,7 +491,8 @@ def preset_label(name: str) -> str:
     # "auto" trains in whichever precision is faster here; bench timed the recipe the same way.
     precisions = ("float32", "mixed_bfloat16") if config.precision == "auto" else (config.precision,)
     # bench times presets by name; a model's own recipe stands in only for a preset of the same network.
-    names = [name] + ([config.model] if config.model_options == recipe_config(config.model).model_options else [])
+    own_recipe = builds_network_of(config.model, config.model_options, recipe_config(config.model))
+    names = [name] + ([config.model] if own_recipe else [])
     here = max((speeds.get((timed, config.batch_size, p)) or 0 for timed in names for p in precisions), default=0)
     processed = seconds * (metrics.get("train_images_per_second") or 0)
     if here and processed and not metrics.get("transfer"):
