@@ -30,7 +30,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from .config import MAX_INPUT_SIZE, TrainConfig
 from .errors import CifarError, RunFolderError, one_line
@@ -221,14 +221,16 @@ def ensure_subfolder(path: Path | str) -> Path:
 # --- atomic writes ---------------------------------------------------------------
 
 
-def atomic_write_bytes(path: Path | str, data: bytes) -> None:
+def atomic_write_with(path: Path | str, write: Callable[[BinaryIO], object]) -> None:
+    """A file whole or not at all: `write` streams its bytes into a fresh temporary file beside it,
+    renamed onto the target once synced, so a large array is never held twice in memory."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a run folder is meant to be shared
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -241,6 +243,18 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> None:
         raise
 
 
+def atomic_write_bytes(path: Path | str, data: bytes) -> None:
+    atomic_write_with(path, lambda handle: handle.write(data))
+
+
+def atomic_write_npz(path: Path | str, arrays: dict, compressed: bool = True) -> None:
+    """Named arrays as an .npz file, whole or not at all."""
+    import numpy as np
+
+    save = np.savez_compressed if compressed else np.savez
+    atomic_write_with(path, lambda handle: save(handle, **arrays))
+
+
 def atomic_write_text(path: Path | str, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
@@ -249,9 +263,7 @@ def atomic_write_npy(path: Path | str, array) -> None:
     """One array as a .npy file, whole or not at all (a resume reads it back)."""
     import numpy as np
 
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_write_with(path, lambda handle: np.save(handle, array, allow_pickle=False))
 
 
 def read_cached_array(path: Path | str, max_array_bytes: int):
@@ -500,9 +512,7 @@ def write_predictions(run_dir: Path | str, y_true, probs, probs_tta=None) -> Non
     arrays = {"y_true": np.asarray(y_true, np.int16), "probs": np.asarray(probs, np.float16)}
     if probs_tta is not None:
         arrays["probs_tta"] = np.asarray(probs_tta, np.float16)
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, **arrays)
-    atomic_write_bytes(Path(run_dir) / PREDICTIONS_FILE, buffer.getvalue())
+    atomic_write_npz(Path(run_dir) / PREDICTIONS_FILE, arrays)
 
 
 def read_predictions(run_dir: Path | str) -> dict:
@@ -531,10 +541,9 @@ def write_epoch_predictions(run_dir: Path | str, y_true, predicted, epochs) -> N
     """Validation labels and each finished epoch's predicted classes, for scrubbing by epoch."""
     import numpy as np
 
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, y_true=np.asarray(y_true, np.int16), predicted=np.asarray(predicted, np.int16),
-                        epochs=np.asarray(epochs, np.int32))
-    atomic_write_bytes(Path(run_dir) / EPOCH_PREDICTIONS_FILE, buffer.getvalue())
+    atomic_write_npz(Path(run_dir) / EPOCH_PREDICTIONS_FILE, {
+        "y_true": np.asarray(y_true, np.int16), "predicted": np.asarray(predicted, np.int16),
+        "epochs": np.asarray(epochs, np.int32)})
 
 
 def read_epoch_predictions(run_dir: Path | str) -> dict | None:

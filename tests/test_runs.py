@@ -469,6 +469,42 @@ def test_atomic_writes_make_folders_share_files_and_leave_no_temporaries(tmp_pat
     assert temporary.name.endswith(".tmp") and not temporary.exists()
 
 
+def test_arrays_are_streamed_into_their_file_with_no_copy_of_it_in_memory(tmp_path):
+    import tracemalloc
+
+    import numpy as np
+
+    # 32 MiB: numpy writes an .npz member in 16 MiB chunks, so a smaller array is one chunk, copied.
+    values = np.random.default_rng(0).integers(0, 255, (32 << 20,), dtype=np.uint8)
+    writes = {"npy": lambda: runs.atomic_write_npy(tmp_path / "big.npy", values),
+              "npz": lambda: runs.atomic_write_npz(tmp_path / "big.npz", {"x": values}, compressed=False)}
+    for name, write in writes.items():
+        tracemalloc.start()
+        try:
+            write()
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        # At most one chunk; the file's bytes in a buffer first would cost the array's size again (twice).
+        assert peak < 0.6 * values.nbytes, (name, peak)
+    assert np.array_equal(np.load(tmp_path / "big.npy"), values)
+    assert np.array_equal(np.load(tmp_path / "big.npz")["x"], values)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.npy", "big.npz"]
+
+
+def test_a_streamed_write_that_fails_leaves_the_previous_file_and_no_temporary(tmp_path):
+    target = tmp_path / "weights.npz"
+    runs.atomic_write_bytes(target, b"previous")
+
+    def half_then_full_disk(handle):
+        handle.write(b"half a file")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        runs.atomic_write_with(target, half_then_full_disk)
+    assert target.read_bytes() == b"previous" and [p.name for p in tmp_path.iterdir()] == ["weights.npz"]
+
+
 def test_json_is_sorted_indented_and_takes_numpy_values(tmp_path):
     import numpy as np
 

@@ -1,7 +1,6 @@
 """Reading and writing the analysis files: bounded, validated, stamped with the model's fingerprint."""
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 from typing import Any
@@ -27,9 +26,7 @@ def write_json(path: Path, data: Any, fingerprint: str) -> None:
 
 def write_npz(path: Path, arrays: dict[str, np.ndarray], fingerprint: str) -> None:
     runs.ensure_subfolder(path.parent)
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, **arrays)
-    runs.atomic_write_bytes(path, buffer.getvalue())
+    runs.atomic_write_npz(path, arrays)
     _stamp(path, fingerprint)
 
 

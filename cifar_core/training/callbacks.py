@@ -1,7 +1,6 @@
 """Callbacks that make a run folder live: history, status, heartbeat, checkpoints."""
 from __future__ import annotations
 
-import io
 import time
 from pathlib import Path
 
@@ -242,10 +241,9 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
     def on_epoch_end(self, epoch, logs=None):
         super().on_epoch_end(epoch, logs)
         if self.best_epoch == epoch and self.best_weights is not None:
-            buffer = io.BytesIO()
-            np.savez(buffer, *self.best_weights, epoch=np.int64(epoch))
+            arrays = {f"arr_{index}": weights for index, weights in enumerate(self.best_weights)}
             runs.ensure_subfolder(self.path.parent)
-            runs.atomic_write_bytes(self.path, buffer.getvalue())
+            runs.atomic_write_npz(self.path, {**arrays, "epoch": np.int64(epoch)}, compressed=False)
 
     def _saved_weights(self, epoch: int) -> list | None:
         """The best epoch's weights, or None (then Keras starts over from the next epoch)."""
