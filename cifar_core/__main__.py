@@ -1,4 +1,4 @@
-"""Command line: python -m cifar_core {train,evaluate,predict,models,bench,analyze,export,serve}.
+"""Command line: python -m cifar_core {train,evaluate,predict,models,bench,analyze,export,serve,ensemble}.
 
 Every failure a user can cause ends with one line on stderr and a non-zero
 exit status; set CIFAR_DEBUG=1 to see tracebacks.
@@ -90,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--quantize", choices=("int8",), help="post-training INT8, calibrated on training images")
     export.add_argument("--out", type=Path, help="folder for the file and manifest.json (default: RUN_DIR/export)")
     export.add_argument("--data", help="data source for the check (default: the run's config)")
+    ensemble = commands.add_parser("ensemble", help="several finished runs' test accuracy as one classifier "
+                                                    "(the mean of their saved probabilities)")
+    ensemble.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
+    ensemble.add_argument("--output", type=Path, help="also write the figures as JSON here")
+
     serve = commands.add_parser("serve", help="an HTTP prediction service (FastAPI; docs at /docs)")
     serve.add_argument("--run", type=Path, action="append", required=True, dest="run_dirs",
                        help="a run folder to serve (repeat for several)")
@@ -265,6 +270,31 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_ensemble(args) -> int:
+    from .ensemble import measure_ensemble
+
+    result = measure_ensemble(args.run_dirs)
+    tta = "test_accuracy_tta" in result
+    for row in result["members"]:
+        print(f"{row['run']} ({row['model']}): {row['test_accuracy']:.2%}"
+              + (f", with flip TTA {row['test_accuracy_tta']:.2%}" if tta else ""))
+    print(f"ensemble of {len(result['members'])}: {result['test_accuracy']:.2%}"
+          + (f", with flip TTA {result['test_accuracy_tta']:.2%}" if tta else "")
+          + f" on {result['n_test']:,} test images")
+    agreement = result["agreement_tta" if tta else "agreement"]
+    print(f"all members agree on {agreement['unanimous_fraction']:.1%} of the images: "
+          f"{_share(agreement['accuracy_unanimous'])} right there, {_share(agreement['accuracy_split'])} elsewhere")
+    if args.output:
+        from .runs import atomic_write_json
+
+        atomic_write_json(args.output, result)
+    return 0
+
+
+def _share(value: float | None) -> str:
+    return "none" if value is None else f"{value:.2%}"
+
+
 def cmd_serve(args) -> int:
     from .serve import serve
 
@@ -274,7 +304,7 @@ def cmd_serve(args) -> int:
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "models": cmd_models,
             "bench": cmd_bench, "worker": cmd_worker, "analyze": cmd_analyze, "export": cmd_export,
-            "serve": cmd_serve}
+            "serve": cmd_serve, "ensemble": cmd_ensemble}
 
 
 def _terminate_as_interrupt(signum, frame):
