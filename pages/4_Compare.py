@@ -66,6 +66,29 @@ for record in chosen:
     }
 st.dataframe(pd.DataFrame(rows), width="stretch")
 
+if len(chosen) >= 2:
+    from cifar_core.ensemble import MAX_MEMBERS, measure_ensemble
+
+    st.subheader("As one classifier")
+    try:
+        together = measure_ensemble([r["path"] for r in chosen[:MAX_MEMBERS]])
+    except Exception as exc:  # noqa: BLE001 - a run measured elsewhere or a damaged file is said, not raised
+        st.info(f"These runs cannot be averaged: {exc}")
+    else:
+        tta = "test_accuracy_tta" in together
+        agreement = together["agreement_tta" if tta else "agreement"]
+        best = max(m["test_accuracy_tta" if tta else "test_accuracy"] for m in together["members"])
+        ensemble_accuracy = together["test_accuracy_tta" if tta else "test_accuracy"]
+        c1, c2, c3, c4 = st.columns(4)
+        c1.metric("Averaged" + (" (flip TTA)" if tta else ""), _percent(ensemble_accuracy),
+                  delta=f"{(ensemble_accuracy - best) * 100:+.2f} points over the best run")
+        c2.metric("All agree on", f"{agreement['unanimous_fraction']:.1%}")
+        c3.metric("Right where all agree", _percent(agreement["accuracy_unanimous"]))
+        c4.metric("Right where they split", _percent(agreement["accuracy_split"]))
+        st.caption("The mean of the runs' saved test probabilities (`python -m cifar_core ensemble RUN RUN ...`): "
+                   "no extra training, the sum of their inference times. Where the runs disagree, a prediction "
+                   "deserves less trust.")
+
 reports = [(r, ui.analysis(r["path"], "calibration")) for r in chosen[:2]]
 if any(report is not None for _, report in reports):
     from cifar_core.charts import reliability_figure

@@ -55,13 +55,52 @@ def test_compare_page_pairs_predictions(studio):
     from cifar_core import runs
 
     app = open_page("pages/4_Compare.py")
-    shown = {m.label: int(m.value) for m in app.metric}
+    pairs = ("Only A right", "Only B right", "Both wrong")
+    shown = {m.label: int(m.value) for m in app.metric if m.label in pairs}
     first, second = app.selectbox(key="compare_a").value, app.selectbox(key="compare_b").value
     a, b = (runs.read_predictions(studio["runs"] / name) for name in (first, second))
     right_a = a["probs"].astype(np.float32).argmax(1) == a["y_true"]
     right_b = b["probs"].astype(np.float32).argmax(1) == b["y_true"]
     assert shown == {"Only A right": int((right_a & ~right_b).sum()), "Only B right": int((right_b & ~right_a).sum()),
                      "Both wrong": int((~right_a & ~right_b).sum())}
+
+
+def test_compare_page_measures_the_chosen_runs_as_one_classifier(studio):
+    from cifar_core.ensemble import measure_ensemble
+
+    app = open_page("pages/4_Compare.py")
+    assert not app.exception
+    chosen = app.selectbox(key="compare_a").options  # the chosen runs' names
+    expected = measure_ensemble([studio["runs"] / name for name in chosen])
+    key = "_tta" if "test_accuracy_tta" in expected else ""
+    shown = {m.label: m.value for m in app.metric}
+    assert shown[f"Averaged{' (flip TTA)' if key else ''}"] == f"{expected['test_accuracy' + key]:.2%}"
+    assert shown["All agree on"] == f"{expected['agreement' + key]['unanimous_fraction']:.1%}"
+
+
+def test_compare_page_says_why_runs_measured_on_other_test_splits_cannot_be_averaged(studio):
+    import shutil
+
+    from cifar_core import runs, ui
+
+    other = studio["runs"] / "demo-other-split"
+    shutil.copytree(studio["runs"] / "demo-tiny", other)
+    try:
+        saved = runs.read_predictions(other)
+        runs.write_predictions(other, saved["y_true"][::-1], saved["probs"][::-1])
+        ui._run_records.clear()
+        app = open_page("pages/4_Compare.py")
+        picker = app.multiselect(key="compare_runs")
+        pair = [next(o for o in picker.options if o.split()[0] == name) for name in ("demo-tiny", "demo-other-split")]
+        picker.set_value(pair).run()
+        assert not app.exception
+        assert [i.value for i in app.info if i.value.startswith("These runs cannot be averaged")] == [
+            "These runs cannot be averaged: demo-other-split was measured on another test split than demo-tiny "
+            "(9 against 9 images, or in another order)"]
+        assert app.dataframe[0].value.shape[1] == 2  # the rest of the page still draws
+    finally:
+        shutil.rmtree(other)
+        ui._run_records.clear()
 
 
 def test_evaluate_page_shows_matrix_and_report(studio):
