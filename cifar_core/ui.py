@@ -211,6 +211,23 @@ def run_epoch_predictions(run_dir: str) -> dict | None:
         return None
 
 
+@st.cache_data(show_spinner=False, max_entries=16)
+def _ensemble(run_dirs: tuple[str, ...], mtimes: tuple[float, ...]) -> dict:
+    from .ensemble import measure_ensemble
+
+    return measure_ensemble(list(run_dirs))
+
+
+def ensemble(run_dirs: list[str]) -> dict:
+    """The runs measured as one classifier from their saved predictions (cifar_core.ensemble), read
+    again when any of them is re-measured; a CifarError says why they cannot be."""
+    from .ensemble import MAX_MEMBERS
+
+    run_dirs = [str(d) for d in run_dirs[:MAX_MEMBERS]]
+    paths = [Path(d) / runs.PREDICTIONS_FILE for d in run_dirs]
+    return _ensemble(tuple(run_dirs), tuple(p.stat().st_mtime if p.exists() else 0.0 for p in paths))
+
+
 # --- analysis files (written by `python -m cifar_core analyze`) -----------------------------------
 
 @st.cache_resource(show_spinner=False, max_entries=32)  # shared, not copied per call: read-only arrays
@@ -285,6 +302,40 @@ def show_neighbours(record: dict, reading, position: int) -> None:
         return
     st.image(np.hstack([upscale(data.x_train[i], 48) for i in found[0]]),
              caption=f"looks like these training images: {', '.join(labels)}")
+
+
+def agreement_line(names: list[str], votes: list[tuple[str, np.ndarray]], figures: dict | None) -> tuple[bool, str]:
+    """(whether every model's top class is the same, what to say): the models' answer together (the
+    mean of their probabilities, as `ensemble` measures it) and, from `figures` (the runs' agreement on
+    the test split), how often such an answer was right there."""
+    tops = [names[int(np.argmax(probabilities))] for _, probabilities in votes]
+    joint = np.mean([probabilities for _, probabilities in votes], axis=0)
+    label = names[int(np.argmax(joint))]
+    unanimous = len(set(tops)) == 1
+    if unanimous:
+        line, share, where = f"All {len(votes)} models say **{label}**.", "accuracy_unanimous", "all agree"
+    else:
+        said = ", ".join(f"{run}: {top}" for (run, _), top in zip(votes, tops, strict=True))
+        line = f"The models disagree ({said}); together: **{label}** ({joint.max():.0%})."
+        share, where = "accuracy_split", "split"
+    if figures is not None and figures.get(share) is not None:
+        line += f" On the test split, where these models {where} they are right {figures[share]:.1%} of the time."
+    return unanimous, line
+
+
+def show_agreement(readings: list, position: int) -> None:
+    """What the chosen models say together about one photo, and how far that deserves trust."""
+    names = list(readings[0][1].class_names)
+    if any(list(reading.class_names) != names for _, reading in readings):
+        st.caption("These models know different classes: no joint answer.")
+        return
+    try:
+        figures = ensemble([record["path"] for record, _ in readings])["agreement"]
+    except CifarError:
+        figures = None  # runs measured on different test splits: the answer without its track record
+    unanimous, line = agreement_line(names, [(record["run"], reading.probabilities[position])
+                                             for record, reading in readings], figures)
+    (st.success if unanimous else st.warning)(line)
 
 
 # --- models -------------------------------------------------------------------------------------

@@ -67,11 +67,9 @@ for record in chosen:
 st.dataframe(pd.DataFrame(rows), width="stretch")
 
 if len(chosen) >= 2:
-    from cifar_core.ensemble import MAX_MEMBERS, measure_ensemble
-
     st.subheader("As one classifier")
     try:
-        together = measure_ensemble([r["path"] for r in chosen[:MAX_MEMBERS]])
+        together = ui.ensemble([r["path"] for r in chosen])
     except Exception as exc:  # noqa: BLE001 - a run measured elsewhere or a damaged file is said, not raised
         st.info(f"These runs cannot be averaged: {exc}")
     else:

@@ -84,4 +84,6 @@ for position, (name, image) in enumerate(photos):
                 st.image(np.hstack([seen, gap, overlay(seen, reading.heatmaps[position])]),
                          caption=f"what it sees ({reading.views[position].shape[0]} px) · where it looked (Grad-CAM)")
             ui.show_neighbours(record, reading, position)
+    if len(readings) >= 2:
+        ui.show_agreement(readings, position)
 st.caption(f"{len(photos)} photo(s) read by {len(readings)} model(s) in {ui.elapsed(started)}")

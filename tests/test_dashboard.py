@@ -119,6 +119,31 @@ def test_classify_page_classifies_sample_images(studio):
     predictions = [md.value for md in app.markdown if md.value.startswith("Prediction:")]
     assert len(predictions) == 3 * 2  # three images, two models
     assert all("%" in p for p in predictions)
+    # One joint answer per photo, with the two runs' track record on the test split where they agree or split.
+    joint = [a.value for a in (*app.success, *app.warning) if a.value.startswith(("All 2 models", "The models"))]
+    assert len(joint) == 3, joint
+    assert all("On the test split, where these models" in line for line in joint), joint
+
+
+def test_the_joint_answer_says_agreement_and_the_runs_track_record():
+    import numpy as np
+
+    from cifar_core.ui import agreement_line
+
+    names = ["cat", "dog", "ship"]
+    figures = {"unanimous_fraction": 0.9, "accuracy_unanimous": 0.97, "accuracy_split": 0.6}
+    same = [("a", np.array([0.7, 0.2, 0.1])), ("b", np.array([0.5, 0.4, 0.1]))]
+    assert agreement_line(names, same, figures) == (
+        True, "All 2 models say **cat**. On the test split, where these models all agree they are right 97.0% "
+              "of the time.")
+    split = [("a", np.array([0.7, 0.2, 0.1])), ("b", np.array([0.1, 0.8, 0.1]))]
+    # Together: the mean (0.4, 0.5, 0.1) says dog, at 50%.
+    assert agreement_line(names, split, figures) == (
+        False, "The models disagree (a: cat, b: dog); together: **dog** (50%). On the test split, where these "
+               "models split they are right 60.0% of the time.")
+    assert agreement_line(names, split, None)[1].endswith("together: **dog** (50%).")
+    never_split = {**figures, "accuracy_split": None}
+    assert agreement_line(names, split, never_split)[1].endswith("(50%).")
 
 
 def test_home_page_does_not_import_tensorflow(studio):
