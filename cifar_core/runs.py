@@ -34,7 +34,7 @@ from typing import Any, BinaryIO
 
 from .config import MAX_INPUT_SIZE, TrainConfig
 from .errors import CifarError, RunFolderError, one_line
-from .safeio import open_for_writing, parse_json, read_npy, read_npz, read_regular_file, regular_file_fd
+from .safeio import open_for_writing, parse_json, read_npz, read_regular_file, regular_file_fd
 from .schema import (
     Check,
     all_are,
@@ -264,18 +264,6 @@ def atomic_write_npy(path: Path | str, array) -> None:
     import numpy as np
 
     atomic_write_with(path, lambda handle: np.save(handle, array, allow_pickle=False))
-
-
-def read_cached_array(path: Path | str, max_array_bytes: int):
-    """A cache's array as atomic_write_npy left it, or None where there is none, it is a link, or it
-    is damaged: a training cache is computed again, never trusted."""
-    path = Path(path)
-    if path.is_symlink() or absent(path):
-        return None
-    try:
-        return read_npy(path, max_array_bytes, RunFolderError)
-    except RunFolderError:
-        return None
 
 
 def atomic_write_json(path: Path | str, data: Any) -> None:

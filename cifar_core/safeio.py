@@ -15,7 +15,7 @@ import os
 import stat
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -246,14 +246,23 @@ def _arrays_in(archive: zipfile.ZipFile, keys: tuple[str, ...], optional: tuple[
 
 
 def read_cached_npz(path: Path | str, max_bytes: int, keys: tuple[str, ...]) -> dict | None:
-    """A cache's arrays as read_npz reads them, or None where there is none, it is a link, or it is
-    damaged: whatever the cache saves (a dataset's decoding, converted weights, a run's best epoch)
-    is computed again or started over, never trusted and never a crash."""
-    path = Path(path)
-    if path.is_symlink():  # caches are written by rename, never as links
+    """A cache's arrays as read_npz reads them, or None (see _cached)."""
+    return _cached(path, lambda: read_npz(path, max_bytes, keys))
+
+
+def read_cached_npy(path: Path | str, max_array_bytes: int) -> np.ndarray | None:
+    """A cache's one array as read_npy reads it, or None (see _cached)."""
+    return _cached(path, lambda: read_npy(path, max_array_bytes))
+
+
+def _cached(path: Path | str, read: Callable[[], Any]) -> Any:
+    """What `read` reads from a cache file, or None where there is none, it is a link, or it is damaged:
+    whatever a cache saves (a dataset's decoding, converted weights, a run's best epoch, frozen features,
+    a teacher's labels) is computed again or started over, never trusted and never a crash."""
+    if Path(path).is_symlink():  # caches are written by rename, never as links
         return None
     try:
-        return read_npz(path, max_bytes, keys)
+        return read()
     except CifarError:
         return None
 

@@ -200,6 +200,20 @@ def test_a_cache_over_its_bound_is_refused_unread(tmp_path):
     assert read_cached_npz(tmp_path / "missing.npz", 2000, ("a",)) is None
 
 
+def test_a_one_array_cache_is_read_or_none_never_an_error(tmp_path):
+    from cifar_core.safeio import read_cached_npy
+
+    path = tmp_path / "features.npy"
+    np.save(path, np.arange(250, dtype=np.float32))  # 1000 bytes of values
+    assert read_cached_npy(path, 1000).shape == (250,)
+    assert read_cached_npy(path, 999) is None  # over its bound: computed again
+    assert read_cached_npy(tmp_path / "missing.npy", 1000) is None
+    (tmp_path / "link.npy").symlink_to(path)
+    assert read_cached_npy(tmp_path / "link.npy", 1000) is None  # caches are renamed into place, never linked
+    path.write_bytes(path.read_bytes()[:-4])  # truncated
+    assert read_cached_npy(path, 1000) is None
+
+
 @pytest.mark.parametrize("damage", ["truncated", "other arrays", "a folder"])
 def test_damaged_imagenet_weights_are_converted_again(damage, tmp_path):
     """The converted Lite0 weights (a cache of the installed PyTorch package's): damaged, the model

@@ -16,7 +16,7 @@ import numpy as np
 from .. import runs
 from ..config import TrainConfig
 from ..errors import ConfigError, RunFolderError
-from ..safeio import file_sha256
+from ..safeio import file_sha256, read_cached_npy
 from ..schema import plain_name, validate
 
 TEACHER_FILE = "teacher.json"
@@ -77,7 +77,7 @@ def _cached_probabilities(run_dir: Path, n_images: int, n_classes: int) -> np.nd
             return None
     except RunFolderError:
         return None
-    probabilities = runs.read_cached_array(runs.checkpoint_file(run_dir, TEACHER_PROBABILITIES_FILE),
+    probabilities = read_cached_npy(runs.checkpoint_file(run_dir, TEACHER_PROBABILITIES_FILE),
                                            4 * n_images * n_classes)  # float32 cells, no more
     return probabilities if probabilities is not None and _sound(probabilities, n_images, n_classes) else None
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from .. import runs
 from ..config import TrainConfig
+from ..safeio import read_cached_npy
 from .callbacks import PredictHeartbeat
 
 MAX_FEATURE_BYTES_PER_IMAGE = 4 * 4096  # float32 features; the Lite backbones give 1,280
@@ -34,7 +35,7 @@ def cached_features(model, run_dir: Path, name: str, images: np.ndarray, input_s
                     flip: bool = False) -> np.ndarray:
     """Features for `images`, kept in the run's checkpoint folder so a resume reuses them."""
     path = runs.feature_cache_file(run_dir, name, flip)
-    features = runs.read_cached_array(path, len(images) * MAX_FEATURE_BYTES_PER_IMAGE)
+    features = read_cached_npy(path, len(images) * MAX_FEATURE_BYTES_PER_IMAGE)
     if features is not None and features.ndim == 2 and len(features) == len(images):
         return features
     features = extract_features(model, images, input_size, flip, run_dir=run_dir)
