@@ -131,3 +131,16 @@ def test_the_command_prints_each_member_and_the_ensemble_and_writes_json(tmp_pat
     assert json.loads(output.read_text())["test_accuracy_tta"] == 1.0
     assert main(["ensemble", str(a)]) == 2
     assert capsys.readouterr().err == "error: an ensemble takes 2 to 16 runs; 1 given\n"
+
+
+def test_a_member_is_held_as_float32_probabilities_and_its_model_named_or_unknown(tmp_path):
+    probs = _one_hot_ish([0, 1, 2, 0], 0.8)
+    a = _run(tmp_path, "a", probs, probs_tta=probs)
+    member = ensemble.read_member(a)
+    # float16 on disk, float32 in memory (the bound MAX_MEMBERS is sized by), integer labels
+    assert (member.probs.dtype, member.probs_tta.dtype, member.y_true.dtype) == (np.float32, np.float32, np.int64)
+    assert member.model == "model-a"
+    runs.atomic_write_json(a / runs.METRICS_FILE, {"test_accuracy": 0.5})  # made before metrics named the model
+    assert ensemble.read_member(a).model == "?"
+    (a / runs.METRICS_FILE).unlink()
+    assert (ensemble.read_member(a).model, ensemble.read_member(a).train_seconds) == ("?", None)
