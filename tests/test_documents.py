@@ -1,4 +1,5 @@
 """The documents read as a product: generated figures match the runs, no stale references."""
+import json
 import re
 
 from helpers import ROOT
@@ -27,6 +28,9 @@ def _accuracy_figures() -> set[str]:
             for key in ("test_accuracy", "test_accuracy_tta", "test_accuracy_head"):
                 if run.metrics.get(key) is not None:
                     figures.add(f"{run.metrics[key]:.2%}")
+    for measured in (ROOT / "docs" / "ensembles").glob("*.json"):  # `python -m cifar_core ensemble ... --output`
+        together = json.loads(measured.read_text())
+        figures.update(f"{together[key]:.2%}" for key in ("test_accuracy", "test_accuracy_tta") if key in together)
     return figures
 
 
