@@ -84,6 +84,19 @@ def open_page(path: str):
 
 # --- crafted files ----------------------------------------------------------------
 
+def traced_peak(call) -> tuple[object, int]:
+    """What `call` returns, and the most memory Python and numpy held at once during it (tracemalloc)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        result = call()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return result, peak
+
+
 def jpeg_with_scans(n_scans: int, size: int = 64) -> bytes:
     """A progressive JPEG whose last scan is repeated until it has n_scans scans
     (libjpeg only warns about a repeated refinement scan and decodes on)."""

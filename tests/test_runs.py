@@ -470,21 +470,15 @@ def test_atomic_writes_make_folders_share_files_and_leave_no_temporaries(tmp_pat
 
 
 def test_arrays_are_streamed_into_their_file_with_no_copy_of_it_in_memory(tmp_path):
-    import tracemalloc
-
     import numpy as np
+    from helpers import traced_peak
 
     # 32 MiB: numpy writes an .npz member in 16 MiB chunks, so a smaller array is one chunk, copied.
     values = np.random.default_rng(0).integers(0, 255, (32 << 20,), dtype=np.uint8)
     writes = {"npy": lambda: runs.atomic_write_npy(tmp_path / "big.npy", values),
               "npz": lambda: runs.atomic_write_npz(tmp_path / "big.npz", {"x": values}, compressed=False)}
     for name, write in writes.items():
-        tracemalloc.start()
-        try:
-            write()
-            _, peak = tracemalloc.get_traced_memory()
-        finally:
-            tracemalloc.stop()
+        _, peak = traced_peak(write)
         # At most one chunk; the file's bytes in a buffer first would cost the array's size again (twice).
         assert peak < 0.6 * values.nbytes, (name, peak)
     assert np.array_equal(np.load(tmp_path / "big.npy"), values)

@@ -320,9 +320,8 @@ def test_a_private_path_beside_is_fresh_named_like_its_target_and_goes_with_its_
 
 
 def test_array_files_are_read_from_the_file_with_no_copy_of_it_in_memory(tmp_path):
-    import tracemalloc
-
     import numpy as np
+    from helpers import traced_peak
 
     values = np.random.default_rng(0).integers(0, 255, (4 << 20,), dtype=np.uint8)  # 4 MiB
     np.save(tmp_path / "big.npy", values)
@@ -330,12 +329,7 @@ def test_array_files_are_read_from_the_file_with_no_copy_of_it_in_memory(tmp_pat
     reads = {"npy": lambda: {"x": safeio.read_npy(tmp_path / "big.npy", 8 << 20)},
              "npz": lambda: safeio.read_npz(tmp_path / "big.npz", 8 << 20, ("x", "y"))}
     for name, read in reads.items():
-        tracemalloc.start()
-        try:
-            arrays = read()
-            _, peak = tracemalloc.get_traced_memory()
-        finally:
-            tracemalloc.stop()
+        arrays, peak = traced_peak(read)
         assert np.array_equal(arrays["x"], values)
         # The arrays plus reading buffers; the whole file's bytes beside them would double it.
         assert peak < 1.25 * values.nbytes, (name, peak)
