@@ -19,7 +19,10 @@ from . import runs
 from .errors import RunFolderError
 
 MIN_MEMBERS = 2
-MAX_MEMBERS = 16  # each member's probabilities are held at once: 16 x 10k x 10 float32 is 6.4 MB
+MAX_MEMBERS = 16
+# Every member's probabilities are held at once (16 x 10k x 10 float32, with TTA, is 13 MB); each file is
+# bounded on its own (runs.MAX_PREDICTIONS_BYTES), and this bounds them together, checked as each is read.
+MAX_VALUES = 32 * 1024 * 1024  # 128 MiB of float32
 
 
 @dataclass(frozen=True)
@@ -63,7 +66,13 @@ def read_members(run_dirs: list[Path | str]) -> list[Member]:
         raise RunFolderError(f"an ensemble takes {MIN_MEMBERS} to {MAX_MEMBERS} runs; {len(run_dirs)} given")
     if len(set(d.resolve() for d in run_dirs)) < len(run_dirs):
         raise RunFolderError(f"a run is named twice: {', '.join(d.name for d in run_dirs)}")
-    members = [read_member(d) for d in run_dirs]
+    members, values = [], 0
+    for run_dir in run_dirs:
+        members.append(read_member(run_dir))
+        values += sum(a.size for a in (members[-1].probs, members[-1].probs_tta) if a is not None)
+        if values > MAX_VALUES:
+            raise RunFolderError(f"these runs' predictions hold more than {MAX_VALUES:,} probabilities together "
+                                 f"(at {run_dir.name}); an ensemble reads at most that many")
     first = members[0]
     for member in members[1:]:
         if member.class_names != first.class_names:
@@ -76,7 +85,10 @@ def read_members(run_dirs: list[Path | str]) -> list[Member]:
 
 def mean_probabilities(arrays: list[np.ndarray]) -> np.ndarray:
     """The members' probabilities averaged, image by image: each member votes with its confidence."""
-    return np.mean(np.stack(arrays), axis=0)
+    total = np.zeros_like(arrays[0])
+    for probabilities in arrays:  # summed in place: no stacked copy of every member
+        total += probabilities
+    return total / len(arrays)
 
 
 def agreement(arrays: list[np.ndarray], y_true: np.ndarray, combined: np.ndarray) -> dict:

@@ -104,6 +104,20 @@ def test_the_member_count_is_bounded_and_a_run_counts_once(tmp_path):
     assert len(ensemble.measure_ensemble(many)["members"]) == ensemble.MAX_MEMBERS
 
 
+def test_the_members_probabilities_are_bounded_together_as_they_are_read(tmp_path, monkeypatch):
+    probs = _one_hot_ish([0, 1, 2, 0], 0.8)  # 12 values; 24 with TTA
+    a, b = _run(tmp_path, "a", probs, probs_tta=probs), _run(tmp_path, "b", probs)
+    monkeypatch.setattr(ensemble, "MAX_VALUES", 36)
+    assert len(ensemble.measure_ensemble([a, b])["members"]) == 2  # 24 + 12: at the bound
+    monkeypatch.setattr(ensemble, "MAX_VALUES", 35)
+    with pytest.raises(RunFolderError, match="^these runs' predictions hold more than 35 probabilities together "
+                                             r"\(at b\); an ensemble reads at most that many$"):
+        ensemble.measure_ensemble([a, b])
+    monkeypatch.setattr(ensemble, "MAX_VALUES", 23)
+    with pytest.raises(RunFolderError, match=r"\(at a\)"):  # refused at the first member over, not after all
+        ensemble.measure_ensemble([a, b])
+
+
 def test_a_damaged_member_is_one_clear_error_and_unknown_training_time_is_not_summed(tmp_path):
     a = _run(tmp_path, "a", _one_hot_ish([0, 1, 2, 0], 0.8))
     b = _run(tmp_path, "b", _one_hot_ish([0, 1, 2, 0], 0.8), train_seconds=None)
