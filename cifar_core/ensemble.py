@@ -45,6 +45,8 @@ def read_member(run_dir: Path | str) -> Member:
     if info is None:
         raise RunFolderError(f"no {runs.DATA_FILE} in {run_dir.name}: which test split it was measured on is unknown")
     arrays = runs.read_predictions(run_dir)
+    if not len(arrays["y_true"]):
+        raise RunFolderError(f"{runs.PREDICTIONS_FILE} in {run_dir.name} holds no test images")
     class_names = list(info["class_names"])
     if arrays["probs"].shape[1] != len(class_names):
         raise RunFolderError(f"{run_dir.name}'s predictions have {arrays['probs'].shape[1]} classes; "

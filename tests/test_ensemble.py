@@ -86,6 +86,9 @@ def test_members_measured_on_another_test_split_are_refused(tmp_path):
     unknown = _run(tmp_path, "unknown", probs, data=False)
     with pytest.raises(RunFolderError, match="^no data.json in unknown: which test split"):
         ensemble.measure_ensemble([a, unknown])
+    empty = _run(tmp_path, "empty", probs[:0], labels=LABELS[:0])
+    with pytest.raises(RunFolderError, match="^predictions.npz in empty holds no test images$"):
+        ensemble.measure_ensemble([empty, a])
     wide = _run(tmp_path, "wide", np.full((4, 4), 0.25, np.float32), classes=CLASSES)
     with pytest.raises(RunFolderError, match="^wide's predictions have 4 classes; its data.json names 3$"):
         ensemble.measure_ensemble([a, wide])
