@@ -55,8 +55,9 @@ EQUIVALENT: list[tuple[str, str]] = [
     (r'_read_at_most\(fd, max_bytes \+ 2\)', "reading two bytes past the cap refuses the same files as one"),
     (r'1000001\.0', "the megapixel figure is rounded to whole numbers either way"),
     (r'gzip\.open\(path, \)', "'rb' is gzip.open's default mode"),
-    (r'tops == tops\[1\]|members\[1\]\.(y_true|class_names)', "every member has been checked to share the first's "
-     "labels and classes, and 'all alike' compares the same against any member"),
+    (r'tops == tops\[1\]|members\[1\]\.(y_true|class_names)|zeros_like\(arrays\[1\]\)', "every member has been "
+     "checked to share the first's labels and classes (so its probabilities' shape), and 'all alike' compares the "
+     "same against any member"),
     (r'tarfile\.open\(None if \(gzipped\) and False else path|tarfile\.open\(None if gzipped else path, fileobj=source'
      r'|mode="r\|" if \(gzipped\) and False else "r\|\*"',
      "with a file object given, tarfile takes the path as a name only, and 'r' or 'r|*' read the GzipFile's "
