@@ -51,7 +51,10 @@ def read_member(run_dir: Path | str) -> Member:
     if arrays["probs"].shape[1] != len(class_names):
         raise RunFolderError(f"{run_dir.name}'s predictions have {arrays['probs'].shape[1]} classes; "
                              f"its {runs.DATA_FILE} names {len(class_names)}")
-    metrics = runs.read_metrics(run_dir) or {}
+    try:  # only the member's labels come from metrics.json: a damaged one costs its model name and time
+        metrics = runs.read_metrics(run_dir) or {}
+    except RunFolderError:
+        metrics = {}
     model = metrics.get("model") if isinstance(metrics.get("model"), str) else "?"
     seconds = metrics.get("train_seconds")
     seconds = float(seconds) if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) else None

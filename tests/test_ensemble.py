@@ -161,3 +161,8 @@ def test_a_member_is_held_as_float32_probabilities_and_its_model_named_or_unknow
     assert ensemble.read_member(a).model == "?"
     (a / runs.METRICS_FILE).unlink()
     assert (ensemble.read_member(a).model, ensemble.read_member(a).train_seconds) == ("?", None)
+    # A damaged metrics.json only labels the member: its probabilities still count.
+    (a / runs.METRICS_FILE).write_text('{"test_accuracy": ')
+    assert (ensemble.read_member(a).model, ensemble.read_member(a).train_seconds) == ("?", None)
+    b = _run(tmp_path, "b", probs)
+    assert ensemble.measure_ensemble([a, b])["test_accuracy"] == 1.0
