@@ -209,9 +209,13 @@ def test_presets_are_recipes_with_settings_on_top():
     assert preset_config("lite0-224", fine_tune_epochs=None).fine_tune_epochs == 4  # None overrides nothing
     assert preset_config("demo", n_epochs=2) == recipe_config("demo", n_epochs=2)
     with pytest.raises(ConfigError, match="^unknown preset 'nope'; choose one of demo, g3, stage, fastnet, "
-                                          "fastnet-distilled, lite0-128, lite0-224$"):
+                                          "fastnet-distilled, lite0-128, lite0-224, lite2-224$"):
         preset_config("nope")
-    assert set(PRESETS) == {"demo", "g3", "stage", "fastnet", "fastnet-distilled", "lite0-128", "lite0-224"}
+    assert set(PRESETS) == {"demo", "g3", "stage", "fastnet", "fastnet-distilled", "lite0-128", "lite0-224",
+                            "lite2-224"}
+    assert preset_config("lite2-224") == recipe_config("lite2", input_size=224, fine_tune_epochs=8, low_res_size=128,
+                                                       low_res_epochs=1, fine_tune_layers=40,
+                                                       fine_tune_learning_rate=2e-4)
     assert preset_config("fastnet-distilled") == recipe_config("fastnet", n_epochs=32, teacher="lite0-224-prog-cifar10",
                                                                teacher_weight=0.7)
     assert preset_config("stage") == recipe_config("fastnet", n_epochs=3, model_options={
