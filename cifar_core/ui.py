@@ -136,12 +136,17 @@ def run_label(record: dict) -> str:
 
 
 def best_run_per_model(records: list[dict]) -> list[dict]:
-    """The most accurate run of each model, best first: a default selection that
-    shows different networks side by side rather than two runs of one."""
+    """The most accurate run of each model, best first, with the best of the other kind (homebrew or
+    transfer) second: a default pair then shows two kinds of network side by side, not two runs of one
+    model nor two backbones of one family (Lite2 and Lite0 make much the same errors)."""
     best: dict[str, dict] = {}
     for record in sorted(records, key=lambda r: -(r["test_accuracy"] or 0)):
         best.setdefault(record["model"], record)
-    return list(best.values())
+    ranked = list(best.values())
+    other_kind = next((r for r in ranked[1:] if bool(r.get("transfer")) != bool(ranked[0].get("transfer"))), None)
+    if other_kind is None:
+        return ranked
+    return [ranked[0], other_kind, *(r for r in ranked[1:] if r is not other_kind)]
 
 
 def pick_runs(label: str, key: str, multiple: bool = False, default_count: int = 2, with_model: bool = False):

@@ -170,6 +170,14 @@ def test_default_selection_shows_different_models_best_first():
                {"run": "c", "model": "lite0", "test_accuracy": 0.92},
                {"run": "d", "model": "demo", "test_accuracy": None}]
     assert [r["run"] for r in best_run_per_model(records)] == ["c", "b", "d"]
+    # The second is the best of the other kind: a homebrew net against the best transfer model, not its sibling.
+    kinds = [{"run": "lite2", "model": "lite2", "transfer": True, "test_accuracy": 0.94},
+             {"run": "lite0", "model": "lite0", "transfer": True, "test_accuracy": 0.93},
+             {"run": "fastnet", "model": "fastnet", "transfer": False, "test_accuracy": 0.91},
+             {"run": "g3", "model": "g3", "transfer": False, "test_accuracy": 0.85}]
+    assert [r["run"] for r in best_run_per_model(kinds)] == ["lite2", "fastnet", "lite0", "g3"]
+    weak_transfer = {"run": "small", "model": "lite0", "transfer": True, "test_accuracy": 0.80}
+    assert [r["run"] for r in best_run_per_model([*kinds[2:], weak_transfer])] == ["fastnet", "small", "g3"]
 
 
 def test_sample_examples_never_repeat_an_image():
