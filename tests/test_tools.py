@@ -146,3 +146,26 @@ def test_mutation_scores_count_a_crashed_test_run_as_caught_and_name_each_surviv
     survivors = {s["name"].rsplit("_", 1)[1]: s for s in row["survivors"]}
     assert set(survivors) == {"3", "6"} and survivors["6"]["no_tests"] and not survivors["3"]["no_tests"]
     assert survivors["3"]["equivalent"] and survivors["6"]["equivalent"] is None
+
+
+def test_a_mutation_run_that_did_not_mutate_a_module_keeps_its_previous_score():
+    # A --report-only after a partial run once wrote "not run" over every other module's measurement.
+    from tools import mutation
+
+    def row(mutants, score):
+        return {"path": "p", "mutants": mutants, "killed": 0, "crashed": 0, "survived": 0, "equivalent": 0,
+                "score": score, "score_without_equivalent": score, "survivors": []}
+
+    previous = {"measured_at": "day 1", "seconds": 9.0, "target": 0.85, "remeasured": [{"modules": ["a"]}],
+                "modules": {"a": row(10, 0.9), "b": row(20, 0.8)}}
+    only_b = {"measured_at": "day 2", "seconds": None, "target": 0.85,
+              "modules": {"a": row(0, None), "b": row(30, 0.95), "c": row(0, None)}}
+    merged = mutation.merge_into(previous, only_b, seconds=None)
+    assert {name: r["score"] for name, r in merged["modules"].items()} == {"a": 0.9, "b": 0.95, "c": None}
+    assert merged["measured_at"] == "day 1" and merged["remeasured"] == [{"modules": ["a"]}]  # re-read, not re-run
+    rerun = mutation.merge_into(previous, {**only_b, "modules": {"b": row(30, 0.95)}}, seconds=60.0)
+    assert rerun["remeasured"][-1] == {"modules": ["b"], "at": "day 2", "seconds": 60.0}
+    assert rerun["modules"]["a"]["score"] == 0.9
+    everything = {**only_b, "modules": {"a": row(11, 0.7), "b": row(30, 0.95)}}
+    assert mutation.merge_into(previous, everything, seconds=60.0) is everything  # a full run starts afresh
+    assert mutation.merge_into({}, only_b, seconds=None)["modules"]["a"]["score"] is None

@@ -169,6 +169,19 @@ def summarise(paths: list[str], statuses: dict[str, str], seconds: float | None)
             "modules": modules}
 
 
+def merge_into(previous: dict, report: dict, seconds: float | None) -> dict:
+    """The full report with this run's modules updated. A module the last mutmut run did not mutate (a
+    partial run, or --report-only after one) keeps its previous measurement: "not run" never overwrites one."""
+    measured = {name: row for name, row in report["modules"].items() if row["mutants"]}
+    if len(measured) == len(report["modules"]) and not previous.get("modules", {}).keys() - measured.keys():
+        return report  # every module measured afresh: a whole new report
+    merged = {**previous, "modules": {**report["modules"], **previous.get("modules", {}), **measured}}
+    if seconds is not None and measured:  # --report-only re-reads the last run; it measures nothing new
+        merged["remeasured"] = [*previous.get("remeasured", []), {"modules": sorted(measured),
+                                                                   "at": report["measured_at"], "seconds": seconds}]
+    return merged
+
+
 def write_report(report: dict) -> None:
     REPORT_JSON.write_text(json.dumps(report, indent=2) + "\n")
     lines = ["# Mutation testing: how many planted bugs the tests catch", "",
@@ -213,13 +226,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"none of {args.modules} is in [tool.mutmut] only_mutate")
     seconds = None if args.report_only else run_mutmut(paths)
     report = summarise(paths, results(), seconds)
-    if args.modules and REPORT_JSON.exists():  # a partial run updates its modules in the full report
-        previous = json.loads(REPORT_JSON.read_text())
-        previous["modules"].update(report["modules"])
-        if seconds is not None:  # --report-only re-reads the last run; it measures nothing new
-            previous.setdefault("remeasured", []).append({"modules": sorted(report["modules"]),
-                                                          "at": report["measured_at"], "seconds": seconds})
-        report = previous
+    if REPORT_JSON.exists():
+        report = merge_into(json.loads(REPORT_JSON.read_text()), report, seconds)
     write_report(report)
     failing = [name for name, row in report["modules"].items()
                if row["score"] is not None and row["score"] < TARGET]
