@@ -173,7 +173,7 @@ def merge_into(previous: dict, report: dict, seconds: float | None) -> dict:
     """The full report with this run's modules updated. A module the last mutmut run did not mutate (a
     partial run, or --report-only after one) keeps its previous measurement: "not run" never overwrites one."""
     measured = {name: row for name, row in report["modules"].items() if row["mutants"]}
-    if len(measured) == len(report["modules"]) and not previous.get("modules", {}).keys() - measured.keys():
+    if measured.keys() == report["modules"].keys() >= previous.get("modules", {}).keys():
         return report  # every module measured afresh: a whole new report
     merged = {**previous, "modules": {**report["modules"], **previous.get("modules", {}), **measured}}
     if seconds is not None and measured:  # --report-only re-reads the last run; it measures nothing new
