@@ -8,7 +8,7 @@ anyone drops a photo. A crash in it (out of memory on a huge model) leaves the
 dashboard up: the next request starts a fresh worker.
 
 The protocol is pickles over a private socket pair between this package's own
-two processes (never over the network): ("warm", [run_dir, ...]),
+two processes (never over the network): ("warm", [run_dir, ...], (run_dir, image) or None),
 ("read", run_dir, [uint8 image, ...]) -> ("ok", PhotoReading) and
 ("augment", images, config dict, [seed, ...]) -> ("ok", [images, ...]), ("inspect", run_dir, image)
 -> ("ok", Inspection) and ("status",) -> ("ok", warm?);
@@ -43,14 +43,15 @@ class PhotoWorker:
         self._lock = threading.Lock()
         self._process: subprocess.Popen | None = None
         self._connection: Connection | None = None
-        self._warm: list[str] = []
+        self._warm: tuple | None = None  # the last warm request, sent again to a replacement worker
         self._warm_known = False  # the worker has said it is warm (reset when it is replaced)
 
-    def warm(self, run_dirs: list[str]) -> None:
-        """Start the worker (if needed) and have it load and trace these runs in the background."""
+    def warm(self, run_dirs: list[str], inspection: tuple[str, np.ndarray] | None = None) -> None:
+        """Start the worker (if needed) and have it load and trace these runs in the background, then
+        inspect one photo with one run (the Inside page's default); it is warm when all of that is done."""
         with self._lock:
-            self._warm = list(run_dirs)
-            self._send(("warm", self._warm))
+            self._warm = ("warm", [str(d) for d in run_dirs], inspection)
+            self._send(self._warm)
 
     def read(self, run_dir: str, images: list) -> object:
         """The run's PhotoReading for these images; CifarError with the worker's message on failure."""
@@ -60,17 +61,12 @@ class PhotoWorker:
         """The run's Inspection of one photo: feature maps, first filters, Grad-CAM, occlusion."""
         return self._call(("inspect", str(run_dir), image))
 
-    def warm_inspection(self, run_dir: str, image) -> None:
-        """Have the worker inspect this photo in the background (the Inside page's default photo)."""
-        with self._lock:
-            self._send(("warm_inspection", str(run_dir), image))
-
     def augment(self, images, config: dict, random_states: list[int]) -> list:
         """The training pipeline's augmentations of `images`, one draw per random state."""
         return self._call(("augment", images, config, random_states))
 
     def is_warm(self) -> bool:
-        """True once the worker has loaded and traced every run it was asked to warm. Asked of the
+        """True once the worker has done all it was asked to warm (models, then the inspection). Asked of the
         worker only until it says yes (every page asks; a yes holds until the worker is replaced),
         so a page never waits behind another visitor's photo just to draw the sidebar."""
         if self._warm_known or self._process is None:
@@ -97,7 +93,7 @@ class PhotoWorker:
                     if attempt == 2:
                         raise CifarError(f"the model worker stopped: {errors.one_line(exc)}") from None
                     if self._warm:
-                        self._send(("warm", self._warm))
+                        self._send(self._warm)
         if reply[0] == "ok":
             return reply[1]
         _, kind, message = reply
@@ -144,9 +140,12 @@ def _import_tensorflow() -> None:
         import tensorflow  # noqa: F401
 
 
-def warm_up_runs(run_dirs: list[str]) -> threading.Thread:
-    """Load and trace these runs in a background thread, in order: the first photo a
-    visitor drops is then answered without loading or tracing anything."""
+def warm_up_runs(run_dirs: list[str], inspection: tuple[str, np.ndarray] | None = None) -> threading.Thread:
+    """Load and trace these runs in a background thread, in order, then inspect the photo with its run:
+    the first photo a visitor drops is then answered without loading or tracing anything, and the
+    Inside page's default opens from the cache. Only then is the worker warm: work still under way
+    after "Models ready" would slow the pages a presenter opens next (the Inside page's Grad-CAM and
+    occlusion on Lite2 took seconds of both cores)."""
     from .config import TrainConfig
     from .data.pipeline import augment_preview
     from .explain import warm_up
@@ -161,6 +160,11 @@ def warm_up_runs(run_dirs: list[str]) -> threading.Thread:
                 warm_up(shared_run(run_dir))
             except Exception:  # noqa: BLE001 - a bad run shows its own error when a page loads it
                 continue
+        if inspection is not None:
+            try:
+                inspect_cached(*inspection)
+            except Exception:  # noqa: BLE001 - the page shows its own error when it asks
+                pass
         _warmed.set()
 
     thread = threading.Thread(target=warm, name="studio-warm-up", daemon=True)
@@ -169,6 +173,8 @@ def warm_up_runs(run_dirs: list[str]) -> threading.Thread:
 
 
 _inspections: OrderedDict = OrderedDict()  # (run folder, photo digest) -> Inspection, the latest few
+# One inspection at a time: a page asking for the photo the warm-up is inspecting waits for that answer
+# instead of computing it a second time beside it.
 _inspections_lock = threading.Lock()
 MAX_INSPECTIONS = 16
 
@@ -180,14 +186,11 @@ def inspect_cached(run_dir: str, image: np.ndarray):
 
     key = (run_dir, hashlib.sha256(np.ascontiguousarray(image).tobytes() + str(image.shape).encode()).hexdigest())
     with _inspections_lock:
-        if key in _inspections:
-            return _inspections[key]
-    inspection = inspect_photo(shared_run(run_dir), image)
-    with _inspections_lock:
-        _inspections[key] = inspection
-        while len(_inspections) > MAX_INSPECTIONS:
-            _inspections.popitem(last=False)
-    return inspection
+        if key not in _inspections:
+            _inspections[key] = inspect_photo(shared_run(run_dir), image)
+            while len(_inspections) > MAX_INSPECTIONS:
+                _inspections.popitem(last=False)
+        return _inspections[key]
 
 
 def _error_class(name: str) -> type[CifarError]:
@@ -215,14 +218,6 @@ def _answer(request: tuple):
     raise CifarError(f"unknown request {request[0]!r}")
 
 
-def _warm_inspection(run_dir: str, image) -> None:
-    _warmed.wait()
-    try:
-        inspect_cached(run_dir, image)
-    except Exception:  # noqa: BLE001 - the page shows its own error when it asks
-        pass
-
-
 def serve(connection: Connection) -> None:
     """The worker side: warm requests run in a background thread; the others answer in order."""
     while True:
@@ -233,10 +228,7 @@ def serve(connection: Connection) -> None:
             # (a normal exit would wait for it and hold a core for seconds).
             os._exit(0)
         if request[0] == "warm":
-            warm_up_runs(request[1])
-            continue
-        if request[0] == "warm_inspection":  # runs once the models are warm (it waits for them)
-            threading.Thread(target=_warm_inspection, args=request[1:], daemon=True).start()
+            warm_up_runs(*request[1:])
             continue
         try:
             reply = ("ok", _answer(request))

@@ -6,6 +6,7 @@ call the UI-free core. TensorFlow is imported only by loaders that need a model.
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 import threading
 import time
@@ -403,6 +404,23 @@ INSIDE_SAMPLE_INDEX = 1
 WORKER_START_DELAY_SECONDS = 1.5  # the shipped sample's photo the Inside page shows when none is dropped
 
 
+# Modules the pages import on first use that take a second or more to import on a 2-core machine
+# (scikit-learn: 1.7 s, on the Compare page's first visit, for its ensemble line). The server imports
+# them while the title slide shows, beside the model worker, so no page's first visit pays for them.
+PAGE_MODULES = ("sklearn.metrics", "plotly.subplots")
+
+
+def preload_page_modules() -> list[str]:
+    """Import PAGE_MODULES into this process; the names that failed to import (that page alone says so)."""
+    failed = []
+    for name in PAGE_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            failed.append(name)
+    return failed
+
+
 def warm_up_models() -> None:
     """Once per server process: have the model worker load and trace the shipped models
     in the background, the Classify page's default choice first. Each page's sidebar says
@@ -420,9 +438,10 @@ def warm_up_models() -> None:
     inside = (first[0]["path"], sample.x_test[INSIDE_SAMPLE_INDEX]) if first and sample is not None else None
 
     def start() -> None:
-        photo_worker().warm(order)
-        if inside:  # the Inside page's default: the best model on the sample's photo
-            photo_worker().warm_inspection(*inside)
+        # A process of its own: it loads the models, then inspects the Inside page's default (the best
+        # model on the sample's photo), on the other core.
+        photo_worker().warm(order, inside)
+        preload_page_modules()
 
     # A moment after the first page's script: its charts draw in the browser before TensorFlow's
     # import takes a core.

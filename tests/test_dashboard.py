@@ -180,6 +180,25 @@ def test_default_selection_shows_different_models_best_first():
     assert [r["run"] for r in best_run_per_model([*kinds[2:], weak_transfer])] == ["fastnet", "small", "g3"]
 
 
+def test_the_server_preloads_the_modules_pages_import_on_first_use():
+    # Compare's first visit paid 1.7 s importing scikit-learn in front of the audience; the server now
+    # imports such modules at start-up. A fresh interpreter, so the modules are not imported already.
+    import subprocess
+    import sys
+
+    check = ("import sys; from cifar_core import ui; names = ui.PAGE_MODULES; "
+             "before = [n for n in names if n in sys.modules]; failed = ui.preload_page_modules(); "
+             "print(before, failed, all(n in sys.modules for n in names))")
+    out = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.stdout.split("\n")[0] == "[] [] True", out.stderr[-2000:]
+    # Each preloaded module is one the studio's code imports lazily, so the list cannot go stale unseen.
+    sources = "".join(p.read_text() for p in [*ROOT.glob("cifar_core/**/*.py"), *ROOT.glob("pages/*.py")])
+    from cifar_core.ui import PAGE_MODULES
+
+    for name in PAGE_MODULES:
+        assert f"    from {name} import" in sources, name
+
+
 def test_sample_examples_never_repeat_an_image():
     # A repeated image crashed the Classify page (two charts with one key); drawing with
     # replacement repeats one in 78% of draws of 3 out of 3.

@@ -209,6 +209,38 @@ def test_the_worker_process_answers_like_the_dashboard_would(shipped_runs, tiny_
         worker.close()
 
 
+def test_the_worker_is_warm_only_after_its_inspection_and_inspects_a_photo_once(monkeypatch):
+    # "Models ready" with the Inside page's inspection still running slowed every page opened next, and
+    # the Inside page then computed the same inspection a second time beside the warm-up's.
+    import threading
+    import time
+
+    from cifar_core import explain, inference, photo_worker
+
+    calls = []
+
+    def slow_inspection(run, image):
+        calls.append(photo_worker._warmed.is_set())
+        time.sleep(0.3)
+        return f"inspection of {run}"
+
+    monkeypatch.setattr(explain, "inspect_photo", slow_inspection)
+    monkeypatch.setattr(explain, "warm_up", lambda run: None)
+    monkeypatch.setattr(inference, "shared_run", lambda run_dir: run_dir)
+    monkeypatch.setattr(photo_worker, "_import_tensorflow", lambda: None)
+    monkeypatch.setattr(photo_worker, "_warmed", threading.Event())
+    monkeypatch.setattr(photo_worker, "_inspections", type(photo_worker._inspections)())
+    photo = np.zeros((32, 32, 3), np.uint8)
+    warm = photo_worker.warm_up_runs(["run-a", "run-b"], ("run-a", photo))
+    time.sleep(0.05)  # the warm-up is inspecting now; a page asks for the same photo meanwhile
+    assert photo_worker.inspect_cached("run-a", photo) == "inspection of run-a"
+    warm.join(timeout=30)
+    assert photo_worker._warmed.is_set()
+    assert calls == [False]  # inspected once, before the worker said it was warm
+    photo_worker.inspect_cached("run-b", photo)  # another run's inspection is its own
+    assert len(calls) == 2
+
+
 def test_error_kinds_from_the_worker_map_to_the_package_classes_only():
     from cifar_core.photo_worker import _error_class
 
