@@ -21,9 +21,8 @@ if not chosen:
 left, right = st.columns([3, 2])
 colour_by = left.radio("Colour by", ["true class", "predicted class"], horizontal=True, key="embedding_colour")
 # A browser without a GPU (a projector laptop, headless Chromium) draws WebGL in software: two maps of
-# 10,000 points took 2-2.4 s there, so the page opens on the same seeded sample of each map.
+# 10,000 points took 2-2.4 s there, so the page opens on the same seeded sample of each map (MAP_SAMPLE).
 every_point = right.toggle("Every test image (slower to draw)", key="embedding_all_points")
-data = ui.default_dataset()
 PALETTE = px.colors.qualitative.D3  # ten distinct colours, one per CIFAR-10 class
 def map_trace(embedding, colour_by: str, every: bool):
     """One run's map as ONE WebGL trace whose colours and symbols are numbers (sent as typed arrays):
@@ -83,11 +82,14 @@ figure = maps_figure(tuple(f"{r['model']} · {r['run']}" for r, _ in shown), nam
 event = st.plotly_chart(figure, width="stretch", on_select="rerun", selection_mode=("box", "lasso"),
                         key="embedding_maps")
 points = (event or {}).get("selection", {}).get("points", []) if event else []
+data = None  # read only once images are selected: a visit that only looks at the maps never waits for it
 for position, (record, embedding) in enumerate(shown):
     selected = [int(p["customdata"]) for p in points
                 if p.get("customdata") is not None and p.get("curve_number", 0) == position]
     if not selected:
         continue
+    if data is None:
+        data = ui.default_dataset()
     st.markdown(f"**{len(selected):,} images selected on {record['run']}** (the first 40)")
     if data is None or data.source == "sample" or len(data.y_test) != len(embedding["labels"]):
         st.caption("Point CIFAR10_SOURCE at the dataset to see the images; their test indices: "
