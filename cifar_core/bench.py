@@ -28,12 +28,13 @@ from . import backend, runs
 CIFAR10_TRAIN_IMAGES = 50_000  # what an epoch's minutes are projected over
 
 
-def forward_flops(model) -> int:
-    """Multiply-adds x 2 of convolutions and dense layers, from the layer shapes."""
+def forward_flops(model, layers=None) -> int:
+    """Multiply-adds x 2 of convolutions and dense layers, from the layer shapes (of `layers` only,
+    when given: a part of the model)."""
     import keras
 
     total = 0
-    for layer in model.layers:
+    for layer in model.layers if layers is None else layers:
         if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)):
             out_h, out_w, out_c = layer.output.shape[1:]
             in_c = layer.input.shape[-1]
@@ -221,12 +222,11 @@ def time_training(model_name: str, steps: int, warmup: int = 3, batch_size: int 
     flops = forward_flops(model)
     # Training costs about 3x the forward pass (forward, input gradients, weight gradients).
     gflops = 3 * flops * images_per_second / 1e9
-    conv_peak = ((peaks or {}).get(config.precision) or {}).get("conv_gflops")
     return {"model": model_name, "batch_size": config.batch_size, "precision": config.precision,
             "params": int(model.count_params()),
             "forward_mflops_per_image": round(flops / 1e6, 1), "train_images_per_second": round(images_per_second, 1),
             "train_gflops_per_second": round(gflops, 1),
-            "percent_of_conv_peak": round(100 * gflops / conv_peak, 1) if conv_peak else None,
+            "percent_of_conv_peak": _share_of_peak(gflops, peaks, config.precision),
             "pipeline_images_per_second": round(time_pipeline(data, steps, config.batch_size), 1),
             "epoch_minutes_50k": round(CIFAR10_TRAIN_IMAGES / images_per_second / 60, 2)}
 
@@ -297,6 +297,30 @@ def compare_with_previous(model_name: str, steps: int, peaks: dict | None, round
             "speedup": round(best[-1]["train_images_per_second"] / best[0]["train_images_per_second"], 2)}
 
 
+def fine_tune_step_flops(model) -> int:
+    """FLOPs per image of a fine-tuning step: the forward pass through every layer, and the backward
+    pass (gradients of weights and of inputs, twice the forward's work) through the trainable ones only;
+    the frozen layers below need no gradient."""
+    trainable = [layer for layer in model.layers if layer.trainable and layer.weights]
+    return forward_flops(model) + 2 * forward_flops(model, trainable)
+
+
+def fine_tune_flops(config, size: int) -> int:
+    """fine_tune_step_flops of a transfer config's model at `size` px with its top layers trainable."""
+    from .models import build_model
+    from .models.transfer import unfreeze_top
+
+    model = build_model(config.model, size, weights=None)
+    unfreeze_top(model, config.fine_tune_layers)
+    return fine_tune_step_flops(model)
+
+
+def _share_of_peak(gflops: float, peaks: dict | None, precision: str) -> float | None:
+    """Percent of the measured convolution peak of the precision a step uses (None: not measured)."""
+    conv_peak = ((peaks or {}).get(precision) or {}).get("conv_gflops")
+    return round(100 * gflops / conv_peak, 1) if conv_peak else None
+
+
 def time_fine_tune(config, size: int, steps: int, warmup: int = 2, jit: bool = False) -> float:
     """Images/s of a transfer config's fine-tuning steps at `size` px: its top `fine_tune_layers`
     trainable, through the augmentation pipeline (random weights and images: the cost is the same)."""
@@ -311,10 +335,11 @@ def time_fine_tune(config, size: int, steps: int, warmup: int = 2, jit: bool = F
     return time_steps(model, config, steps, warmup, input_size=size)[0]
 
 
-def compare_transfer_preset(preset: str, steps: int, rounds: int = 2) -> dict:
+def compare_transfer_preset(preset: str, steps: int, rounds: int = 2, peaks: dict | None = None) -> dict:
     """A transfer preset's previous recipe against today's: each fine-tuning stretch's step timed
-    (alternated over `rounds` in one call, best of each) and projected over the stretch's epochs of
-    the training split. The head's few seconds per epoch on cached features are left out."""
+    (alternated over `rounds` in one call, best of each), its GFLOP/s and share of the measured
+    convolution peak, and projected over the stretch's epochs of the training split. The head's few
+    seconds per epoch on cached features are left out."""
     from .config import PREVIOUS_RECIPES, fine_tune_stretches, preset_config
 
     today = preset_config(preset)
@@ -328,8 +353,13 @@ def compare_transfer_preset(preset: str, steps: int, rounds: int = 2) -> dict:
     n_train = round(CIFAR10_TRAIN_IMAGES * (1 - today.val_fraction))
     rows = []
     for name, config in plans.items():
-        timed = [{"size": size, "epochs": epochs, "images_per_second": round(max(rates[(name, size)]), 1)}
-                 for size, epochs in stretches[name]]
+        timed = []
+        for size, epochs in stretches[name]:
+            rate = max(rates[(name, size)])
+            gflops = fine_tune_flops(config, size) * rate / 1e9
+            timed.append({"size": size, "epochs": epochs, "images_per_second": round(rate, 1),
+                          "train_gflops_per_second": round(gflops, 1),
+                          "percent_of_conv_peak": _share_of_peak(gflops, peaks, config.precision)})
         minutes = sum(t["epochs"] * n_train / t["images_per_second"] / 60 for t in timed)
         rows.append({"step": name, "fine_tune_layers": config.fine_tune_layers, "stretches": timed,
                      "fine_tune_minutes": round(minutes, 1)})
@@ -416,7 +446,7 @@ def run_benchmarks(source: str | None, output: Path, models: list[str], steps: i
         results["inference"].append(time_inference(shipped_run_for(name), name))
         print("inference:", results["inference"][-1])
     for name in compare or []:
-        results["comparison"].append(compare_transfer_preset(name, steps) if _is_transfer_preset(name)
+        results["comparison"].append(compare_transfer_preset(name, steps, peaks=peaks) if _is_transfer_preset(name)
                                      else compare_with_previous(name, steps, peaks))
         print("previous vs current:", results["comparison"][-1])
     runs.atomic_write_text(output, json.dumps(results, indent=2) + "\n")

@@ -123,6 +123,9 @@ def test_a_transfer_comparison_reads_as_its_recipes_stretches():
     assert "| previous recipe | all | 4 x 224 px at 52.8 images/s | 60.0 min | 1.00x |" in text
     assert ("| today's recipe | top 40 of 49 | 1 x 128 px at 190.0 images/s + 3 x 224 px at 70.2 images/s | 30.0 min "
             "| 2.00x |") in text
+    # A bench that measured the peak says how much of it each stretch's step gets.
+    comparison["steps"][1]["stretches"][1].update(train_gflops_per_second=55.4, percent_of_conv_peak=24.8)
+    assert "3 x 224 px at 70.2 images/s (55 GFLOP/s, 25% of peak) | 30.0 min" in report._transfer_comparison(comparison)
 
 
 def test_the_per_cpu_bench_table_has_one_row_per_bench_file(tmp_path, monkeypatch):

@@ -342,13 +342,23 @@ def test_a_transfer_preset_is_compared_stretch_by_stretch_and_projected_over_its
         return speeds[(config.fine_tune_layers, size)][sum(t == timed[-1] for t in timed) - 1]
 
     monkeypatch.setattr(bench, "time_fine_tune", fake)
-    result = bench.compare_transfer_preset("lite0-224", steps=3, rounds=2)
+    monkeypatch.setattr(bench, "fine_tune_flops", lambda config, size: config.fine_tune_layers * size * 1e6)
+    peaks = {"float32": {"conv_gflops": 100.0}}
+    result = bench.compare_transfer_preset("lite0-224", steps=3, rounds=2, peaks=peaks)
     assert timed == [(1000, 224), (40, 128), (40, 224)] * 2  # alternated in one call
     previous, today = result["steps"]
     assert result["n_train"] == 47_500 and result["kind"] == "transfer"
-    assert previous["stretches"] == [{"size": 224, "epochs": 4, "images_per_second": 55.0}]  # best of two
-    assert today["stretches"] == [{"size": 128, "epochs": 1, "images_per_second": 200.0},
-                                  {"size": 224, "epochs": 3, "images_per_second": 72.0}]
+
+    def stretch(size, epochs, rate, layers):
+        gflops = layers * size * 1e6 * rate / 1e9
+        return {"size": size, "epochs": epochs, "images_per_second": rate,
+                "train_gflops_per_second": round(gflops, 1), "percent_of_conv_peak": round(gflops, 1)}
+
+    assert previous["stretches"] == [stretch(224, 4, 55.0, 1000)]  # best of two
+    assert today["stretches"] == [stretch(128, 1, 200.0, 40), stretch(224, 3, 72.0, 40)]
+    timed.clear()
+    assert bench.compare_transfer_preset("lite0-224", steps=3, rounds=1)["steps"][0]["stretches"][0][
+        "percent_of_conv_peak"] is None  # no peaks measured: no share claimed
     assert previous["fine_tune_minutes"] == round(4 * 47_500 / 55 / 60, 1)
     assert today["fine_tune_minutes"] == round((47_500 / 200 + 3 * 47_500 / 72) / 60, 1)
     assert result["speedup"] == round(previous["fine_tune_minutes"] / today["fine_tune_minutes"], 2)
@@ -358,7 +368,8 @@ def test_bench_compares_transfer_presets_by_their_stretches_and_recipes_by_their
     monkeypatch.setattr(bench, "measure_peaks", lambda: {})
     monkeypatch.setattr(bench, "onednn_kernels", lambda: {"verdict": "not checked"})
     monkeypatch.setattr(bench, "machine_file", lambda: tmp_path / "machine.json")
-    monkeypatch.setattr(bench, "compare_transfer_preset", lambda name, steps: {"model": name, "kind": "transfer"})
+    monkeypatch.setattr(bench, "compare_transfer_preset",
+                        lambda name, steps, peaks: {"model": name, "kind": "transfer"})
     monkeypatch.setattr(bench, "compare_with_previous", lambda name, steps, peaks: {"model": name})
     results = bench.run_benchmarks("keras", tmp_path / "bench.json", [], steps=2, compare=["lite0-224", "g3"])
     assert results["comparison"] == [{"model": "lite0-224", "kind": "transfer"}, {"model": "g3"}]

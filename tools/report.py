@@ -326,6 +326,8 @@ def _transfer_comparison(comparison: dict) -> str:
     backbone = preset.model if preset else comparison["model"]
     rows = [[row["step"], _fine_tuned_layers({"model": backbone, "fine_tune_layers": row["fine_tune_layers"]}),
              " + ".join(f"{s['epochs']} x {s['size']} px at {s['images_per_second']:,.1f} images/s"
+                        + (f" ({s['train_gflops_per_second']:,.0f} GFLOP/s, {s['percent_of_conv_peak']:.0f}% of peak)"
+                           if s.get("percent_of_conv_peak") is not None else "")
                         for s in row["stretches"]),
              f"{row['fine_tune_minutes']:.1f} min", f"{base / row['fine_tune_minutes']:.2f}x"]
             for row in comparison["steps"]]
