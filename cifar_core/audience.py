@@ -191,7 +191,15 @@ class AudienceServer:
         config = uvicorn.Config(create_app(room), host=host, port=port, log_level="warning",
                                 limit_concurrency=64, timeout_keep_alive=5)
         self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, name="audience-server", daemon=True)
+        self._thread = threading.Thread(target=self._serve, name="audience-server", daemon=True)
+
+    def _serve(self) -> None:
+        # uvicorn ends a server that cannot bind its port with sys.exit: in this thread that would be a
+        # traceback in the dashboard's log. start() reports it to the presenter as one line instead.
+        try:
+            self._server.run()
+        except (SystemExit, OSError):
+            return
 
     def start(self, timeout: float = 10.0) -> None:
         self._thread.start()

@@ -292,6 +292,7 @@ def test_lan_address_falls_back_to_loopback_without_a_network(monkeypatch):
     assert audience.lan_address() == "127.0.0.1"
 
 
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")  # no traceback in the log
 def test_a_busy_port_is_one_clear_error(room):
     import socket
 
