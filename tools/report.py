@@ -245,8 +245,9 @@ def latency_table() -> str:
                      " (slowest of two visits each).\n")
     lines.append(f"The models were loaded and traced (sidebar: *Models ready*) {report['models_ready_after_s']:.1f} s "
                  f"after `streamlit run`; the budget is for a warm studio, after that."
-                 + (f" Sitting still, the server then used {report['server_idle_cpu_share']:.1%} of a core."
-                    if "server_idle_cpu_share" in report else "") + "\n")
+                 + (f" Sitting still, the server and its model worker then used "
+                    f"{report['server_idle_cpu_share']:.1%} of a core." if "server_idle_cpu_share" in report else "")
+                 + "\n")
     lines.append(f"A browser that never opened the studio (downloading its JavaScript first) sees the home page "
                  f"after {report['home_first_view_never_visited_s']:.1f} s; the Dataset page's first visit in "
                  f"the test's first server (which decodes the dataset into the cache if none exists yet) took "
