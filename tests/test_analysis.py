@@ -326,6 +326,9 @@ def test_analyze_writes_every_file_once_and_again_when_the_model_changes(shipped
     assert set(robustness["corruptions"]) == set(corruptions.CORRUPTIONS) and len(robustness["fgsm"]) == 5
     assert isinstance(files.read_json(analysis.analysis_path(run_dir, "labels")), list)
     assert files.read_npz(run_dir / "analysis" / analysis.NEIGHBOURS_FILE, ("features",))["features"].shape[0] == 18
+    # What analyze writes, the pages' validating reader accepts, field by field.
+    for name in (*analysis.ANALYSES, analysis.NEIGHBOURS_FILE):
+        assert files.read_analysis(run_dir, name) is not None, name
 
     assert set(analysis.analyze(run_dir, ("calibration",), source=str(shipped_runs["data"]),
                                 progress=lines.append).values()) == {"up to date"}
@@ -384,10 +387,28 @@ def test_the_calibration_file_has_its_contract_each_field_equal_to_its_measure()
     assert (report["n_fit"], report["n_test"], report["bins_count"]) == (200, 200, 15)
 
 
+def test_softmax_holds_for_huge_logits_and_every_measure_is_computed_in_float64():
+    probs = calibration.softmax(np.array([[1000.0, 0.0], [0.0, -1000.0]]))
+    np.testing.assert_allclose(probs, [[1.0, 0.0], [1.0, 0.0]])
+    # float16 inputs: the measures are made in float64, not in the inputs' precision.
+    logits = np.array([[2.001, 0.0, -1.0]], np.float16)
+    assert calibration.softmax(logits).dtype == np.float64
+    probs = np.array([[0.6667, 0.3333]], np.float16)
+    assert calibration.nll(probs, np.array([0])) == -np.log(np.float64(probs[0, 0]))  # float16's log: 0.40576
+
+
+def test_a_confidence_of_zero_joins_the_first_bin_not_the_last():
+    bins = calibration.reliability_bins(np.array([[0.0, 0.0], [1.0, 0.0]]), np.array([1, 0]), n_bins=4)
+    assert [b["count"] for b in bins] == [1, 0, 0, 1]
+    assert [(b["lower"], b["upper"]) for b in bins] == [(0.0, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1.0)]
+
+
 def test_brier_of_float16_probabilities_is_computed_in_float64():
     probs = np.array([[0.3333, 0.3333, 0.3334]], np.float16)
     assert calibration.brier(probs, np.array([0])) == pytest.approx(
         (0.3333 - 1) ** 2 + 0.3333 ** 2 + 0.3334 ** 2, abs=2e-3)
+    exact = probs.astype(np.float64) - [1, 0, 0]  # float16's own arithmetic rounds at the fourth digit
+    assert calibration.brier(probs, np.array([0])) == pytest.approx(float(np.sum(exact ** 2)), rel=1e-12)
 
 
 def test_marks_accept_every_index_from_zero_and_refuse_anything_else(tmp_path):

@@ -95,6 +95,13 @@ EQUIVALENT: list[tuple[str, str]] = [
      "// agree"),
     (r'base\.__name__ in ALLOWED_LAYERS or base\.__module__', "each layer this package registers reaches its "
      "built-in ancestor before any other Keras class, or extends none"),
+    (r'astype\(int\) - 1, 0, (None|n_bins \+ 1)\)', "a probability is at most 1, so ceil(n_bins x confidence) - 1 "
+     "never passes the last bin"),
+    (r'astype\(None\) - 1, 0, n_bins - 1\)', "the bins are picked with ==, which whole numbers pass alike as floats"),
+    (r'^\s*options=\{"xatol": 1e-4\}\)$|method=(None|"BOUNDED"), options=', "minimize_scalar takes the bounded method "
+     "whenever bounds are given, and reads its name in either case"),
+    (r'method="bounded", (options=None|options=\{"(XXxatolXX|XATOL)": 1e-4\})?\)$', "without xatol the search "
+     "stops at scipy's tighter default (1e-5), a temperature that agrees to 1e-4: only more steps"),
 ]
 
 
