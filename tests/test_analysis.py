@@ -262,6 +262,32 @@ def test_the_map_reduces_to_what_the_points_and_features_allow(shape):
     assert coords.shape == (shape[0], 2) and np.isfinite(coords).all()
 
 
+def test_a_map_is_reproducible_where_pca_takes_its_randomized_solver():
+    # scikit-learn's PCA draws at random for wide features and few components (the real maps: 10,000 x
+    # 1,280 to 50); unseeded, the same features gave maps 45 units apart.
+    from sklearn.decomposition import PCA
+
+    features = RNG.normal(size=(60, 600))
+    assert PCA(10).fit(features)._fit_svd_solver == "randomized"
+    np.testing.assert_array_equal(embedding.project_2d(features, 10), embedding.project_2d(features, 10))
+
+
+def test_t_sne_maps_the_pca_dimensions_asked_for(monkeypatch):
+    import sklearn.manifold
+
+    seen = []
+
+    class Recording(sklearn.manifold.TSNE):
+        def fit_transform(self, X, y=None):
+            seen.append(X.shape)
+            return super().fit_transform(X)
+
+    monkeypatch.setattr(sklearn.manifold, "TSNE", Recording)
+    embedding.project_2d(RNG.normal(size=(40, 20)), pca_dimensions=3)
+    embedding.project_2d(RNG.normal(size=(60, 60)))  # t-SNE's usual 50 unless the points or features allow fewer
+    assert seen == [(40, 3), (60, 50)]
+
+
 @pytest.mark.parametrize("n_points, perplexity", [(2, 2.0), (10, 3.0), (31, 10.0), (91, 30.0), (5000, 30.0)])
 def test_the_perplexity_stays_below_the_number_of_points(n_points, perplexity):
     assert embedding.tsne_perplexity(n_points) == perplexity

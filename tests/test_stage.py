@@ -46,7 +46,20 @@ def test_live_points_continue_after_the_finished_epochs():
             {"train_seconds": 90.0, "epoch": 1.25, "loss": 0.9, "accuracy": 0.55},
             {"train_seconds": 95.0, "epoch": 1.3, "loss": 0.9, "accuracy": None}]
     points = race.live_points(live, after_seconds=60.0)
-    assert [(p["minutes"], p["accuracy"]) for p in points] == [(1.5, 0.55)]
+    assert points == [{"minutes": 1.5, "accuracy": 0.55, "epoch": 1.25, "curve": "training accuracy (running)"}]
+    # A point at the last finished epoch's own second belongs to that epoch; with none finished, every
+    # point counts, the first second's too.
+    assert race.live_points(live, after_seconds=90.0) == []
+    early = [{"train_seconds": 0.5, "epoch": 0.01, "loss": 2.3, "accuracy": 0.1}]
+    assert [p["epoch"] for p in race.live_points(early)] == [0.01]
+
+
+def test_an_epoch_without_its_seconds_takes_no_time_on_the_race_clock():
+    # history.csv rows from an older writer, or a torn row, may lack the seconds.
+    history = [{**HISTORY[0], "seconds": None}, *HISTORY[1:]]
+    assert race.total_seconds(history) == 180.0
+    assert [p["minutes"] for p in race.epoch_points(history)] == [2.0, 3.0]
+    assert race.replay_progress(0.0, 1.0, 120, history) == (120.0 / 180.0, 2)
 
 
 # --- live.csv -----------------------------------------------------------------------------------

@@ -95,6 +95,12 @@ EQUIVALENT: list[tuple[str, str]] = [
      "// agree"),
     (r'base\.__name__ in ALLOWED_LAYERS or base\.__module__', "each layer this package registers reaches its "
      "built-in ancestor before any other Keras class, or extends none"),
+    (r'^\s*if n < size:$', "at n == size the seeded draw of every point, sorted, is every point in order"),
+    (r'random_state=None\)\.fit_transform\(reduced\)', "t-SNE started from the PCA layout (init='pca') draws "
+     "nothing at random"),
+    (r'return TSNE\(perplexity=', "two components is TSNE's default; it is spelt out for the reader"),
+    (r'np\.argsort\(-similarity, \)|take_along_axis\(similarity, order, \)', "the default axis of argsort and "
+     "take_along_axis is the last, the rows' own"),
     (r'astype\(int\) - 1, 0, (None|n_bins \+ 1)\)', "a probability is at most 1, so ceil(n_bins x confidence) - 1 "
      "never passes the last bin"),
     (r'astype\(None\) - 1, 0, n_bins - 1\)', "the bins are picked with ==, which whole numbers pass alike as floats"),
