@@ -95,6 +95,8 @@ EQUIVALENT: list[tuple[str, str]] = [
      "// agree"),
     (r'base\.__name__ in ALLOWED_LAYERS or base\.__module__', "each layer this package registers reaches its "
      "built-in ancestor before any other Keras class, or extends none"),
+    (r'zip\(value\.size, value\.stride, (strict=(None|False))?\)', "as_strided refuses a shape and strides of "
+     "different lengths next, as the same one-line error"),
     (r'^\s*if n < size:$', "at n == size the seeded draw of every point, sorted, is every point in order"),
     (r'random_state=None\)\.fit_transform\(reduced\)', "t-SNE started from the PCA layout (init='pca') draws "
      "nothing at random"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import io
+import os
 import pickle
 import struct
 import zipfile
@@ -18,9 +19,12 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ModelFileError
-from ..safeio import ZIP_READ_ERRORS
+from ..safeio import ZIP_READ_ERRORS, size_text
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+# The backbones this studio reads hold 20-50 MB of weights; more is not one of them, and every size a
+# file declares is checked against this (and against the bytes really there) before anything is read.
+MAX_STATE_DICT_BYTES = 512 << 20
 STORAGE_DTYPES = {
     "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
     "LongStorage": np.int64, "IntStorage": np.int32, "ShortStorage": np.int16,
@@ -93,11 +97,16 @@ def _load_legacy(path: Path) -> dict[str, np.ndarray]:
             raise ModelFileError(f"{path.name}: big-endian files are not supported")
         tree = _state_tree(_StateDictUnpickler(handle).load())
         keys = _plain_load(handle)
+        file_size = min(os.fstat(handle.fileno()).st_size, MAX_STATE_DICT_BYTES)
         storages = {}
         for key in keys:
             (count,) = struct.unpack("<q", handle.read(8))
             ref = _find_ref(tree, key)
-            storages[key] = np.frombuffer(handle.read(count * np.dtype(ref.dtype).itemsize), dtype=ref.dtype)
+            n_bytes = count * np.dtype(ref.dtype).itemsize
+            if not 0 <= n_bytes <= file_size - handle.tell():  # a read of a declared size allocates it first
+                raise ModelFileError(f"{path.name}: storage {key!r} declares {count} values, more than the file "
+                                     "holds")
+            storages[key] = _storage(ref, handle.read(n_bytes))
     return _materialise(tree, storages)
 
 
@@ -107,12 +116,22 @@ def _load_zip(path: Path) -> dict[str, np.ndarray]:
         pickle_name = next((n for n in names if n.endswith("/data.pkl")), None)
         if pickle_name is None:
             raise ModelFileError(f"{path.name}: a zip without the state dict's data.pkl")
+        if sum(info.file_size for info in archive.infolist()) > MAX_STATE_DICT_BYTES:
+            raise ModelFileError(f"{path.name}: more than {size_text(MAX_STATE_DICT_BYTES)} once unpacked")
         prefix = pickle_name[: -len("data.pkl")]
         tree = _state_tree(_StateDictUnpickler(io.BytesIO(archive.read(pickle_name))).load())
         storages = {}
         for ref in _iter_refs(tree):
-            storages[ref.key] = np.frombuffer(archive.read(f"{prefix}data/{ref.key}"), dtype=ref.dtype)
+            storages[ref.key] = _storage(ref, archive.read(f"{prefix}data/{ref.key}"))
     return _materialise(tree, storages)
+
+
+def _storage(ref: _StorageRef, data: bytes) -> np.ndarray:
+    """A storage's values, as many as the pickle said it holds."""
+    values = np.frombuffer(data, dtype=ref.dtype)
+    if len(values) != ref.numel:
+        raise ModelFileError(f"storage {ref.key!r} holds {len(values)} values where its tensors say {ref.numel}")
+    return values
 
 
 class _PlainUnpickler(pickle.Unpickler):
