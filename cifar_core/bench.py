@@ -220,8 +220,7 @@ def time_training(model_name: str, steps: int, warmup: int = 3, batch_size: int 
     compile_model(model, config, config.learning_rate, 1000, ns_dtype=ns_dtype)
     images_per_second, data = time_steps(model, config, steps, warmup)
     flops = forward_flops(model)
-    # Training costs about 3x the forward pass (forward, input gradients, weight gradients).
-    gflops = 3 * flops * images_per_second / 1e9
+    gflops = training_step_flops(model) * images_per_second / 1e9  # every layer trains: 3x the forward pass
     return {"model": model_name, "batch_size": config.batch_size, "precision": config.precision,
             "params": int(model.count_params()),
             "forward_mflops_per_image": round(flops / 1e6, 1), "train_images_per_second": round(images_per_second, 1),
@@ -297,22 +296,28 @@ def compare_with_previous(model_name: str, steps: int, peaks: dict | None, round
             "speedup": round(best[-1]["train_images_per_second"] / best[0]["train_images_per_second"], 2)}
 
 
-def fine_tune_step_flops(model) -> int:
-    """FLOPs per image of a fine-tuning step: the forward pass through every layer, and the backward
+def training_step_flops(model) -> int:
+    """FLOPs per image of a training step: the forward pass through every layer, and the backward
     pass (gradients of weights and of inputs, twice the forward's work) through the trainable ones only;
-    the frozen layers below need no gradient."""
+    frozen layers (a fine-tune's lower backbone) need no gradient."""
     trainable = [layer for layer in model.layers if layer.trainable and layer.weights]
     return forward_flops(model) + 2 * forward_flops(model, trainable)
 
 
-def fine_tune_flops(config, size: int) -> int:
-    """fine_tune_step_flops of a transfer config's model at `size` px with its top layers trainable."""
+def _fine_tune_model(config, size: int):
+    """A transfer config's model at `size` px with its top `fine_tune_layers` trainable (random weights:
+    the cost is the same)."""
     from .models import build_model
     from .models.transfer import unfreeze_top
 
     model = build_model(config.model, size, weights=None)
     unfreeze_top(model, config.fine_tune_layers)
-    return fine_tune_step_flops(model)
+    return model
+
+
+def fine_tune_flops(config, size: int) -> int:
+    """training_step_flops of a transfer config's fine-tuning step at `size` px."""
+    return training_step_flops(_fine_tune_model(config, size))
 
 
 def _share_of_peak(gflops: float, peaks: dict | None, precision: str) -> float | None:
@@ -324,12 +329,9 @@ def _share_of_peak(gflops: float, peaks: dict | None, precision: str) -> float |
 def time_fine_tune(config, size: int, steps: int, warmup: int = 2, jit: bool = False) -> float:
     """Images/s of a transfer config's fine-tuning steps at `size` px: its top `fine_tune_layers`
     trainable, through the augmentation pipeline (random weights and images: the cost is the same)."""
-    from .models import build_model
-    from .models.transfer import unfreeze_top
     from .training.optimizers import compile_model
 
-    model = build_model(config.model, size, weights=None)
-    unfreeze_top(model, config.fine_tune_layers)
+    model = _fine_tune_model(config, size)
     compile_model(model, config, config.fine_tune_learning_rate, 1000, schedule="cosine")
     model.jit_compile = jit
     return time_steps(model, config, steps, warmup, input_size=size)[0]

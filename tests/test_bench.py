@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from cifar_core.bench import fine_tune_step_flops, forward_flops, run_benchmarks
+from cifar_core.bench import forward_flops, run_benchmarks, training_step_flops
 from cifar_core.models import build_model
 
 
@@ -19,9 +19,9 @@ def test_flops_are_counted_from_the_architecture():
     assert forward_flops(build_model("fastnet")) > forward_flops(build_model("demo"))
     # Fine-tuning: the forward pass everywhere, the backward pass (2x) through the trainable layers only.
     model.layers[1].trainable = False
-    assert fine_tune_step_flops(model) == forward_flops(model) + 2 * (2 * (8 * 8 * 4 * 9) + 2 * 4 * 5)
+    assert training_step_flops(model) == forward_flops(model) + 2 * (2 * (8 * 8 * 4 * 9) + 2 * 4 * 5)
     model.layers[1].trainable = True
-    assert fine_tune_step_flops(model) == 3 * forward_flops(model)
+    assert training_step_flops(model) == 3 * forward_flops(model)
 
 
 def test_bench_writes_all_sections(image_folder, tmp_path):
