@@ -125,13 +125,10 @@ class TrainConfig:
         if "image_size" in data and "input_size" not in data:  # configs saved before the rename
             data = {("input_size" if key == "image_size" else key): value for key, value in data.items()}
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(repr(key) for key in set(data) - known)  # repr: a non-string key sorts too
         if unknown:
-            raise ConfigError(f"unknown config keys: {unknown}")
-        try:
-            return cls(**data)
-        except TypeError as exc:
-            raise ConfigError(f"bad config: {exc}") from None
+            raise ConfigError(f"unknown config keys: [{', '.join(unknown)}]")
+        return cls(**data)  # every key a field's name; __post_init__ checks each value's type first
 
     @classmethod
     def from_json(cls, text: str) -> TrainConfig:
@@ -203,9 +200,12 @@ def fine_tune_plan(config: TrainConfig) -> list[tuple[int, int]]:
 
 def fine_tune_stretches(config: TrainConfig) -> list[tuple[int, int]]:
     """(input size, number of fine-tune epochs) of each stretch of fine_tune_plan that has any."""
-    plan = fine_tune_plan(config)
-    starts = [0] + [end for _, end in plan[:-1]]
-    return [(size, end - start) for (size, end), start in zip(plan, starts, strict=True) if end > start]
+    stretches, start = [], 0
+    for size, end in fine_tune_plan(config):
+        if end > start:
+            stretches.append((size, end - start))
+        start = end
+    return stretches
 
 
 def _check_low_res(config: TrainConfig) -> None:
@@ -377,7 +377,7 @@ def made_by_preset(config: TrainConfig, name: str) -> bool:
     """Whether a run's saved config is exactly the preset's, where its data lived aside; a preset's
     "auto" precision matches whichever precision the probe chose on the run's machine."""
     preset = preset_config(name)
-    if preset.precision == "auto" and config.precision != "auto":
+    if preset.precision == "auto":
         preset = preset.replace(precision=config.precision)
     return config.replace(data=None) == preset
 

@@ -489,13 +489,13 @@ class ManifestRead:
 def read_manifest_entries(out_dir: Path | str) -> ManifestRead:
     """An export folder's manifest, its sound entries and the ones left out; ExportError if the
     file itself is unreadable or no manifest; nothing in it if there is no manifest."""
-    from .safeio import parse_json, read_regular_file
+    from .safeio import file_where, parse_json, read_regular_file
 
     path = Path(out_dir) / MANIFEST
     if runs.absent(path):  # a dangling link is not "no manifest": the read below refuses it with its reason
         return ManifestRead({}, [], b"")
     raw = read_regular_file(path, MAX_MANIFEST_BYTES, ExportError, what="JSON file")
-    found = parse_json(raw, f"{path.name} in {path.parent.name}", ExportError)
+    found = parse_json(raw, file_where(path), ExportError)
     if not isinstance(found, dict) or not isinstance(found.get("exports"), dict):
         raise ExportError(f"{path}: not an export manifest")
     entries, problems = {}, []

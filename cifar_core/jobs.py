@@ -375,6 +375,11 @@ def cancel(job_id: int) -> Job:
     return get_job(job_id)
 
 
+def _log_line(line: str) -> None:
+    """A worker's progress line, into its log at once (the log is a file, so print alone would buffer it)."""
+    print(line, flush=True)
+
+
 def run_worker(job_id: int, resume: bool = False) -> int:
     """The worker process body: train, and keep the registry in step."""
     from .training import resume as resume_run
@@ -391,11 +396,11 @@ def run_worker(job_id: int, resume: bool = False) -> int:
         if job.analyses:
             from .analysis import analyze
 
-            analyze(job.run_dir, job.analyses, progress=lambda line: print(line, flush=True))
+            analyze(job.run_dir, job.analyses, progress=_log_line)
         elif job.export:
             from .export import export_run
 
-            export_run(job.run_dir, *job.export, progress=lambda line: print(line, flush=True))
+            export_run(job.run_dir, *job.export, progress=_log_line)
         elif resume and (job.run_dir / runs.CONFIG_FILE).exists():
             resume_run(job.run_dir, verbose=2)
         else:

@@ -34,7 +34,7 @@ from typing import Any, BinaryIO
 
 from .config import MAX_INPUT_SIZE, TrainConfig
 from .errors import CifarError, RunFolderError, one_line
-from .safeio import open_for_writing, parse_json, read_npz, read_regular_file, regular_file_fd
+from .safeio import file_where, open_for_writing, parse_json, read_npz, read_regular_file, regular_file_fd
 from .schema import (
     Check,
     all_are,
@@ -73,6 +73,7 @@ BEST_WEIGHTS_FILE = "best-weights.npz"
 LOCK_FILE = ".writer.lock"
 # What a job launcher may have put in a folder before its writer starts.
 LAUNCH_FILES = frozenset({LOG_FILE, LOCK_FILE})
+RUN_ID_TRIES = 20  # new ids drawn before create_run_dir gives up (each has a random part)
 # Every run file is small (metrics with a 100-class confusion matrix: ~100 KB).
 MAX_JSON_BYTES = 4 * 1024 * 1024
 MAX_HISTORY_BYTES = 4 * 1024 * 1024
@@ -121,7 +122,7 @@ def create_run_dir(model: str, root: Path | str | None = None) -> Path:
     """A new, empty run folder with a unique id, created atomically (mkdir fails if it exists)."""
     root = Path(root) if root is not None else runs_root()
     root.mkdir(parents=True, exist_ok=True)
-    for _ in range(20):
+    for _ in range(RUN_ID_TRIES):
         run_dir = root / new_run_id(model)
         try:
             run_dir.mkdir()
@@ -209,12 +210,12 @@ def ensure_subfolder(path: Path | str) -> Path:
     studio's writes (or a checkpoint's clean-up of old epochs) into some other folder of the user's."""
     path = Path(path)
     if path.is_symlink():
-        raise RunFolderError(f"{path.name} in {path.parent.name} is a link; the studio writes only into real "
+        raise RunFolderError(f"{file_where(path)} is a link; the studio writes only into real "
                              f"folders (remove the link)")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
-        raise RunFolderError(f"{path.name} in {path.parent.name} is a file where a folder belongs") from None
+        raise RunFolderError(f"{file_where(path)} is a file where a folder belongs") from None
     return path
 
 
@@ -288,7 +289,7 @@ def read_json(path: Path | str) -> Any:
     if absent(path):
         raise RunFolderError(f"missing {path.name} in {path.parent}")
     data = read_regular_file(path, MAX_JSON_BYTES, RunFolderError, what="JSON file")
-    return parse_json(data, f"{path.name} in {path.parent.name}", RunFolderError)
+    return parse_json(data, file_where(path), RunFolderError)
 
 
 # --- schemas: one validating reader per file kind ---------------------------------
@@ -354,7 +355,7 @@ def _read_validated(run_dir: Path | str, name: str, schema, required) -> dict[st
     path = Path(run_dir) / name
     if absent(path):
         return None
-    return validate(read_json(path), schema, required, f"{name} in {Path(run_dir).name}")
+    return validate(read_json(path), schema, required, file_where(Path(run_dir) / name))
 
 
 def read_metrics(run_dir: Path | str) -> dict[str, Any] | None:
@@ -373,7 +374,7 @@ def read_config(run_dir: Path | str):
     except RunFolderError:
         raise
     except CifarError as exc:
-        raise RunFolderError(f"{CONFIG_FILE} in {Path(run_dir).name}: {exc}") from None
+        raise RunFolderError(f"{file_where(Path(run_dir) / CONFIG_FILE)}: {exc}") from None
 
 
 
@@ -382,7 +383,7 @@ def read_config(run_dir: Path | str):
 
 def write_history(run_dir: Path | str, rows: list[dict[str, Any]]) -> None:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=HISTORY_COLUMNS, extrasaction="ignore")
+    writer = csv.DictWriter(buffer, fieldnames=HISTORY_COLUMNS)
     writer.writeheader()
     for row in rows:
         writer.writerow({key: _csv_value(row.get(key)) for key in HISTORY_COLUMNS})
@@ -416,7 +417,7 @@ def _read_run_text(run_dir: Path | str, name: str, max_bytes: int, what: str) ->
     if absent(path):
         return None
     data = read_regular_file(path, max_bytes, RunFolderError, what=what)
-    where = f"{name} in {Path(run_dir).name}"
+    where = file_where(Path(run_dir) / name)
     try:
         return data.decode("utf-8"), where
     except UnicodeDecodeError as exc:
@@ -438,12 +439,12 @@ def _parse_history_value(key: str, value: str | None):
         return None
     if key == "stage":
         if value not in HISTORY_STAGES:
-            raise ValueError(value)
+            raise ValueError
         return value
     if key == "epoch":
         epoch = int(value)  # "2.0" is not an epoch
         if epoch < 1:
-            raise ValueError(value)
+            raise ValueError
         return epoch
     return float(value)
 
@@ -478,14 +479,12 @@ def read_live(run_dir: Path | str) -> list[dict[str, float | None]]:
 
 
 def _live_row(line: str, number: int, where: str) -> dict[str, float | None]:
-    cells = line.split(",")
     try:
-        if len(cells) != len(LIVE_COLUMNS):
-            raise ValueError(line)
-        row = {key: (float(cell) if cell else None) for key, cell in zip(LIVE_COLUMNS, cells, strict=True)}
+        # strict: a line with more or fewer cells than the header is a ValueError too.
+        row = {key: (float(cell) if cell else None) for key, cell in zip(LIVE_COLUMNS, line.split(","), strict=True)}
         if not all(value is None or finite(value) for value in row.values()) or \
                 row["train_seconds"] is None or row["train_seconds"] < 0 or row["epoch"] is None or row["epoch"] < 0:
-            raise ValueError(line)
+            raise ValueError
     except ValueError:
         raise RunFolderError(f"corrupt {where}, line {number}: {preview(line)}") from None
     return row
@@ -510,10 +509,10 @@ def read_predictions(run_dir: Path | str) -> dict:
     import numpy as np
 
     path = Path(run_dir) / PREDICTIONS_FILE
-    where = f"{PREDICTIONS_FILE} in {Path(run_dir).name}"
+    where = file_where(path)
     if absent(path):
         raise RunFolderError(f"no {where}")
-    arrays = read_npz(path, MAX_PREDICTIONS_BYTES, ("y_true", "probs"), RunFolderError, where, optional=("probs_tta",))
+    arrays = read_npz(path, MAX_PREDICTIONS_BYTES, ("y_true", "probs"), RunFolderError, optional=("probs_tta",))
     y_true, probs = arrays["y_true"], arrays["probs"]
     fits = (np.issubdtype(y_true.dtype, np.integer) and y_true.ndim == 1 and probs.ndim == 2
             and probs.shape[0] == len(y_true) and probs.shape[1] >= 2
@@ -544,8 +543,8 @@ def read_epoch_predictions(run_dir: Path | str) -> dict | None:
     path = Path(run_dir) / EPOCH_PREDICTIONS_FILE
     if absent(path):
         return None
-    where = f"{EPOCH_PREDICTIONS_FILE} in {Path(run_dir).name}"
-    arrays = read_npz(path, MAX_EPOCH_PREDICTIONS_BYTES, ("y_true", "predicted", "epochs"), RunFolderError, where)
+    where = file_where(path)
+    arrays = read_npz(path, MAX_EPOCH_PREDICTIONS_BYTES, ("y_true", "predicted", "epochs"), RunFolderError)
     y_true, predicted, epochs = arrays["y_true"], arrays["predicted"], arrays["epochs"]
     if not all(np.issubdtype(a.dtype, np.integer) for a in arrays.values()) or y_true.ndim != 1 or \
             predicted.ndim != 2 or predicted.shape != (len(epochs), len(y_true)) or epochs.ndim != 1 or \

@@ -167,6 +167,12 @@ def _read_at_most(fd: int, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def file_where(path: Path | str) -> str:
+    """'NAME in FOLDER': how messages name a file (its folder is a run, a cache, an export)."""
+    path = Path(path)
+    return f"{path.name} in {path.parent.name}"
+
+
 def size_text(n_bytes: int) -> str:
     """A byte count for a message: 101 bytes, 12 KiB, 50 MiB."""
     if n_bytes >= 1 << 20:
@@ -194,7 +200,7 @@ def read_json_file(path: Path | str, max_bytes: int, error: type[CifarError] = C
                    max_depth: int = MAX_JSON_DEPTH) -> Any:
     path = Path(path)
     data = read_regular_file(path, max_bytes, error, what="JSON file")
-    return parse_json(data, f"{path.name} in {path.parent.name}", error, max_depth)
+    return parse_json(data, file_where(path), error, max_depth)
 
 
 def nesting_depth(value: Any, stop_after: int) -> int:
@@ -218,7 +224,7 @@ def read_npz(path: Path | str, max_bytes: int, keys: tuple[str, ...], error: typ
     anything: the file's bytes, the members' declared sizes (a zip bomb is refused unread), no
     pickled objects. A missing array or a damaged file is `error`."""
     path = Path(path)
-    where = where or f"{path.name} in {path.parent.name}"
+    where = where or file_where(path)
     with _capped_stream(path, max_bytes, error) as (stream, _):
         try:
             with zipfile.ZipFile(stream) as archive:
@@ -323,7 +329,7 @@ def read_npy(path: Path | str, max_array_bytes: int, error: type[CifarError] = C
         try:
             return _checked_npy(stream, size, max_array_bytes)
         except (OSError, ValueError) as exc:
-            raise error(f"corrupt {path.name} in {path.parent.name}: {one_line(exc)}") from None
+            raise error(f"corrupt {file_where(path)}: {one_line(exc)}") from None
 
 
 def _checked_npy(stream, stored_bytes: int, max_array_bytes: int) -> np.ndarray:

@@ -155,6 +155,9 @@ def test_long_received_values_are_shortened_to_80_characters():
     with pytest.raises(ConfigError) as caught:
         TrainConfig(optimizer="y" * 78)  # its repr is exactly 80 characters: kept whole
     assert str(caught.value).endswith("received '" + "y" * 78 + "'")
+    with pytest.raises(ConfigError) as caught:
+        TrainConfig(optimizer="z" * 79)  # 81 characters: shortened
+    assert str(caught.value).endswith("received '" + "z" * 76 + "...")
 
 
 def test_the_edges_of_names_paths_and_options():
@@ -187,6 +190,15 @@ def test_config_errors_name_the_config():
         TrainConfig.from_json("{nope")
     with pytest.raises(ConfigError, match="^config must be a JSON object, got list$"):
         TrainConfig.from_dict([])
+    with pytest.raises(ConfigError, match=r"^unknown config keys: \['zz', 1\]$"):
+        TrainConfig.from_dict({1: 2, "zz": 3, "model": "g3"})  # keys of any type, named in one message
+
+
+def test_a_config_from_before_the_rename_reads_its_image_size_as_the_input_size():
+    assert TrainConfig.from_dict({"model": "lite0", "image_size": 160}).input_size == 160
+    # Both names at once is not an old config but a damaged one: neither silently wins.
+    with pytest.raises(ConfigError, match=r"^unknown config keys: \['image_size'\]$"):
+        TrainConfig.from_dict({"model": "lite0", "image_size": 160, "input_size": 224})
 
 
 def test_recipes_apply_only_to_their_models():
@@ -249,10 +261,12 @@ def test_low_resolution_epochs_come_with_their_size_within_fine_tuning_and_below
     fits = dict(model="lite0", input_size=224, fine_tune_epochs=4)
     assert TrainConfig(**fits, low_res_size=128, low_res_epochs=4).low_res_epochs == 4  # all of them: allowed
     assert TrainConfig(**fits, low_res_size=16, low_res_epochs=1).low_res_size == 16
-    together = "^low_res_size and low_res_epochs must be both set or neither"
-    refused = [(dict(low_res_size=128), together), (dict(low_res_epochs=2), together),
-               (dict(low_res_size=128, low_res_epochs=5), r"^low_res_epochs must be at most fine_tune_epochs \(4\)"),
-               (dict(low_res_size=224, low_res_epochs=2), r"^low_res_size must be below input_size \(224\)"),
+    together = r"^low_res_size and low_res_epochs must be both set or neither; received \[128, 0\]$"
+    refused = [(dict(low_res_size=128), together),
+               (dict(low_res_epochs=2), together.replace("128, 0", "None, 2")),
+               (dict(low_res_size=128, low_res_epochs=5),
+                r"^low_res_epochs must be at most fine_tune_epochs \(4\); received 5$"),
+               (dict(low_res_size=224, low_res_epochs=2), r"^low_res_size must be below input_size \(224\); received 224$"),
                (dict(low_res_size=15, low_res_epochs=2), r"^low_res_size must be in \[16, 512\]"),
                (dict(low_res_size=128, low_res_epochs=-1), r"^low_res_epochs must be in \[0, 10000\]")]
     for bad, message in refused:

@@ -176,7 +176,8 @@ def test_teacher_settings_are_refused_before_a_run_folder_exists(tiny_dataset, t
         "a transfer model": (recipe_config("lite0", teacher=str(teacher)), "homebrew models"),
         "not a finished run": (recipe_config("demo", **SMALL, teacher=str(tmp_path / "nothing")), "not a finished run"),
         "distributed": (recipe_config("demo", **SMALL, teacher=str(teacher), distribute="mirrored",
-                                      schedule="onecycle", augmentations=("flip",)), "distribute"),
+                                      schedule="onecycle", augmentations=("flip",)),
+                        r"^teacher cannot be combined with --distribute \(each worker would label its own share\)$"),
     }
     for name, (config, message) in cases.items():
         with pytest.raises(ConfigError, match=message):
@@ -243,3 +244,33 @@ def test_the_teachers_probabilities_are_stored_as_distributions(tmp_path, teache
                                          tuple(f"class{i}" for i in range(10)), 32)
     assert stored.dtype == np.float32 and np.allclose(stored, 0.1)
     assert np.allclose(np.load(runs.checkpoint_file(run_dir, distill.TEACHER_PROBABILITIES_FILE)), 0.1)
+
+
+def test_the_teacher_labels_at_its_own_input_size_with_a_heartbeat_and_a_timed_record(tmp_path, teacher,
+                                                                                       monkeypatch):
+    from cifar_core import evaluation
+    from cifar_core.inference import load_run_model
+    from cifar_core.training.callbacks import PredictHeartbeat
+
+    asked = {}
+
+    def predict_proba(model, images, **kwargs):
+        asked.update(kwargs)
+        return np.full((len(images), 10), 0.1)
+
+    clock = iter([100.0, 103.4567])
+    monkeypatch.setattr(evaluation, "predict_proba", predict_proba)
+    monkeypatch.setattr(distill.time, "perf_counter", lambda: next(clock))
+    run_dir = tmp_path / "student"
+    distill._label_with_teacher(str(teacher), run_dir, np.zeros((3, 32, 32, 3), np.uint8),
+                                tuple(f"class{i}" for i in range(10)), 32)
+    assert asked["tta"] is True and asked["input_size"] == load_run_model(teacher).input_size
+    [heartbeat] = asked["callbacks"]
+    assert isinstance(heartbeat, PredictHeartbeat) and heartbeat.stage == "teacher" and heartbeat.run_dir == run_dir
+    assert distill.read_stats(run_dir)["teacher_seconds"] == 3.46
+
+
+def test_a_teacher_record_s_damage_names_the_run(tmp_path):
+    _stored(tmp_path, _probabilities(), {"teacher_run": "t", "teacher_model_sha256": "x", "teacher_seconds": "soon"})
+    with pytest.raises(RunFolderError, match=f"^{distill.TEACHER_FILE} in {tmp_path.name}: teacher_seconds "):
+        distill.read_stats(tmp_path)

@@ -596,3 +596,60 @@ def test_the_worker_runs_an_analysis_or_an_export_and_records_the_outcome(db, tm
     assert done == [("analyze", run_dir, ("calibration",)), ("export", run_dir, "onnx", None)]
     assert [jobs.get_job(j.id).state for j in (analysing, exporting)] == ["completed", "completed"]
     assert jobs.get_job(exporting.id).pid == os.getpid()
+
+
+class _RecordingStdout:
+    def __init__(self):
+        self.events = []
+
+    def write(self, text):
+        self.events.append(("write", text))
+
+    def flush(self):
+        self.events.append(("flush",))
+
+
+def test_a_worker_s_progress_lines_reach_its_log_as_they_happen(db, tmp_path, spawned, monkeypatch):
+    from cifar_core import analysis, export
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / runs.MODEL_FILE).write_bytes(b"model")
+    monkeypatch.setattr(analysis, "analyze", lambda folder, chosen, progress: progress("analysing 1 of 1"))
+    monkeypatch.setattr(export, "export_run", lambda folder, fmt, quantize, progress: progress("exporting"))
+    for job in (jobs.launch_analysis(run_dir, ("calibration",)), jobs.launch_export(run_dir, "onnx")):
+        stdout = _RecordingStdout()
+        monkeypatch.setattr(sys, "stdout", stdout)
+        assert jobs.run_worker(job.id) == 0
+        monkeypatch.setattr(sys, "stdout", sys.__stdout__)
+        written = "".join(event[1] for event in stdout.events if event[0] == "write")
+        assert written == ("analysing 1 of 1\n" if job.analyses else "exporting\n")
+        assert stdout.events[-1] == ("flush",)  # not left in a buffer until the worker ends
+
+
+def test_an_export_is_checked_whole_before_a_job_is_made(db, tmp_path, spawned):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / runs.MODEL_FILE).write_bytes(b"model")
+    with pytest.raises(CifarError, match="^quantize must be int8 or absent; received 'int4'$"):
+        jobs.launch_export(run_dir, "onnx", "int4")
+    assert spawned == [] and jobs.list_jobs() == []
+
+
+def test_an_export_worker_logs_into_the_run_s_export_folder_made_for_it(db, tmp_path, monkeypatch, sleeper):
+    monkeypatch.setattr(jobs.subprocess, "Popen", lambda command, **kwargs: sleeper)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / runs.MODEL_FILE).write_bytes(b"model")
+    job = jobs.get_job(jobs._insert_job(run_dir, json.dumps({"export": {"format": "onnx", "quantize": None}})).id)
+    jobs._spawn(job, resume=False)
+    assert job.log_file.parent == run_dir / "export" and job.log_file.is_file()
+
+
+@pytest.mark.parametrize("text", [None, b'{"analyze": ["labels"]}', '{"analyze": ["labels"]}'.ljust(10_000)])
+def test_only_a_short_text_is_read_as_a_stored_task(text):
+    assert jobs._stored_task(text) is None
+
+
+def test_a_stored_task_just_under_the_bound_is_read():
+    assert jobs._stored_task('{"analyze": ["labels"]}'.ljust(9_999)) == ("analyze", ["labels"])

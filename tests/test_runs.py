@@ -527,3 +527,143 @@ def test_history_encoding_errors_are_named(tmp_path):
     with pytest.raises(RunFolderError) as caught:
         runs.read_history(tmp_path)
     assert str(caught.value).startswith(f"corrupt history.csv in {tmp_path.name}: 'utf-8' codec can't decode")
+
+
+# --- every refusal names its file, its run and, in text, its line -------------------------------
+
+LIVE_HEADER = "train_seconds,epoch,loss,accuracy\n"
+
+
+@pytest.mark.parametrize("text,message", [
+    (LIVE_HEADER + "1,0.5,2,0.1\n1,0.7,2\n", "^corrupt live.csv in r, line 3: '1,0.7,2'$"),
+    (LIVE_HEADER + "1,0.5,2,0.1,9\n", "^corrupt live.csv in r, line 2: '1,0.5,2,0.1,9'$"),
+    (LIVE_HEADER + "\n1,0.5,2,0.1\n-1,0.7,2,0.1\n", "^corrupt live.csv in r, line 4: '-1,0.7,2,0.1'$"),
+    ("seconds,epoch\n1,1\n", "^corrupt live.csv in r: the header is not train_seconds,epoch,loss,accuracy$"),
+    ("epoch,loss\n" + "1," + "9" * 140_000 + "\n",
+     r"^corrupt history.csv in r: field larger than field limit \(131072\)$"),
+])
+def test_a_text_file_refusal_names_the_file_the_run_and_the_line(tmp_path, text, message):
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    name = runs.HISTORY_FILE if text.startswith("epoch,") else runs.LIVE_FILE
+    (run_dir / name).write_text(text)
+    with pytest.raises(RunFolderError, match=message):
+        runs.read_history(run_dir) if name == runs.HISTORY_FILE else runs.read_live(run_dir)
+
+
+def test_an_oversized_live_file_is_refused_as_a_live_progress_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(runs, "MAX_LIVE_BYTES", 40)
+    (tmp_path / runs.LIVE_FILE).write_text(LIVE_HEADER + "1,1,1,1\n" * 5)
+    with pytest.raises(RunFolderError, match="^live.csv: live progress file is 74 bytes; the limit is 40 bytes$"):
+        runs.read_live(tmp_path)
+
+
+def test_an_npz_refusal_names_the_file_and_the_run(tmp_path):
+    import numpy as np
+
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    for name, read in [(runs.PREDICTIONS_FILE, runs.read_predictions),
+                       (runs.EPOCH_PREDICTIONS_FILE, runs.read_epoch_predictions)]:
+        runs.atomic_write_npz(run_dir / name, {"other": np.zeros(2)})
+        with pytest.raises(RunFolderError, match=f"^corrupt {name} in r: no array 'y_true' in it$"):
+            read(run_dir)
+
+
+def test_epoch_predictions_refuse_labels_of_more_than_one_dimension(tmp_path):
+    import numpy as np
+
+    runs.atomic_write_npz(tmp_path / runs.EPOCH_PREDICTIONS_FILE, {
+        "y_true": np.zeros((3, 1), np.int16), "predicted": np.zeros((2, 3), np.int16),
+        "epochs": np.array([1, 2], np.int32)})
+    with pytest.raises(RunFolderError, match="its arrays do not fit together"):
+        runs.read_epoch_predictions(tmp_path)
+
+
+def test_a_file_where_a_new_run_folder_belongs_is_named(tmp_path):
+    (tmp_path / "taken").write_text("x")
+    with pytest.raises(RunFolderError, match=f"^{tmp_path / 'taken'} is a file, not a run folder$"):
+        runs.check_new_run_dir(tmp_path / "taken")
+
+
+def test_a_run_file_too_large_to_ship_is_a_run_folder_error_and_ships_nothing(tmp_path, monkeypatch):
+    run_dir = _shippable(tmp_path / "work")
+    monkeypatch.setattr(runs, "MAX_SHIPPED_FILE_BYTES", 3)  # the config is larger
+    with pytest.raises(RunFolderError, match="config.json: file is [0-9]+ bytes; the limit is 3 bytes$"):
+        runs.ship(run_dir, tmp_path / "shipped")
+    assert not (tmp_path / "shipped").exists() or not any((tmp_path / "shipped").iterdir())
+
+
+def test_a_run_folder_that_cannot_be_listed_is_reported_not_hidden(tmp_path, monkeypatch):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_iterdir = runs.Path.iterdir
+
+    def iterdir(self):
+        if self == locked:
+            raise PermissionError(13, "Permission denied")
+        return real_iterdir(self)
+
+    monkeypatch.setattr(runs.Path, "iterdir", iterdir)
+    with pytest.warns(UserWarning, match="locked"):
+        found, problems = runs.list_runs(tmp_path)
+    assert found == [] and len(problems) == 1 and "locked" in problems[0]
+
+
+def test_a_crowded_root_gives_up_after_its_tries(tmp_path, monkeypatch):
+    drawn = []
+    (tmp_path / "taken").mkdir()
+    monkeypatch.setattr(runs, "new_run_id", lambda model: drawn.append(model) or "taken")
+    with pytest.raises(RunFolderError):
+        runs.create_run_dir("demo", tmp_path)
+    assert len(drawn) == runs.RUN_ID_TRIES
+
+
+def test_run_ids_keep_the_model_name_s_letters_and_case():
+    assert runs.new_run_id("Lite0-B.2_x", now=0).split("-", 2)[2].startswith("Lite0-B.2_x-")
+
+
+# --- what the writers store ----------------------------------------------------------------------
+
+def test_writers_store_compact_dtypes_whatever_they_are_given(tmp_path):
+    import numpy as np
+
+    probs = np.full((4, 3), 1 / 3)
+    runs.write_predictions(tmp_path, np.arange(4) % 3, probs, probs)
+    with np.load(tmp_path / runs.PREDICTIONS_FILE) as stored:
+        assert {key: stored[key].dtype for key in stored} == {
+            "y_true": np.int16, "probs": np.float16, "probs_tta": np.float16}
+    runs.write_epoch_predictions(tmp_path, np.arange(3), np.zeros((2, 3)), np.array([1.0, 2.0]))
+    with np.load(tmp_path / runs.EPOCH_PREDICTIONS_FILE) as stored:
+        assert {key: stored[key].dtype for key in stored} == {
+            "y_true": np.int16, "predicted": np.int16, "epochs": np.int32}
+
+
+def test_npz_files_are_compressed_unless_asked_not_to_be(tmp_path):
+    import numpy as np
+
+    zeros = np.zeros(100_000, np.float32)
+    runs.atomic_write_npz(tmp_path / "small.npz", {"x": zeros})
+    runs.atomic_write_npz(tmp_path / "plain.npz", {"x": zeros}, compressed=False)
+    assert (tmp_path / "small.npz").stat().st_size < zeros.nbytes / 50 < (tmp_path / "plain.npz").stat().st_size
+
+
+def test_an_array_of_python_objects_is_never_pickled_into_a_run(tmp_path):
+    import numpy as np
+
+    with pytest.raises(ValueError, match="allow_pickle=False"):
+        runs.atomic_write_npy(tmp_path / "x.npy", np.array([{"a": 1}], dtype=object))
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("machine,name", [
+    ({"cpu": "AMD EPYC", "cores": 2}, "AMD EPYC, 2 cores"),
+    ({"cpu": "AMD EPYC", "cores": "2"}, "AMD EPYC"),
+    ({"cpu": "AMD EPYC"}, "AMD EPYC"),
+    ({"cpu": "", "cores": 2}, None),
+    ({"cores": 2}, None),
+    ("AMD EPYC", None),
+    (None, None),
+])
+def test_a_run_s_machine_is_named_by_its_cpu_and_cores(machine, name):
+    assert runs.machine_name(machine) == name

@@ -110,6 +110,17 @@ EQUIVALENT: list[tuple[str, str]] = [
      "whenever bounds are given, and reads its name in either case"),
     (r'method="bounded", (options=None|options=\{"(XXxatolXX|XATOL)": 1e-4\})?\)$', "without xatol the search "
      "stops at scipy's tighter default (1e-5), a temperature that agrees to 1e-4: only more steps"),
+    (r'headers\.get\("ACCEPT", ""\)|headers\.get\("accept", "XXXX"\)', "Starlette's headers are "
+     "case-insensitive, and a request without an Accept header holds no text/html whatever the default"),
+    (r'segno\.make\(text, error="M"\)|kind="PNG"', "segno reads error levels and image kinds in either case"),
+    (r'timeout: float = 11\.0|time\.sleep\(1\.05\)|time\.monotonic\(\) >= deadline|_thread\.join\((None|11)\)',
+     "how long start() waits for a server that never listens, how often it looks, and how long stop() waits for "
+     "a stuck one: when, not what, and no test can time it without racing the server"),
+    (r'limit_concurrency=64, \)$', "uvicorn's default keep-alive is the same 5 s; it is spelt out for the reader"),
+    (r'\b5 \* n_images \* n_classes\)', "_sound then refuses every array but float32 of the expected shape, so a "
+     "looser cap changes only which check refuses a larger file"),
+    (r'\(overrides\.get\("input_size"\) or 1\) > LARGE_INPUT', "no size and 1 px are both far below the "
+     "large-input threshold"),
 ]
 
 

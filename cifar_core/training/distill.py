@@ -67,7 +67,7 @@ def training_targets(config: TrainConfig, run_dir: Path, labels: np.ndarray, ima
     if probabilities is None:
         probabilities = _label_with_teacher(config.teacher, run_dir, images, class_names, image_size)
     one_hot = np.eye(len(class_names), dtype=np.float32)[labels]
-    return ((1.0 - config.teacher_weight) * one_hot + config.teacher_weight * probabilities).astype(np.float32)
+    return (1.0 - config.teacher_weight) * one_hot + config.teacher_weight * probabilities  # float32, as both are
 
 
 def _cached_probabilities(run_dir: Path, n_images: int, n_classes: int) -> np.ndarray | None:
