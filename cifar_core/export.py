@@ -509,9 +509,10 @@ def read_manifest_entries(out_dir: Path | str) -> ManifestRead:
 
 
 def _input_shape(value) -> bool:
+    """(batch, side, side, 3): every export takes square RGB images, and the server sizes photos by one side."""
     shape = value.get("shape") if isinstance(value, dict) else None
     return isinstance(shape, list) and len(shape) == 4 and all(
-        schema.count(n) and 0 < n <= 4096 for n in shape[1:])
+        schema.count(n) and 0 < n <= 4096 for n in shape[1:]) and shape[1] == shape[2] and shape[3] == 3
 
 
 # What each field of an entry must be, as `export_run` writes it; readers rely on nothing else.

@@ -183,6 +183,19 @@ def test_a_manifest_entry_with_any_field_unlike_an_exports_is_left_out_and_named
     assert len(left_out) == len(entries) - 1
 
 
+@pytest.mark.parametrize("shape", [[None, 32, 48, 3], [None, 32, 32, 1], [None, 32, 32, 4], [None, 0, 0, 3],
+                                   [None, 4097, 4097, 3], [None, 32, 32]])
+def test_a_manifest_input_that_is_not_square_rgb_is_left_out(tmp_path, shape):
+    from helpers import export_entry
+
+    sound = export_entry(b"model")
+    assert sound["input"]["shape"][1:] == [32, 32, 3]
+    entries = {"sound": sound, "odd": {**sound, "input": {"shape": shape}}}
+    (tmp_path / export.MANIFEST).write_text(json.dumps({"exports": entries}))
+    manifest = export.read_manifest_entries(tmp_path)
+    assert manifest.entries == {"sound": sound} and len(manifest.left_out) == 1 and "input" in manifest.left_out[0]
+
+
 def test_a_download_is_the_checked_artefact_and_nothing_else(tmp_path, monkeypatch):
     import io
     import os

@@ -1,5 +1,6 @@
 """The one validating image decoder: hostile bytes fail clearly, odd images decode right."""
 import io
+import warnings
 
 import numpy as np
 import pytest
@@ -305,3 +306,18 @@ def test_mosaic_defaults_and_sharp_scaling():
     tiled = imaging.mosaic(images, columns=2)  # scale 3, gap 2
     assert tiled.shape == ((2 + 2) * 3, (2 + 2) * 2 * 3, 3)
     assert set(np.unique(tiled)) == {0, 255}  # nearest neighbour: no new values
+
+
+def test_a_photo_with_damaged_exif_still_decodes():
+    # Pillow warns about the damage; only its decompression-bomb warning is turned into a refusal.
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotated
+    raw = exif.tobytes()
+    damaged = raw[:10] + b"\x05\x00" + raw[12:]  # five entries declared, one present
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 6), (200, 10, 10)).save(buffer, "JPEG", exif=damaged)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        decoded = decode_image(buffer.getvalue(), "damaged.jpg")
+    assert decoded.shape == (6, 8, 3) and abs(int(decoded[0, 0, 0]) - 200) < 8
+    assert any("Corrupt EXIF" in str(warning.message) for warning in caught)

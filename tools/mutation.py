@@ -121,6 +121,10 @@ EQUIVALENT: list[tuple[str, str]] = [
      "looser cap changes only which check refuses a larger file"),
     (r'\(overrides\.get\("input_size"\) or 1\) > LARGE_INPUT', "no size and 1 px are both far below the "
      "large-input threshold"),
+    (r'int\(entry\["input"\]\["shape"\]\[2\]\)', "read_manifest keeps only square inputs, so either side "
+     "reads the same"),
+    (r'image = image\.convert\(None\)$', "convert() without a mode takes a palette image to RGBA where it has "
+     "transparency and to RGB where not: the alpha step that follows makes the same pixels of either"),
 ]
 
 
