@@ -543,3 +543,23 @@ def test_an_analysis_file_that_is_no_small_regular_file_is_refused_in_one_line(t
     os.mkfifo(path)
     with pytest.raises(RunFolderError, match="is a device, pipe or socket"):
         files.read_analysis(run_dir, "labels")
+
+
+def test_pixelate_averages_boxes_across_the_width_and_down_the_height_of_a_wide_image():
+    stripes = np.zeros((4, 8, 3), np.uint8)
+    stripes[:, ::2] = 255  # vertical stripes one pixel wide
+    for image in (stripes, np.ascontiguousarray(stripes.transpose(1, 0, 2))[:4]):  # and horizontal ones
+        pixelated = corruptions._pixelate(image, 0.5)
+        assert pixelated.shape == image.shape and len(np.unique(pixelated)) == 1, image[:, :, 0]
+
+
+def test_the_gaussian_blur_repeats_the_edge_pixels_as_cifar_10_c_does():
+    # CIFAR-10-C blurred with skimage's gaussian, whose border mode is 'nearest': beyond the edge the
+    # edge pixel repeats. A bright first column then keeps every weight left of the centre.
+    image = np.zeros((1, 8, 8, 3), np.uint8)
+    image[:, :, 0] = 255
+    sigma = corruptions.PARAMETERS["gaussian_blur"][4]
+    weights = np.exp(-np.arange(-4, 5) ** 2 / (2 * sigma ** 2))  # scipy's kernel reaches 4 sigma
+    expected = 255 * weights[:5].sum() / weights.sum()
+    blurred = corruptions.corrupt(image, "gaussian_blur", 5)
+    assert np.all(np.abs(blurred[0, :, 0].astype(float) - expected) <= 1.0), (blurred[0, 0, 0], expected)

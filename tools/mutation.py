@@ -64,7 +64,7 @@ EQUIVALENT: list[tuple[str, str]] = [
      "plain tar as 'r|' does"),
     (r'stream\.read\((2 << 20|1 << 21)\)', "the block size changes how the budget is counted off, not what it "
      "allows"),
-    (r'allowed = None', "None and False are both refusals"),
+    (r'allowed = None|allow_pickle=None\)\)', "None and False are both refusals"),
     (r'max\(label, -2\)', "any negative label is refused; -1 and -2 are equally out of range"),
     (r'os\.ftruncate\(fd, 1\)', "the pid written next overwrites the one byte kept"),
     (r'self\._fd(: int \| None)? = ""', "__exit__ runs only after __enter__ set the descriptor, and once"),
@@ -125,6 +125,14 @@ EQUIVALENT: list[tuple[str, str]] = [
      "reads the same"),
     (r'image = image\.convert\(None\)$', "convert() without a mode takes a palette image to RGBA where it has "
      "transparency and to RGB where not: the alpha step that follows makes the same pixels of either"),
+    (r'kernel\[None, :, :, None\], \)', "'reflect' is scipy's convolve default; it is spelt out for the reader"),
+    (r'radius \*\* 2\)\.astype\(None\)|images\.astype\(None\) / 255\.0', "numpy's default float is the float64 "
+     "spelt out"),
+    (r'format="jpeg", quality', "Pillow reads format names in either case"),
+    (r'getvalue\(\)\)\)\.convert\(None\)', "a JPEG this code wrote decodes as RGB, which convert() without a "
+     "mode keeps"),
+    (r'headers\.get\("content-length", "XXXX"\)', "a missing size is refused as not digits, whatever the "
+     "default"),
 ]
 
 
