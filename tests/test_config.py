@@ -266,7 +266,8 @@ def test_low_resolution_epochs_come_with_their_size_within_fine_tuning_and_below
                (dict(low_res_epochs=2), together.replace("128, 0", "None, 2")),
                (dict(low_res_size=128, low_res_epochs=5),
                 r"^low_res_epochs must be at most fine_tune_epochs \(4\); received 5$"),
-               (dict(low_res_size=224, low_res_epochs=2), r"^low_res_size must be below input_size \(224\); received 224$"),
+               (dict(low_res_size=224, low_res_epochs=2),
+                r"^low_res_size must be below input_size \(224\); received 224$"),
                (dict(low_res_size=15, low_res_epochs=2), r"^low_res_size must be in \[16, 512\]"),
                (dict(low_res_size=128, low_res_epochs=-1), r"^low_res_epochs must be in \[0, 10000\]")]
     for bad, message in refused:
