@@ -299,3 +299,17 @@ def test_a_teacher_is_named_in_at_most_4096_characters():
     assert TrainConfig(model="fastnet", teacher="t" * 4096).teacher == "t" * 4096
     with pytest.raises(ConfigError, match="^teacher must be a run's folder name or path; received 't{76}\\.\\.\\.$"):
         TrainConfig(model="fastnet", teacher="t" * 4097)
+
+
+def test_a_network_is_the_same_only_with_the_same_model_and_the_same_options():
+    from cifar_core.config import builds_network_of, preset_config
+
+    stage = preset_config("stage")  # fastnet with options
+    assert builds_network_of("fastnet", stage.model_options, stage)
+    assert not builds_network_of("fastnet", None, stage)  # fastnet at its own width is another network
+    assert not builds_network_of("g3", stage.model_options, stage)
+    plain = recipe_config("g3")  # no options: none given is the same network
+    assert plain.model_options == {}
+    assert builds_network_of("g3", None, plain) and builds_network_of("g3", {}, plain)
+    assert not builds_network_of("g3", {"activation": "silu"}, plain)
+    assert not builds_network_of("fastnet", None, plain)

@@ -133,6 +133,9 @@ EQUIVALENT: list[tuple[str, str]] = [
      "mode keeps"),
     (r'headers\.get\("content-length", "XXXX"\)', "a missing size is refused as not digits, whatever the "
      "default"),
+    (r'open\(f"/proc/\{pid\}/stat", \) as handle', "codec names are case-insensitive, and /proc files are ASCII"),
+    (r'FastAPI\((docs_url=None, )?(redoc_url=None, )?openapi_url=None\)', "FastAPI serves /docs and /redoc only "
+     "beside an OpenAPI schema, which openapi_url=None turns off; they are turned off by name for the reader"),
 ]
 
 
