@@ -321,3 +321,13 @@ def test_a_photo_with_damaged_exif_still_decodes():
         decoded = decode_image(buffer.getvalue(), "damaged.jpg")
     assert decoded.shape == (6, 8, 3) and abs(int(decoded[0, 0, 0]) - 200) < 8
     assert any("Corrupt EXIF" in str(warning.message) for warning in caught)
+
+
+def test_fit_within_shrinks_only_what_is_larger_keeping_the_aspect_and_at_least_a_pixel():
+    at_size = np.zeros((64, 40, 3), np.uint8)
+    assert imaging.fit_within(at_size, 64) is at_size  # exactly the size: untouched
+    small = np.zeros((40, 30, 3), np.uint8)
+    assert imaging.fit_within(small, 64) is small  # never enlarged
+    assert imaging.fit_within(np.zeros((128, 80, 3), np.uint8), 64).shape == (64, 40, 3)
+    assert imaging.fit_within(np.zeros((1, 1000, 3), np.uint8), 100).shape == (1, 100, 3)  # a strip stays a pixel
+    assert imaging.fit_within(np.zeros((1000, 1, 3), np.uint8), 100).shape == (100, 1, 3)

@@ -198,7 +198,7 @@ def test_a_tampered_or_unlisted_export_is_not_served(exported_run):
 
 
 def test_serving_nothing_or_a_non_run_is_refused(tmp_path):
-    with pytest.raises(CifarError, match="at least one run"):
+    with pytest.raises(CifarError, match=r"^name at least one run to serve \(--run RUN_DIR\)$"):
         serve.serve([])
     with pytest.raises(CifarError, match="not a finished run folder"):
         serve.load_served_model(tmp_path)
@@ -333,8 +333,24 @@ def test_serve_starts_uvicorn_on_the_given_address_once_every_run_loaded(monkeyp
     assert options["host"] == "0.0.0.0" and options["port"] == 9001
     # Its bounds: at most 64 connections at once (more get a 503) and idle keep-alives closed after 5 s.
     assert options["limit_concurrency"] == 64 and options["timeout_keep_alive"] == 5
+    assert options["log_level"] == "warning"  # no access line per request in the terminal
     assert [route.path for route in app.routes if route.path.startswith("/v1")] == ["/v1/models", "/v1/predict"]
     assert lines == ["a: stub engine", "b: stub engine", "serving on http://0.0.0.0:9001 (docs at /docs)"]
-    with pytest.raises(CifarError, match="share a folder name"):
+    with pytest.raises(CifarError, match="^two runs share a folder name; serve each run once$"):
         serve.serve([tmp_path / "a", tmp_path / "x" / "a"], progress=lines.append)
     assert len(started) == 1
+
+
+def test_an_export_at_the_size_cap_is_served_and_one_byte_over_is_not(tmp_path, monkeypatch):
+    from cifar_core import export
+
+    _fake_exports(tmp_path, {"onnx": {"format": "onnx"}})
+    monkeypatch.setattr(export, "MAX_ARTEFACT_BYTES", len(b"onnx"))
+    assert [path.name for _, path in serve.verified_exports(tmp_path)] == ["onnx.bin"]
+    monkeypatch.setattr(export, "MAX_ARTEFACT_BYTES", len(b"onnx") - 1)
+    assert serve.verified_exports(tmp_path) == []
+
+
+def test_probabilities_are_answered_to_six_decimals():
+    third = serve.ServedModel("m", CLASSES, 32, 0.9, "stub", lambda batch: np.array([[1 / 3, 1 / 3, 1 / 3]]))
+    assert [answer["probability"] for answer in third.top_k(np.zeros((32, 32, 3), np.uint8), 3)] == [0.333333] * 3
