@@ -355,7 +355,7 @@ def _read_validated(run_dir: Path | str, name: str, schema, required) -> dict[st
     path = Path(run_dir) / name
     if absent(path):
         return None
-    return validate(read_json(path), schema, required, file_where(Path(run_dir) / name))
+    return validate(read_json(path), schema, required, file_where(path))
 
 
 def read_metrics(run_dir: Path | str) -> dict[str, Any] | None:
@@ -417,7 +417,7 @@ def _read_run_text(run_dir: Path | str, name: str, max_bytes: int, what: str) ->
     if absent(path):
         return None
     data = read_regular_file(path, max_bytes, RunFolderError, what=what)
-    where = file_where(Path(run_dir) / name)
+    where = file_where(path)
     try:
         return data.decode("utf-8"), where
     except UnicodeDecodeError as exc:
