@@ -283,13 +283,27 @@ def absent(path: Path) -> bool:
     return not path.exists() and not path.is_symlink()
 
 
-def read_json(path: Path | str) -> Any:
-    """Any JSON file of a run: bounded in bytes and nesting; RunFolderError otherwise."""
+def read_json(path: Path | str, where: str | None = None) -> Any:
+    """Any JSON file of a run: bounded in bytes and nesting; RunFolderError otherwise, naming the
+    file as `where` says (default: 'NAME in FOLDER')."""
     path = Path(path)
     if absent(path):
         raise RunFolderError(f"missing {path.name} in {path.parent}")
     data = read_regular_file(path, MAX_JSON_BYTES, RunFolderError, what="JSON file")
-    return parse_json(data, file_where(path), RunFolderError)
+    return parse_json(data, where or file_where(path), RunFolderError)
+
+
+def read_checkpoint_record(run_dir: Path | str, name: str, schema: dict[str, Check],
+                           required: tuple[str, ...]) -> dict[str, Any] | None:
+    """A record a run keeps in its checkpoint folder for its metrics (head.json, teacher.json), None if
+    absent: validated, and only the schema's fields, so a record can never bring a figure the run
+    did not measure (a test_accuracy) into metrics.json."""
+    path = checkpoint_file(run_dir, name)
+    if absent(path):
+        return None
+    where = f"{name} in {Path(run_dir).name}"  # named with its run, the folder above checkpoint/
+    record = validate(read_json(path, where), schema, required, where)
+    return {key: record[key] for key in schema if key in record}
 
 
 # --- schemas: one validating reader per file kind ---------------------------------
@@ -326,11 +340,12 @@ TEACHER_SCHEMA: dict[str, Check] = {
     "teacher_run": text, "teacher_model_sha256": text, "teacher_seconds": number,
     "teacher_test_accuracy": fraction, "teacher_test_accuracy_tta": fraction,
 }
+# A transfer run's frozen-feature head (training/stages.py writes it, finish merges it into metrics).
+HEAD_STATS_SCHEMA: dict[str, Check] = {"test_accuracy_head": fraction, "stage_seconds": _seconds_by_stage}
 METRICS_SCHEMA: dict[str, Check] = {
-    **TEACHER_SCHEMA,
-    "test_accuracy": fraction, "test_accuracy_tta": fraction, "test_accuracy_head": fraction,
+    **TEACHER_SCHEMA, **HEAD_STATS_SCHEMA,
+    "test_accuracy": fraction, "test_accuracy_tta": fraction,
     "test_loss": number, "test_loss_tta": number, "train_seconds": number, "eval_seconds": number,
-    "stage_seconds": _seconds_by_stage,
     "train_images_per_second": number, "peak_memory_mb": number,
     "n_params": count, "n_train": count, "n_test": count, "epochs_run": count, "input_size": count,
     "model": text, "data": text, "measured_at": text, "transfer": flag, "machine": json_object,
@@ -360,6 +375,10 @@ def _read_validated(run_dir: Path | str, name: str, schema, required) -> dict[st
 
 def read_metrics(run_dir: Path | str) -> dict[str, Any] | None:
     return _read_validated(run_dir, METRICS_FILE, METRICS_SCHEMA, METRICS_REQUIRED)
+
+
+def read_head_stats(run_dir: Path | str) -> dict[str, Any] | None:
+    return read_checkpoint_record(run_dir, HEAD_STATS_FILE, HEAD_STATS_SCHEMA, tuple(HEAD_STATS_SCHEMA))
 
 
 def read_data_info(run_dir: Path | str) -> dict[str, Any] | None:
@@ -434,19 +453,42 @@ def _history_row(raw: dict, line: int, where: str) -> dict[str, Any]:
     return row
 
 
+def _history_epoch(value) -> bool:
+    return type(value) is int and value >= 1
+
+
+def _history_stage(value) -> bool:
+    return isinstance(value, str) and value in HISTORY_STAGES
+
+
+# What a history row may hold once parsed: the one rule for history.csv and a checkpoint's rows.
+HISTORY_FIELD_CHECKS: dict[str, Check] = {
+    key: {"epoch": _history_epoch, "stage": _history_stage}.get(key, number) for key in HISTORY_COLUMNS}
+
+
+def history_rows_problem(rows) -> str | None:
+    """What is wrong with history rows held as JSON (a checkpoint's), or None: each an object whose
+    fields pass HISTORY_FIELD_CHECKS, numbered 1, 2, 3... in order (a resume counts its stages by them)."""
+    if not isinstance(rows, list):
+        return f"the history is {type(rows).__name__}, not a list"
+    for index, row in enumerate(rows):
+        if not isinstance(row, dict):
+            return f"history row {index + 1} is {type(row).__name__}, not an object"
+        if row.get("epoch") != index + 1 or not _history_epoch(row.get("epoch")):
+            return f"history row {index + 1} has epoch {preview(row.get('epoch'))}"
+        for key, check in HISTORY_FIELD_CHECKS.items():
+            if row.get(key) is not None and not check(row[key]):
+                return f"history row {index + 1}: {key} is {preview(row[key])}"
+    return None
+
+
 def _parse_history_value(key: str, value: str | None):
     if value in ("", None):
         return None
-    if key == "stage":
-        if value not in HISTORY_STAGES:
-            raise ValueError
-        return value
-    if key == "epoch":
-        epoch = int(value)  # "2.0" is not an epoch
-        if epoch < 1:
-            raise ValueError
-        return epoch
-    return float(value)
+    parsed = value if key == "stage" else int(value) if key == "epoch" else float(value)  # "2.0" is not an epoch
+    if not HISTORY_FIELD_CHECKS[key](parsed):
+        raise ValueError
+    return parsed
 
 
 # --- live points -----------------------------------------------------------------

@@ -276,3 +276,30 @@ def test_a_cache_is_written_beside_itself_and_a_failed_write_leaves_nothing(tmp_
     monkeypatch.setattr(np, "savez", vanishing_savez)
     safeio.write_cached_npz(tmp_path / "cache" / "third.npz", {"a": np.arange(3)})
     assert [p.name for p in target.parent.iterdir()] == ["images.npz"]
+
+
+@pytest.mark.parametrize("cached", [
+    np.ones((4, 3), np.float32),  # sound: used
+    np.ones((4, 5), np.float32),  # another backbone's width
+    np.ones((3, 3), np.float32),  # another number of images
+    np.ones((4, 3, 1), np.float32),  # not one row per image
+    np.ones((4, 3), np.int32),  # not features
+    np.array([[1, 1, np.nan]] * 4, np.float32),  # a damaged value
+    np.array([[1, 1, np.inf]] * 4, np.float32),
+])
+def test_cached_features_are_used_only_when_they_fit_the_head(cached, tmp_path, monkeypatch):
+    import keras
+
+    from cifar_core import runs
+    from cifar_core.training import features
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="predictions")])
+    path = runs.feature_cache_file(tmp_path, "train")
+    path.parent.mkdir(parents=True)
+    np.save(path, cached)
+    fresh = np.full((4, 3), 2.0, np.float32)
+    monkeypatch.setattr(features, "extract_features", lambda *args, **kwargs: fresh)
+    found = features.cached_features(model, tmp_path, "train", np.zeros((4, 8, 8, 3), np.uint8), 8)
+    fits = cached.shape == (4, 3) and cached.dtype == np.float32 and np.isfinite(cached).all()
+    assert np.array_equal(found, cached if fits else fresh)
+    assert np.array_equal(np.load(path), cached if fits else fresh)  # a misfit is replaced on disk

@@ -1,6 +1,9 @@
 """A run's training checkpoint may come from someone else's run folder: before Keras loads it to
 resume, it gets the bounds every model file gets, with a checkpoint's training objects allowed."""
+import json
+import re
 import shutil
+import zipfile
 
 import keras
 import pytest
@@ -136,3 +139,140 @@ def test_resuming_a_checkpoint_with_a_foreign_class_is_refused(interrupted_fastn
     control = tmp_path / "control-run"
     shutil.copytree(run_dir, control)
     resume(control, dataset, verbose=0)  # the control: the run as written resumes and completes
+
+
+# --- the checkpoint's state: held to the rules of the run files it feeds -------------------------------
+
+def _row(epoch: int, **fields) -> dict:
+    return {"epoch": epoch, "stage": "train", "loss": 1.5, "accuracy": 0.5, "val_loss": None,
+            "val_accuracy": None, "learning_rate": 0.01, "seconds": 3.0, **fields}
+
+
+def _write_state(run_dir, **fields) -> None:
+
+    folder = checkpoint.checkpoint_dir(run_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    history = fields.get("history", [_row(1), _row(2)])
+    state = {"epochs_completed": len(history) if isinstance(history, list) else 2,
+             "model_file": "epoch-0002.keras", "history": history, "training_done": False, **fields}
+    with zipfile.ZipFile(folder / "epoch-0002.keras", "w") as archive:
+        archive.writestr("config.json", "{}")
+    (folder / checkpoint.STATE_NAME).write_text(json.dumps(state))
+
+
+def test_a_sound_state_is_read_whole(tmp_path):
+    history = [_row(1, stage="head"), _row(2, stage="fine_tune", loss=float("nan"), accuracy=None)]
+    _write_state(tmp_path / "run", history=history, training_done=True)
+    state = checkpoint.load_state(tmp_path / "run")
+    assert state["training_done"] is True and state["model_file"] == "epoch-0002.keras"
+    assert [row["stage"] for row in state["history"]] == ["head", "fine_tune"]
+    _write_state(tmp_path / "older")
+    path = checkpoint.checkpoint_dir(tmp_path / "older") / checkpoint.STATE_NAME
+    older = json.loads(path.read_text())
+    del older["training_done"]  # written before the field existed: absent means not done
+    path.write_text(json.dumps(older))
+    assert "training_done" not in checkpoint.load_state(tmp_path / "older")
+
+
+def test_a_run_that_never_checkpointed_has_no_state(tmp_path):
+    assert checkpoint.load_state(tmp_path / "run") is None
+
+
+@pytest.mark.parametrize("fields,problem", [
+    ({"model_file": "../model.keras"}, "model_file is '../model.keras'"),
+    ({"model_file": "epoch-2.keras"}, "model_file is 'epoch-2.keras'"),
+    ({"model_file": 2}, "model_file is 2"),
+    ({"training_done": "no"}, "training_done is 'no'"),
+    ({"training_done": 1}, "training_done is 1"),
+    ({"history": {"1": _row(1)}}, "the history is dict, not a list"),
+    ({"history": None}, "the history is NoneType, not a list"),
+    ({"history": [_row(1), 2]}, "history row 2 is int, not an object"),
+    ({"history": [_row(2), _row(1)]}, "history row 1 has epoch 2"),
+    ({"history": [_row(1), _row(1)]}, "history row 2 has epoch 1"),
+    ({"history": [_row(True)]}, "history row 1 has epoch True"),
+    ({"history": [_row(1.0)]}, "history row 1 has epoch 1.0"),
+    ({"history": [_row("1")]}, "history row 1 has epoch '1'"),
+    ({"history": [{"stage": "train"}]}, "history row 1 has epoch None"),
+    ({"history": [_row(1, stage="warmup")]}, "history row 1: stage is 'warmup'"),
+    ({"history": [_row(1, stage=["train"])]}, "history row 1: stage is ['train']"),
+    ({"history": [_row(1, loss="0.5")]}, "history row 1: loss is '0.5'"),
+    ({"history": [_row(1), _row(2, seconds=[3])]}, "history row 2: seconds is [3]"),
+    ({"history": [_row(1, val_accuracy=True)]}, "history row 1: val_accuracy is True"),
+])
+def test_a_state_that_breaks_a_rule_is_refused_naming_the_rule(tmp_path, fields, problem):
+    _write_state(tmp_path / "run", **fields)
+    with pytest.raises(RunFolderError) as caught:
+        checkpoint.load_state(tmp_path / "run")
+    assert str(caught.value) == f"run's checkpoint (state.json) is damaged: {problem}; start a new run"
+
+
+@pytest.mark.parametrize("state", [[], "state", 3])
+def test_a_state_that_is_not_an_object_is_refused(tmp_path, state):
+    _write_state(tmp_path / "run")
+    (checkpoint.checkpoint_dir(tmp_path / "run") / checkpoint.STATE_NAME).write_text(json.dumps(state))
+    with pytest.raises(RunFolderError, match=rf"^run's checkpoint \(state.json\) is damaged: it holds "
+                                             rf"{type(state).__name__}, not an object; start a new run$"):
+        checkpoint.load_state(tmp_path / "run")
+
+
+@pytest.mark.parametrize("completed", [3, 1, True, "2", None, 2.0])
+def test_the_epoch_count_must_be_the_history_s_length(tmp_path, completed):
+    history = [_row(1)] if completed is True else [_row(1), _row(2)]
+    _write_state(tmp_path / "run", history=history, epochs_completed=completed)
+    with pytest.raises(RunFolderError, match=rf"^run's checkpoint lists {len(history)} epochs but says "
+                                             rf"{re.escape(repr(completed))} completed; start a new run$"):
+        checkpoint.load_state(tmp_path / "run")
+
+
+def test_the_model_file_a_state_names_must_be_there_and_a_zip(tmp_path):
+    _write_state(tmp_path / "run")
+    model = checkpoint.checkpoint_dir(tmp_path / "run") / "epoch-0002.keras"
+    model.write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(RunFolderError, match=r"^run's checkpoint model epoch-0002.keras is unreadable \(truncated\?\)"):
+        checkpoint.load_state(tmp_path / "run")
+    model.unlink()
+    with pytest.raises(RunFolderError, match="^run's checkpoint names epoch-0002.keras, which is missing"):
+        checkpoint.load_state(tmp_path / "run")
+
+
+def test_saving_names_the_epoch_points_the_state_at_it_and_drops_the_older_file(tmp_path):
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    run_dir = tmp_path / "run"
+    checkpoint.save(run_dir, model, [_row(1)])
+    checkpoint.save(run_dir, model, [_row(1), _row(2)])
+    folder = checkpoint.checkpoint_dir(run_dir)
+    assert sorted(path.name for path in folder.iterdir()) == ["epoch-0002.keras", "state.json"]
+    assert checkpoint.load_state(run_dir) == {"epochs_completed": 2, "model_file": "epoch-0002.keras",
+                                              "history": [_row(1), _row(2)], "training_done": False}
+    checkpoint.save(run_dir, model, [_row(1), _row(2)], training_done=True)
+    assert sorted(path.name for path in folder.iterdir()) == ["epoch-0002-final.keras", "state.json"]
+    state = checkpoint.load_state(run_dir)
+    assert state["training_done"] is True and state["model_file"] == "epoch-0002-final.keras"
+    assert checkpoint.load_model(run_dir, state).get_weights()[0].tolist() == model.get_weights()[0].tolist()
+
+
+def test_a_checkpoint_keras_cannot_load_is_one_refusal_naming_the_error(tmp_path, monkeypatch):
+    """Past the bounding check, Keras may still fail in many ways (a zip without its weights): each
+    is one RunFolderError that names the run, the file and the kind of failure."""
+    _write_state(tmp_path / "run")
+    monkeypatch.setattr(checkpoint, "check_checkpoint_file", lambda path: None)
+
+    def fail(path, **kwargs):
+        raise KeyError("model.weights.h5")
+
+    monkeypatch.setattr(keras.models, "load_model", fail)
+    with pytest.raises(RunFolderError) as caught:
+        checkpoint.load_model(tmp_path / "run", checkpoint.load_state(tmp_path / "run"))
+    assert str(caught.value) == "run's checkpoint model epoch-0002.keras is unreadable (KeyError); it cannot be resumed"
+
+
+def test_an_older_checkpoint_gone_before_its_removal_is_no_error(tmp_path, monkeypatch):
+    """Another process (a second resume, a clean-up) may remove an old epoch file between the listing
+    and the removal: the save has already succeeded, so that is not a failure."""
+    from pathlib import Path
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    real_glob = Path.glob
+    monkeypatch.setattr(Path, "glob", lambda self, pattern: [*real_glob(self, pattern), self / "epoch-0001.keras"])
+    checkpoint.save(tmp_path / "run", model, [_row(1), _row(2)])
+    assert checkpoint.load_state(tmp_path / "run")["model_file"] == "epoch-0002.keras"

@@ -274,3 +274,9 @@ def test_a_teacher_record_s_damage_names_the_run(tmp_path):
     _stored(tmp_path, _probabilities(), {"teacher_run": "t", "teacher_model_sha256": "x", "teacher_seconds": "soon"})
     with pytest.raises(RunFolderError, match=f"^{distill.TEACHER_FILE} in {tmp_path.name}: teacher_seconds "):
         distill.read_stats(tmp_path)
+
+
+def test_a_teacher_record_brings_only_the_teacher_s_fields(tmp_path):
+    stats = {"teacher_run": "t", "teacher_model_sha256": "0" * 64, "teacher_seconds": 12.5}
+    _stored(tmp_path, _probabilities(), {**stats, "test_accuracy": 1.0, "n_train": 1})
+    assert distill.read_stats(tmp_path) == stats

@@ -173,8 +173,18 @@ def _damage_state_history(folder):
     path.write_text(json.dumps(dict(state, epochs_completed=7)))
 
 
+def _damage_state_row(folder):
+    import json
+
+    path = folder / checkpoint.STATE_NAME
+    state = json.loads(path.read_text())
+    state["history"][0]["stage"] = "warmup"
+    path.write_text(json.dumps(state))
+
+
 @pytest.mark.parametrize("damage,message", [
     (_damage_missing_model, "which is missing"),
+    (_damage_state_row, "is damaged: history row 1: stage is 'warmup'"),
     (_damage_truncated_model, "is unreadable"),
     (_damage_empty_state, "not valid JSON"),
     (_damage_truncated_state, "not valid JSON"),

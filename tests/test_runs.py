@@ -516,6 +516,38 @@ def test_checkpoint_files_have_one_name_each(tmp_path):
     assert runs.feature_cache_file(tmp_path, "val", flip=True) == tmp_path / "checkpoint" / "features-val-flip.npy"
 
 
+HEAD_STATS = {"test_accuracy_head": 0.8, "stage_seconds": {"features": 10.5, "head": 2}}
+
+
+def _write_head_stats(run_dir, record) -> None:
+    path = runs.checkpoint_file(run_dir, runs.HEAD_STATS_FILE)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(record if isinstance(record, str) else json.dumps(record))
+
+
+def test_a_checkpoint_record_brings_only_its_own_fields(tmp_path):
+    """A record a run keeps for its metrics can never bring a figure the run did not measure."""
+    assert runs.read_head_stats(tmp_path / "run") is None
+    _write_head_stats(tmp_path / "run", {**HEAD_STATS, "test_accuracy": 1.0, "n_params": 1, "machine": {}})
+    assert runs.read_head_stats(tmp_path / "run") == HEAD_STATS
+
+
+@pytest.mark.parametrize("record,problem", [
+    ("{", "not valid JSON"),
+    ("[1]", "must be a JSON object; found list"),
+    ({"stage_seconds": {"head": 2}}, "has no test_accuracy_head"),
+    ({"test_accuracy_head": 0.8}, "has no stage_seconds"),
+    ({**HEAD_STATS, "test_accuracy_head": 80}, "test_accuracy_head has an unexpected value 80"),
+    ({**HEAD_STATS, "stage_seconds": {"head": "2 s"}}, "stage_seconds has an unexpected value"),
+    ({**HEAD_STATS, "stage_seconds": [2]}, "stage_seconds has an unexpected value [2]"),
+])
+def test_a_damaged_checkpoint_record_is_refused_naming_it_and_its_run(tmp_path, record, problem):
+    _write_head_stats(tmp_path / "run", record)
+    with pytest.raises(RunFolderError) as caught:
+        runs.read_head_stats(tmp_path / "run")
+    assert str(caught.value).startswith("head.json in run") and problem in str(caught.value), caught.value
+
+
 def test_listing_without_a_root_lists_the_runs_root(tmp_path, monkeypatch):
     monkeypatch.setenv("CIFAR_RUNS_DIR", str(tmp_path))
     _run_folder(tmp_path, "only")

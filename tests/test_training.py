@@ -204,3 +204,29 @@ def test_mixed_bfloat16_run_trains_resumes_and_loads_back(tiny_dataset, tmp_path
 def test_unknown_precision_is_refused():
     with pytest.raises(ConfigError, match="precision"):
         recipe_config("demo", precision="float16")
+
+
+def test_the_records_finish_merges_never_overwrite_what_it_measured(tiny_dataset, tmp_path):
+    """head.json and teacher.json add their own figures to metrics.json and nothing else: a record
+    planted with a test accuracy (or a foreign field) does not change the measured one."""
+    from cifar_core.models import build_model
+    from cifar_core.training import distill
+    from cifar_core.training.finish import finish_run
+
+    run_dir = tmp_path / "run"
+    runs.checkpoint_file(run_dir, "x").parent.mkdir(parents=True)
+    forged = {"test_accuracy": 1.0, "n_params": 1, "epochs_run": 99, "forged": True}
+    runs.atomic_write_json(runs.checkpoint_file(run_dir, runs.HEAD_STATS_FILE),
+                           {"test_accuracy_head": 0.25, "stage_seconds": {"head": 3.0}, **forged})
+    runs.atomic_write_json(runs.checkpoint_file(run_dir, distill.TEACHER_FILE),
+                           {"teacher_run": "t", "teacher_model_sha256": "0" * 64, "teacher_seconds": 4.5, **forged})
+    config = recipe_config("demo", **SMALL, limit=None)
+    history = [{"epoch": 1, "stage": "train", "seconds": 2.0}]
+    returned = finish_run(build_model("demo", 32, 10), config, run_dir, tiny_dataset, history, n_train=120)
+    metrics = runs.read_metrics(run_dir)
+    assert metrics == returned
+    assert metrics["test_accuracy_head"] == 0.25 and metrics["teacher_seconds"] == 4.5
+    assert metrics["epochs_run"] == 1 and metrics["n_params"] > 1000 and "forged" not in metrics
+    # what the saved model scores on the test split, not the record's 1.0
+    assert metrics["test_accuracy"] == pytest.approx(
+        float(np.mean(runs.read_predictions(run_dir)["probs"].argmax(axis=1) == tiny_dataset.y_test)))

@@ -43,9 +43,13 @@ EQUIVALENT: list[tuple[str, str]] = [
      "case-insensitive, and /proc files are ASCII"),
     (r'stacklevel=|warnings\.warn\(problem, \)|"started \(run folders are untouched\)", \)',
      "only changes which line a warning is attributed to; the message is what is shown"),
-    (r'keras\.models\.load_model\(path, (compile=(True|None), )?(safe_mode=(False|None))?',
-     "check_model_file has already refused every object safe_mode refuses, and refuses optimizers, so the "
-     "files it passes hold no compile configuration to act on"),
+    (r'keras\.models\.load_model\(path, (compile=(True|None), |safe_mode=True\))',
+     "check_model_file refuses optimizers, so the files it passes hold no compile configuration to act on"),
+    (r'keras\.models\.load_model\(path, (compile=False, )?(safe_mode=(False|None))?\)',
+     "the bounding check before it (check_model_file, check_checkpoint_file) has already refused every class "
+     "safe_mode refuses: Lambda layers and anything outside its allow-list (and safe_mode defaults to True)"),
+    (r'state\.get\("training_done", True\)',
+     "either default is a bool, so an absent field passes the flag check the same way"),
     (r'order="[fc]"|order="F" if fortran_order else "c"', "numpy accepts order letters in either case"),
     (r'image\.draft\(', "draft() only lets the JPEG decoder scale by 1/2..1/8; the mode is a hint, and "
      "convert('RGB') follows either way"),

@@ -12,6 +12,7 @@ from .. import runs
 from ..errors import ModelFileError, RunFolderError
 from ..models.loading import check_checkpoint_file
 from ..safeio import private_path_beside
+from ..schema import count, flag, preview
 
 STATE_NAME = runs.CHECKPOINT_STATE_FILE
 
@@ -54,11 +55,10 @@ def load_state(run_dir: Path) -> dict | None:
         return None
     state = runs.read_json(path)
     where = f"{run_dir.name}'s checkpoint"
-    if not isinstance(state, dict) or not isinstance(state.get("history"), list) \
-            or not all(isinstance(row, dict) for row in state["history"]) \
-            or not isinstance(state.get("model_file"), str) or not _MODEL_NAME.fullmatch(state["model_file"]):
-        raise RunFolderError(f"{where} ({STATE_NAME}) is damaged; start a new run")
-    if state.get("epochs_completed") != len(state["history"]):
+    problem = _state_problem(state)
+    if problem:
+        raise RunFolderError(f"{where} ({STATE_NAME}) is damaged: {problem}; start a new run")
+    if not count(state.get("epochs_completed")) or state["epochs_completed"] != len(state["history"]):
         raise RunFolderError(f"{where} lists {len(state['history'])} epochs but says "
                              f"{state.get('epochs_completed')!r} completed; start a new run")
     model_path = checkpoint_dir(run_dir) / state["model_file"]
@@ -67,6 +67,19 @@ def load_state(run_dir: Path) -> dict | None:
     if not zipfile.is_zipfile(model_path):  # a cheap look at the end of the file: truncated or empty
         raise RunFolderError(f"{where} model {model_path.name} is unreadable (truncated?); it cannot be resumed")
     return state
+
+
+def _state_problem(state) -> str | None:
+    """What makes a parsed state unusable, or None. Its history goes on into history.csv and counts the
+    stages of the resume, so each row is held to history.csv's own rules."""
+    if not isinstance(state, dict):
+        return f"it holds {type(state).__name__}, not an object"
+    model_file = state.get("model_file")
+    if not isinstance(model_file, str) or not _MODEL_NAME.fullmatch(model_file):
+        return f"model_file is {preview(model_file)}"
+    if not flag(state.get("training_done", False)):
+        return f"training_done is {preview(state['training_done'])}"
+    return runs.history_rows_problem(state.get("history"))
 
 
 def load_model(run_dir: Path, state: dict) -> keras.Model:

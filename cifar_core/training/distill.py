@@ -17,7 +17,7 @@ from .. import runs
 from ..config import TrainConfig
 from ..errors import ConfigError, RunFolderError
 from ..safeio import file_sha256, read_cached_npy
-from ..schema import plain_name, validate
+from ..schema import plain_name
 
 TEACHER_FILE = "teacher.json"
 TEACHER_PROBABILITIES_FILE = "teacher-probabilities.npy"
@@ -52,10 +52,7 @@ def lead_seconds(run_dir: Path) -> float:
 
 
 def read_stats(run_dir: Path) -> dict | None:
-    path = runs.checkpoint_file(run_dir, TEACHER_FILE)
-    if runs.absent(path):
-        return None
-    return validate(runs.read_json(path), runs.TEACHER_SCHEMA, TEACHER_REQUIRED, f"{TEACHER_FILE} in {run_dir.name}")
+    return runs.read_checkpoint_record(run_dir, TEACHER_FILE, runs.TEACHER_SCHEMA, TEACHER_REQUIRED)
 
 
 def training_targets(config: TrainConfig, run_dir: Path, labels: np.ndarray, images: np.ndarray,

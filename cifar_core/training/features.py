@@ -36,11 +36,18 @@ def cached_features(model, run_dir: Path, name: str, images: np.ndarray, input_s
     """Features for `images`, kept in the run's checkpoint folder so a resume reuses them."""
     path = runs.feature_cache_file(run_dir, name, flip)
     features = read_cached_npy(path, len(images) * MAX_FEATURE_BYTES_PER_IMAGE)
-    if features is not None and features.ndim == 2 and len(features) == len(images):
+    if _fits(features, len(images), model.get_layer("predictions").kernel.shape[0]):
         return features
     features = extract_features(model, images, input_size, flip, run_dir=run_dir)
     runs.atomic_write_npy(path, features)
     return features
+
+
+def _fits(features: np.ndarray | None, n_images: int, width: int) -> bool:
+    """A cache of the features asked for: one finite float row of the head's input width per image.
+    Anything else (another backbone's, a damaged file) is computed again, never fed to the head."""
+    return features is not None and features.shape == (n_images, width) and features.dtype.kind == "f" \
+        and bool(np.isfinite(features).all())
 
 
 def train_head(model, config: TrainConfig, run_dir: Path, split, num_classes: int, input_size: int,

@@ -41,9 +41,7 @@ def finish_run(model, config: TrainConfig, run_dir: Path, dataset: Dataset, hist
     eval_seconds = time.perf_counter() - started
     train_seconds = float(sum(row.get("seconds") or 0 for row in history))
     metrics.update(measurement_context(model, config, dataset, history, n_train, train_seconds, eval_seconds))
-    head_file = runs.checkpoint_file(run_dir, runs.HEAD_STATS_FILE)
-    if head_file.is_file():  # transfer runs: the frozen-feature head's own accuracy and stage times
-        metrics.update(runs.read_json(head_file))
+    metrics.update(runs.read_head_stats(run_dir) or {})  # transfer runs: the head's own accuracy, stage times
     metrics.update(distill.read_stats(run_dir) or {})  # distilled runs: which teacher, and its minutes
     runs.write_predictions(run_dir, dataset.y_test, probs, probs_tta)
     runs.atomic_write_json(run_dir / runs.METRICS_FILE, metrics)
