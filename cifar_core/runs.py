@@ -298,12 +298,9 @@ def read_checkpoint_record(run_dir: Path | str, name: str, schema: dict[str, Che
     """A record a run keeps in its checkpoint folder for its metrics (head.json, teacher.json), None if
     absent: validated, and only the schema's fields, so a record can never bring a figure the run
     did not measure (a test_accuracy) into metrics.json."""
-    path = checkpoint_file(run_dir, name)
-    if absent(path):
-        return None
-    where = f"{name} in {Path(run_dir).name}"  # named with its run, the folder above checkpoint/
-    record = validate(read_json(path, where), schema, required, where)
-    return {key: record[key] for key in schema if key in record}
+    # Named with its run, the folder above checkpoint/.
+    record = _read_validated_at(checkpoint_file(run_dir, name), schema, required, f"{name} in {Path(run_dir).name}")
+    return None if record is None else {key: record[key] for key in schema if key in record}
 
 
 # --- schemas: one validating reader per file kind ---------------------------------
@@ -368,9 +365,14 @@ DATA_REQUIRED = ("class_names",)
 
 def _read_validated(run_dir: Path | str, name: str, schema, required) -> dict[str, Any] | None:
     path = Path(run_dir) / name
+    return _read_validated_at(path, schema, required, file_where(path))
+
+
+def _read_validated_at(path: Path, schema, required, where: str) -> dict[str, Any] | None:
+    """The JSON object at path held to `schema`, named `where` in any refusal; None if nothing is there."""
     if absent(path):
         return None
-    return validate(read_json(path), schema, required, file_where(path))
+    return validate(read_json(path, where), schema, required, where)
 
 
 def read_metrics(run_dir: Path | str) -> dict[str, Any] | None:
