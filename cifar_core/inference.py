@@ -22,6 +22,7 @@ class LoadedRun:
     data_image_size: int  # the resolution the model was trained from (before any upscaling)
     class_names: tuple[str, ...]
     config: TrainConfig
+    model_stamp: int = -1  # the model file's mtime (ns) when it was loaded: what a cache of its answers keys on
 
 
 def load_run_model(run_dir: Path | str) -> LoadedRun:
@@ -35,14 +36,23 @@ def load_run_model(run_dir: Path | str) -> LoadedRun:
         raise RunFolderError(f"{run_dir.name}: no {runs.DATA_FILE} (class names) in this run folder")
     class_names = tuple(data["class_names"])
     config = runs.read_config(run_dir)
+    stamp = model_stamp(run_dir)  # before the load: a file replaced meanwhile reads as changed next time
     model, size = load_model_file(run_dir / runs.MODEL_FILE, expected_classes=len(class_names))
-    return LoadedRun(run_dir, model, size, int(data.get("image_size") or size), class_names, config)
+    return LoadedRun(run_dir, model, size, int(data.get("image_size") or size), class_names, config, stamp)
+
+
+def model_stamp(run_dir: Path | str) -> int:
+    """The version of a run's model file (its mtime in ns), -1 where there is none."""
+    try:
+        return (Path(run_dir) / runs.MODEL_FILE).stat().st_mtime_ns
+    except OSError:
+        return -1
 
 
 # One loaded copy of each run's model per process (the dashboard's pages and its warm-up
 # thread share them); a changed model file is loaded again.
 MAX_SHARED_RUNS = 8
-_shared: OrderedDict[str, tuple[float, LoadedRun]] = OrderedDict()
+_shared: OrderedDict[str, LoadedRun] = OrderedDict()
 _shared_lock = threading.Lock()
 _loading_locks: dict[str, threading.Lock] = {}
 
@@ -50,18 +60,18 @@ _loading_locks: dict[str, threading.Lock] = {}
 def shared_run(run_dir: Path | str) -> LoadedRun:
     """The run's model, loaded once per process and kept while its file is unchanged."""
     key = str(Path(run_dir).resolve())
-    model_file = Path(key) / runs.MODEL_FILE
-    stamp = model_file.stat().st_mtime if model_file.is_file() else -1.0
     with _shared_lock:
         loading = _loading_locks.setdefault(key, threading.Lock())
     with loading:  # two callers of one run wait for one load; other runs load meanwhile
         with _shared_lock:
             cached = _shared.get(key)
-        if cached is not None and cached[0] == stamp:
-            return cached[1]
+            if cached is not None:
+                _shared.move_to_end(key)  # the least recently used goes first, not the first loaded
+        if cached is not None and cached.model_stamp == model_stamp(key):
+            return cached
         run = load_run_model(key)
         with _shared_lock:
-            _shared[key] = (stamp, run)
+            _shared[key] = run
             _shared.move_to_end(key)
             while len(_shared) > MAX_SHARED_RUNS:
                 _shared.popitem(last=False)

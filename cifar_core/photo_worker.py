@@ -172,7 +172,7 @@ def warm_up_runs(run_dirs: list[str], inspection: tuple[str, np.ndarray] | None 
     return thread
 
 
-_inspections: OrderedDict = OrderedDict()  # (run folder, photo digest) -> Inspection, the latest few
+_inspections: OrderedDict = OrderedDict()  # (run folder, model version, photo digest) -> Inspection, the latest few
 # One inspection at a time: a page asking for the photo the warm-up is inspecting waits for that answer
 # instead of computing it a second time beside it.
 _inspections_lock = threading.Lock()
@@ -184,12 +184,15 @@ def inspect_cached(run_dir: str, image: np.ndarray):
     from .explain import inspect_photo
     from .inference import shared_run
 
-    key = (run_dir, hashlib.sha256(np.ascontiguousarray(image).tobytes() + str(image.shape).encode()).hexdigest())
+    digest = hashlib.sha256(np.ascontiguousarray(image).tobytes() + str(image.shape).encode()).hexdigest()
     with _inspections_lock:
+        run = shared_run(run_dir)
+        key = (run_dir, run.model_stamp, digest)  # a replaced model is inspected afresh, never answered from the old
         if key not in _inspections:
-            _inspections[key] = inspect_photo(shared_run(run_dir), image)
-            while len(_inspections) > MAX_INSPECTIONS:
-                _inspections.popitem(last=False)
+            _inspections[key] = inspect_photo(run, image)
+        _inspections.move_to_end(key)  # the least recently viewed goes first: the default photo stays
+        while len(_inspections) > MAX_INSPECTIONS:
+            _inspections.popitem(last=False)
         return _inspections[key]
 
 

@@ -4,6 +4,7 @@ import io
 import os
 import signal
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -235,11 +236,11 @@ def test_the_worker_is_warm_only_after_its_inspection_and_inspects_a_photo_once(
     def slow_inspection(run, image):
         calls.append(photo_worker._warmed.is_set())
         time.sleep(0.3)
-        return f"inspection of {run}"
+        return f"inspection of {run.run_dir}"
 
     monkeypatch.setattr(explain, "inspect_photo", slow_inspection)
     monkeypatch.setattr(explain, "warm_up", lambda run: None)
-    monkeypatch.setattr(inference, "shared_run", lambda run_dir: run_dir)
+    monkeypatch.setattr(inference, "shared_run", lambda run_dir: StubRun(run_dir))
     monkeypatch.setattr(photo_worker, "_import_tensorflow", lambda: None)
     monkeypatch.setattr(photo_worker, "_warmed", threading.Event())
     monkeypatch.setattr(photo_worker, "_inspections", type(photo_worker._inspections)())
@@ -252,6 +253,124 @@ def test_the_worker_is_warm_only_after_its_inspection_and_inspects_a_photo_once(
     assert calls == [False]  # inspected once, before the worker said it was warm
     photo_worker.inspect_cached("run-b", photo)  # another run's inspection is its own
     assert len(calls) == 2
+
+
+class StubRun:
+    """What the worker's caches need of a loaded run: its folder and its model's version."""
+    def __init__(self, run_dir, model_stamp=1):
+        self.run_dir, self.model_stamp = run_dir, model_stamp
+
+
+def test_an_inspection_is_remembered_per_model_version_not_per_folder(monkeypatch):
+    # A run folder whose model file was replaced (trained again under the same name) was answered with the
+    # old model's inspection for as long as the worker lived.
+    from cifar_core import explain, inference, photo_worker
+
+    versions = {"run-a": 1}
+    monkeypatch.setattr(inference, "shared_run", lambda run_dir: StubRun(run_dir, versions[run_dir]))
+    monkeypatch.setattr(explain, "inspect_photo", lambda run, image: f"model v{run.model_stamp}")
+    monkeypatch.setattr(photo_worker, "_inspections", type(photo_worker._inspections)())
+    photo = np.zeros((32, 32, 3), np.uint8)
+    assert photo_worker.inspect_cached("run-a", photo) == "model v1"
+    versions["run-a"] = 2
+    assert photo_worker.inspect_cached("run-a", photo) == "model v2"
+    monkeypatch.setattr(explain, "inspect_photo", lambda run, image: pytest.fail("inspected again"))
+    assert photo_worker.inspect_cached("run-a", photo) == "model v2"  # and remembered under its version
+    assert photo_worker.inspect_cached("run-a", photo + 0) == "model v2"  # the same pixels are the same photo
+
+
+def test_the_remembered_inspections_keep_the_most_recently_viewed(monkeypatch):
+    from cifar_core import explain, inference, photo_worker
+
+    inspected = []
+    monkeypatch.setattr(inference, "shared_run", lambda run_dir: StubRun(run_dir))
+    monkeypatch.setattr(explain, "inspect_photo", lambda run, image: inspected.append(int(image[0, 0, 0])))
+    monkeypatch.setattr(photo_worker, "_inspections", type(photo_worker._inspections)())
+    photos = [np.full((8, 8, 3), n, np.uint8) for n in range(photo_worker.MAX_INSPECTIONS + 1)]
+    for photo in photos[:-1]:
+        photo_worker.inspect_cached("run-a", photo)
+    photo_worker.inspect_cached("run-a", photos[0])  # the Inside page's default, viewed again
+    photo_worker.inspect_cached("run-a", photos[-1])  # one too many: the least recently viewed (1) goes
+    del inspected[:]
+    photo_worker.inspect_cached("run-a", photos[0])
+    photo_worker.inspect_cached("run-a", photos[1])
+    assert inspected == [1]
+
+
+@pytest.fixture
+def counted_loads(monkeypatch):
+    """shared_run over an empty cache, with each model load recorded instead of done."""
+    from cifar_core import inference
+
+    loads = []
+
+    def load(run_dir):
+        loads.append(Path(run_dir).name)
+        if not (Path(run_dir) / runs.MODEL_FILE).is_file():
+            raise RunFolderError(f"{Path(run_dir).name}: no trained model")
+        return StubRun(run_dir, inference.model_stamp(run_dir))
+
+    monkeypatch.setattr(inference, "load_run_model", load)
+    monkeypatch.setattr(inference, "_shared", type(inference._shared)())
+    return loads
+
+
+def model_folder(root: Path, name: str, version_ns: int = 10**18) -> Path:
+    folder = root / name
+    folder.mkdir(exist_ok=True)
+    (folder / runs.MODEL_FILE).write_bytes(b"model")
+    os.utime(folder / runs.MODEL_FILE, ns=(version_ns, version_ns))
+    return folder
+
+
+def test_a_run_s_model_is_loaded_once_and_again_only_when_its_file_changes(tmp_path, counted_loads, monkeypatch):
+    from cifar_core import inference
+
+    run = model_folder(tmp_path, "run-a")
+    monkeypatch.chdir(tmp_path)
+    first = inference.shared_run(run)
+    assert inference.shared_run("run-a") is first  # another spelling of the same folder
+    assert counted_loads == ["run-a"]
+    model_folder(tmp_path, "run-a", version_ns=10**18 + 1)  # replaced, a nanosecond later
+    assert inference.shared_run(run).model_stamp == 10**18 + 1
+    assert counted_loads == ["run-a", "run-a"]
+    (run / runs.MODEL_FILE).unlink()  # a deleted model is never answered from memory
+    with pytest.raises(RunFolderError):
+        inference.shared_run(run)
+
+
+def test_the_shared_models_keep_the_most_recently_used(tmp_path, counted_loads):
+    from cifar_core import inference
+
+    folders = [model_folder(tmp_path, f"run-{n}") for n in range(inference.MAX_SHARED_RUNS + 1)]
+    for folder in folders[:-1]:
+        inference.shared_run(folder)
+    inference.shared_run(folders[0])  # used again: now the most recent
+    inference.shared_run(folders[-1])  # one too many: the least recently used (run-1) goes
+    assert len(inference._shared) == inference.MAX_SHARED_RUNS
+    del counted_loads[:]
+    inference.shared_run(folders[0])
+    inference.shared_run(folders[1])
+    assert counted_loads == ["run-1"]
+
+
+def test_callers_of_one_run_at_once_share_one_load(tmp_path, counted_loads, monkeypatch):
+    import threading
+    import time
+
+    from cifar_core import inference
+
+    run = model_folder(tmp_path, "run-a")
+    load = inference.load_run_model
+    monkeypatch.setattr(inference, "load_run_model", lambda run_dir: time.sleep(0.2) or load(run_dir))
+    answers = []
+    callers = [threading.Thread(target=lambda: answers.append(inference.shared_run(run))) for _ in range(3)]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join(timeout=30)
+    assert counted_loads == ["run-a"]
+    assert len(answers) == 3 and all(answer is answers[0] for answer in answers)
 
 
 def test_error_kinds_from_the_worker_map_to_the_package_classes_only():
