@@ -182,6 +182,18 @@ def run_json(run_dir: str, name: str) -> dict | None:
         return None
 
 
+def class_names(run_dir: str, classes: int) -> list[str]:
+    """Names for every class index below `classes` (what the page's arrays hold): the run's data.json
+    names, the file its analyses are checked against. Where the run's files disagree on how many
+    classes there are, a warning and the classes by number: a page never indexes past a list."""
+    names = list((run_json(run_dir, runs.DATA_FILE) or {}).get("class_names") or ())
+    if len(names) >= classes:
+        return names
+    st.warning(f"{Path(run_dir).name}: {runs.DATA_FILE} names {len(names)} classes but the run's files hold "
+               f"{classes}; the classes are shown by number")
+    return [str(i) for i in range(classes)]
+
+
 def history_frame(run_dir: str) -> pd.DataFrame:
     """A run's history; a bad history.csv is a warning and an empty frame, never an exception."""
     try:

@@ -26,12 +26,12 @@ try:
 except CifarError as exc:
     ui.fail(exc)
     marked = set()
-names = (ui.run_json(record["path"], "metrics.json") or {}).get("class_names") or [str(i) for i in range(10)]
 try:
     predictions = ui.run_predictions(record["path"])
 except CifarError as exc:
     ui.fail(exc)
     st.stop()
+names = ui.class_names(record["path"], predictions["probs"].shape[1])
 truth, guessed = predictions["y_true"].astype(int), predictions["probs"].argmax(1)
 left, middle, right = st.columns(3)
 left.metric("Flagged by cleanlab", f"{sum(bool(i.get('flagged')) for i in issues):,}")

@@ -68,8 +68,9 @@ for record in chosen[:2]:
         shown.append((record, embedding))
 if not shown:
     st.stop()
-names = tuple((ui.run_json(shown[0][0]["path"], "metrics.json") or {}).get("class_names") or
-              [str(i) for i in range(int(shown[0][1]["labels"].max()) + 1)])
+classes_held = max(int(embedding[key].max(initial=-1)) + 1 for _, embedding in shown
+                   for key in ("labels", "predictions"))
+names = tuple(ui.class_names(shown[0][0]["path"], classes_held))
 st.markdown(" ".join(f'<span style="color:{PALETTE[i % len(PALETTE)]}">●</span> {name}'
                      for i, name in enumerate(names)) + " · ✕ misclassified", unsafe_allow_html=True)
 total = len(shown[0][1]["labels"])

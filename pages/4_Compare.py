@@ -123,8 +123,7 @@ if len(a["y_true"]) != len(b["y_true"]) or not np.array_equal(a["y_true"], b["y_
 truth = a["y_true"].astype(int)
 right_a = a["probs"].argmax(1) == truth
 right_b = b["probs"].argmax(1) == truth
-class_names = (ui.run_json(by_name[first]["path"], "metrics.json") or {}).get("class_names") or \
-    [str(i) for i in range(a["probs"].shape[1])]
+class_names = ui.class_names(by_name[first]["path"], a["probs"].shape[1])
 counts = pd.DataFrame({"class": class_names,
                        f"only {first}": np.bincount(truth[right_a & ~right_b], minlength=len(class_names)),
                        f"only {second}": np.bincount(truth[right_b & ~right_a], minlength=len(class_names))})

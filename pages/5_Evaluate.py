@@ -4,7 +4,7 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from cifar_core import ui
+from cifar_core import runs, ui
 from cifar_core.imaging import upscale
 
 ui.page("Evaluate a run", "🧮")
@@ -47,6 +47,10 @@ try:
 except Exception as exc:  # noqa: BLE001
     ui.fail(exc)
     predictions = None
+if predictions is not None and predictions["probs"].shape[1] != len(names):
+    st.warning(f"{record['run']}: {runs.PREDICTIONS_FILE} holds {predictions['probs'].shape[1]} classes but "
+               f"metrics.json names {len(names)}; `python -m cifar_core evaluate` measures both again")
+    predictions = None
 data = ui.default_dataset()
 if predictions is not None:
     truth = predictions["y_true"].astype(int)
@@ -64,7 +68,12 @@ if predictions is not None:
                    + ", ".join(map(str, cell[:30])))
 
 epochs_saved = ui.run_epoch_predictions(record["path"])
-if epochs_saved is not None and len(epochs_saved["epochs"]):
+classes_held = 0 if epochs_saved is None else 1 + max(int(epochs_saved[key].max(initial=-1))
+                                                       for key in ("y_true", "predicted"))
+if classes_held > len(names):
+    st.warning(f"{record['run']}: {runs.EPOCH_PREDICTIONS_FILE} holds classes up to {classes_held - 1} but "
+               f"metrics.json names {len(names)}; the epoch-by-epoch view is left out")
+elif epochs_saved is not None and len(epochs_saved["epochs"]):
     from cifar_core.evaluation import confusion_matrix
 
     st.subheader("How the mistakes changed, epoch by epoch (validation split)")

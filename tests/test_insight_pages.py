@@ -170,3 +170,55 @@ def test_a_damaged_analysis_of_one_run_is_a_warning_on_every_page_that_reads_it(
             app.button(key="classify_sample").click().run()
         assert not app.exception, page
         assert any(analysis_path(damaged_lab / "demo-tiny", name).name in w.value for w in app.warning), page
+
+
+def test_runs_whose_files_disagree_on_their_classes_are_a_warning_on_every_page(damaged_lab):
+    # The Label issues page named classes from metrics.json and indexed them with the analysis's class
+    # indices: a metrics.json naming fewer classes was an IndexError in front of the audience.
+    import json
+
+    from cifar_core import runs
+
+    for run in ("demo-tiny", "g3-tiny"):
+        metrics_path = damaged_lab / run / runs.METRICS_FILE
+        metrics_path.write_text(json.dumps({**json.loads(metrics_path.read_text()), "class_names": ["a", "b"]}))
+        predictions = runs.read_predictions(damaged_lab / run)
+        wider = {key: np.pad(predictions[key], ((0, 0), (0, 1))) for key in predictions if key != "y_true"}
+        runs.write_predictions(damaged_lab / run, predictions["y_true"], wider["probs"], wider.get("probs_tta"))
+    for page, names_too_few in (("pages/10_Label_issues.py", True), ("pages/4_Compare.py", True),
+                                ("pages/11_Embedding.py", False)):  # its analysis agrees with data.json
+        warnings = [w.value for w in open_page(page).warning]  # open_page: no exception
+        assert any("data.json names 3 classes but the run's files hold 4" in w for w in warnings) == names_too_few
+
+
+def test_class_names_come_from_data_json_and_are_numbered_where_too_few(damaged_lab):
+    from streamlit.testing.v1 import AppTest
+
+    script = f"""
+import streamlit as st
+from cifar_core import ui
+st.write(repr([ui.class_names({str(damaged_lab / "demo-tiny")!r}, n) for n in (2, 3, 4)]))
+st.write(repr(ui.class_names({str(damaged_lab / "no-such-run")!r}, 2)))
+"""
+    app = AppTest.from_string(script).run()
+    assert not app.exception
+    assert app.markdown[0].value == repr([["cat", "dog", "ship"]] * 2 + [["0", "1", "2", "3"]])
+    assert app.markdown[1].value == repr(["0", "1"])
+    assert [w.value for w in app.warning] == [
+        "demo-tiny: data.json names 3 classes but the run's files hold 4; the classes are shown by number",
+        "no-such-run: data.json names 0 classes but the run's files hold 2; the classes are shown by number"]
+
+
+def test_the_evaluate_page_leaves_out_what_disagrees_with_its_confusion_matrix(damaged_lab):
+    # Its cell browser and its epoch scrubber indexed metrics.json's classes with the other files' class
+    # indices: an IndexError (predictions of fewer classes), a ValueError (an epoch's class beyond them).
+    from cifar_core import runs
+
+    for run in ("demo-tiny", "g3-tiny"):
+        predictions = runs.read_predictions(damaged_lab / run)
+        runs.write_predictions(damaged_lab / run, predictions["y_true"] % 2, predictions["probs"][:, :2])
+        epochs = runs.read_epoch_predictions(damaged_lab / run)
+        runs.write_epoch_predictions(damaged_lab / run, epochs["y_true"], epochs["predicted"] + 5, epochs["epochs"])
+    warnings = [w.value for w in open_page("pages/5_Evaluate.py").warning]  # open_page: no exception
+    assert any("predictions.npz holds 2 classes but metrics.json names 3" in w for w in warnings)
+    assert any("epoch-predictions.npz holds classes up to 7 but metrics.json names 3" in w for w in warnings)
