@@ -253,22 +253,36 @@ def update_job(job_id: int, **fields) -> None:
         db.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*fields.values(), job_id))
 
 
+# The Train page lists the jobs every 2 s: a registry of a long sweep lists this many, every active
+# job among them (a hostile registry of a million "running" rows is bounded too).
+MAX_LISTED_JOBS = 200
+
+
 def list_jobs(refresh: bool = True) -> list[Job]:
-    """All jobs, newest first; dead workers are marked interrupted on the way."""
-    jobs = _all_jobs()
+    """The active jobs and the newest others, MAX_LISTED_JOBS in all, newest first (a warning where older
+    ones are left out); dead workers are marked interrupted on the way."""
+    jobs, total = _listed_jobs()
     if refresh:
         dead = [job for job in jobs if job.state in ACTIVE_STATES and not worker_alive(job)]
         for job in dead:
             mark_dead(job)
         if dead:
-            jobs = _all_jobs()
+            jobs, total = _listed_jobs()
+    if total > len(jobs):
+        warnings.warn(f"the job registry holds {total:,} jobs; listed are every active one and the newest others, "
+                      f"{MAX_LISTED_JOBS:,} in all", stacklevel=2)
     return jobs
 
 
-def _all_jobs() -> list[Job]:
+def _listed_jobs() -> tuple[list[Job], int]:
+    active = ", ".join("?" * len(ACTIVE_STATES))
     with connect() as db:
-        rows = db.execute(f"SELECT {COLUMNS} FROM jobs ORDER BY id DESC").fetchall()
-    return [_row_to_job(row) for row in rows]
+        rows = db.execute(f"SELECT {COLUMNS} FROM jobs ORDER BY state IN ({active}) DESC, id DESC LIMIT ?",
+                          (*ACTIVE_STATES, MAX_LISTED_JOBS)).fetchall()
+        total = db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
+    return sorted((_row_to_job(row) for row in rows), key=lambda job: -job.id), total
+
+
 
 
 # --- liveness -----------------------------------------------------------------------------

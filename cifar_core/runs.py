@@ -682,14 +682,27 @@ def _being_created(run_dir: Path) -> bool:
         return False
 
 
+# The dashboard lists the runs again every few seconds, reading four small files of each: 3,000 runs
+# took 1.8 s on 2 Zen 4 cores, so this many about 0.3 s. A root with more is read this far, and says so.
+MAX_LISTED_RUNS = 500
+
+
 def list_runs(root: Path | str | None = None) -> tuple[list[RunSummary], list[str]]:
-    """All readable runs under root, newest first, and a warning per skipped folder."""
+    """The readable runs among root's first MAX_LISTED_RUNS entries (newest first: run ids begin with
+    their time, and named runs such as the shipped ones come before them), and a warning per skipped
+    folder."""
     root = Path(root) if root is not None else runs_root()
     runs, problems = [], []
     if not root.is_dir():
         return runs, problems
-    for run_dir in sorted(root.iterdir(), reverse=True):
-        if not run_dir.is_dir() or run_dir.name.startswith(".") or _being_created(run_dir):
+    names = sorted((name for name in os.listdir(root) if not name.startswith(".")), reverse=True)
+    for position, name in enumerate(names):
+        if position == MAX_LISTED_RUNS:  # entries, not runs: a root full of stray files is bounded too
+            problems.append(f"{root} holds {len(names):,} entries; only the first {MAX_LISTED_RUNS:,} were read "
+                            "(newest runs first)")
+            break
+        run_dir = root / name
+        if not run_dir.is_dir() or _being_created(run_dir):
             continue
         try:
             runs.append(load_run(run_dir))

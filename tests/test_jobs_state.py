@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -89,6 +90,24 @@ def test_the_writer_lock_keeps_a_job_alive(db):
     with runs.RunWriter(job.run_dir):
         assert jobs.worker_alive(jobs.get_job(job.id))
         assert [j.state for j in jobs.list_jobs()] == ["running"]
+
+
+def test_a_long_registry_lists_every_active_job_and_the_newest_others(db, monkeypatch):
+    # The Train page lists the jobs every 2 s; a sweep's registry of thousands was read whole each time.
+    monkeypatch.setattr(jobs, "MAX_LISTED_JOBS", 3)
+    made = [jobs.create_job(CONFIG, f"/tmp/run-{i}") for i in range(6)]
+    for job in made[1:]:
+        jobs.update_job(job.id, state="completed")  # made[0], the oldest, is still queued
+    with pytest.warns(UserWarning, match="^the job registry holds 6 jobs; listed are every active"):
+        listed = jobs.list_jobs(refresh=False)
+    assert [job.id for job in listed] == [made[5].id, made[4].id, made[0].id]
+    jobs.update_job(made[0].id, state="failed")
+    with pytest.warns(UserWarning, match="holds 6 jobs"):
+        assert [job.id for job in jobs.list_jobs(refresh=False)] == [made[5].id, made[4].id, made[3].id]
+    monkeypatch.setattr(jobs, "MAX_LISTED_JOBS", 6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # all of them listed: nothing to say
+        assert len(jobs.list_jobs(refresh=False)) == 6
 
 
 def test_listing_marks_dead_workers_interrupted_and_keeps_progress(db, sleeper):

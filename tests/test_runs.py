@@ -245,6 +245,26 @@ def test_listing_is_newest_first_and_skips_hidden_files_and_launches(tmp_path):
         assert len(runs.list_runs(tmp_path)[1]) == 1
 
 
+def test_a_crowded_root_is_read_only_as_far_as_the_listing_shows(tmp_path, monkeypatch):
+    # The dashboard lists the runs every few seconds: 3,000 folders took 1.8 s a time, however many
+    # of them the page could show.
+    monkeypatch.setattr(runs, "MAX_LISTED_RUNS", 4)
+    for name in ("20260101-a", "20260102-b", "20260103-c", "lite2-shipped"):
+        _run_folder(tmp_path, name)
+    (tmp_path / "20260102-stray.txt").write_text("an entry, not a run")
+    (tmp_path / ".hidden").mkdir()  # not an entry the listing counts
+    read = []
+    load_run = runs.load_run
+    monkeypatch.setattr(runs, "load_run", lambda run_dir: read.append(run_dir.name) or load_run(run_dir))
+    with pytest.warns(UserWarning, match="holds 5 entries"):
+        found, problems = runs.list_runs(tmp_path)
+    assert [r.run_id for r in found] == read == ["lite2-shipped", "20260103-c", "20260102-b"]
+    assert problems == [f"{tmp_path} holds 5 entries; only the first 4 were read (newest runs first)"]
+    (tmp_path / "20260102-stray.txt").unlink()
+    assert [r.run_id for r in runs.list_runs(tmp_path)[0]] == ["lite2-shipped", "20260103-c", "20260102-b",
+                                                                "20260101-a"]  # exactly as many: no warning
+
+
 def test_read_json_reports_missing_and_bad_files_by_name(tmp_path):
     with pytest.raises(RunFolderError, match=f"^missing metrics.json in {tmp_path}$"):
         runs.read_json(tmp_path / "metrics.json")
