@@ -520,6 +520,17 @@ def sample_dataset():
 # What the uploaders offer (a browser's file picker filters by extension); the decoder then checks
 # the bytes themselves, whatever the name says.
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "gif", "bmp", "webp"]
+# Photos one drop reads: each may decode to 64 MiB (imaging.MAX_DECODED_BYTES) and is read by every
+# chosen model, so a folder dropped whole would hold gigabytes and the page for minutes.
+MAX_PHOTOS = 12
+
+
+def photos_to_read(files: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+    """The first MAX_PHOTOS of a drop, before any is decoded; a warning says how many more waited."""
+    if len(files) > MAX_PHOTOS:
+        st.warning(f"{len(files)} photos dropped: the first {MAX_PHOTOS} are read. Drop the others in another "
+                   "round.")
+    return files[:MAX_PHOTOS]
 
 
 def dropped_photo(key: str, sample_index: int = 0):

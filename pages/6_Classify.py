@@ -44,7 +44,7 @@ from cifar_core.explain import overlay  # noqa: E402
 
 started = time.perf_counter()
 photos = []
-for name, data in files:
+for name, data in ui.photos_to_read(files):
     try:
         photos.append((name, decode_image(data, name)))
     except CifarError as exc:

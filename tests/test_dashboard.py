@@ -125,6 +125,22 @@ def test_classify_page_classifies_sample_images(studio):
     assert all("On the test split, where these models" in line for line in joint), joint
 
 
+def test_a_drop_of_more_photos_than_a_read_takes_reads_the_first_and_says_so(studio, monkeypatch):
+    # A folder dropped whole was decoded whole (up to 64 MiB a photo) and read by every chosen model.
+    from cifar_core import imaging, ui
+
+    monkeypatch.setattr(ui, "MAX_PHOTOS", 2)
+    decoded = []
+    decode = imaging.decode_image
+    monkeypatch.setattr(imaging, "decode_image", lambda data, name="image": decoded.append(name) or decode(data, name))
+    app = open_page("pages/6_Classify.py")
+    app.button(key="classify_sample").click().run()
+    assert not app.exception
+    assert len([md for md in app.markdown if md.value.startswith("Prediction:")]) == 2 * 2  # two photos, two models
+    assert len(decoded) == 2
+    assert "3 photos dropped: the first 2 are read. Drop the others in another round." in [w.value for w in app.warning]
+
+
 def test_the_joint_answer_says_agreement_and_the_runs_track_record():
     import numpy as np
 
