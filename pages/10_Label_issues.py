@@ -44,8 +44,19 @@ data = ui.default_dataset()
 have_images = data is not None and data.source != "sample" and len(data.y_test) == len(truth)
 if not have_images:
     st.caption("Point CIFAR10_SOURCE at the dataset to see the images themselves.")
+
+
+def save_mark(index: int, key: str) -> None:
+    """This visitor's one change, applied to the marks as they are now (others may be marking too)."""
+    try:
+        label_marks.set_mark(index, st.session_state[key])
+    except (CifarError, OSError) as exc:
+        st.session_state.labels_not_saved = f"Could not save the mark: {exc}"
+
+
+if "labels_not_saved" in st.session_state:
+    st.error(st.session_state.pop("labels_not_saved"))
 columns = st.columns(8)
-changed = set(marked)
 for position, issue in enumerate(shown):
     with columns[position % 8]:
         if have_images:
@@ -53,16 +64,9 @@ for position, issue in enumerate(shown):
         st.caption(f"#{issue['index']}: labelled **{names[issue['given']]}**, model says "
                    f"**{names[issue['suggested']]}** (quality {issue['quality']:.2f}"
                    f"{', flagged' if issue.get('flagged') else ''})")
-        if st.checkbox("label is wrong", value=issue["index"] in marked, key=f"labels_mark_{issue['index']}"):
-            changed.add(issue["index"])
-        else:
-            changed.discard(issue["index"])
-if changed != marked:
-    try:
-        label_marks.write_marks(changed)
-        st.rerun()
-    except OSError as exc:
-        st.error(f"Could not save the marks: {exc}")
+        key = f"labels_mark_{issue['index']}"
+        st.session_state[key] = issue["index"] in marked  # the file's marks, whoever made them
+        st.checkbox("label is wrong", key=key, on_change=save_mark, args=(issue["index"], key))
 st.dataframe(pd.DataFrame([{**i, "given": names[i["given"]], "suggested": names[i["suggested"]]} for i in shown]),
              hide_index=True, width="stretch",
              column_config={"quality": st.column_config.NumberColumn("label quality", format="%.3f")})

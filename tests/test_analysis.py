@@ -334,6 +334,28 @@ def test_marks_round_trip_and_accuracy_without_them(tmp_path):
             labels.read_marks(path)
 
 
+def test_one_mark_changes_only_its_own_image_and_waits_for_another_writer(tmp_path):
+    import fcntl
+    import os
+    import threading
+
+    path = tmp_path / "marks" / "marks.json"  # its folder made on the first mark
+    assert labels.set_mark(7, True, path) == {7}
+    assert labels.set_mark(3, True, path) == {3, 7}
+    assert labels.set_mark(7, False, path) == {3} == labels.read_marks(path)
+    assert labels.set_mark(9, False, path) == {3}  # unmarking an unmarked image changes nothing
+    held = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(held, fcntl.LOCK_EX)  # another visitor's page, between its read and its write
+    marking = threading.Thread(target=labels.set_mark, args=(5, True, path))
+    marking.start()
+    marking.join(timeout=0.3)
+    assert marking.is_alive()  # it waits, rather than read the marks the other is about to replace
+    labels.write_marks({3, 4}, path)  # what the other visitor wrote
+    os.close(held)
+    marking.join(timeout=10)
+    assert labels.read_marks(path) == {3, 4, 5}
+
+
 # --- the runner and its files -------------------------------------------------------------------
 
 @pytest.mark.integration

@@ -4,6 +4,8 @@ import pytest
 from helpers import ANALYSIS_DAMAGES as DAMAGES
 from helpers import open_page, png_bytes
 
+from cifar_core.errors import RunFolderError
+
 
 def test_calibration_page_draws_each_runs_reliability_diagram(lab):
     app = open_page("pages/9_Calibration.py")
@@ -19,13 +21,22 @@ def test_calibration_page_says_how_to_compute_a_missing_analysis(studio):
     assert any("cifar_core analyze" in i.value for i in app.info)
 
 
-def test_label_issues_page_marks_an_image_and_shows_accuracy_without_it(lab, monkeypatch, tmp_path):
+@pytest.fixture
+def marks_file(monkeypatch, tmp_path):
+    """The label marks kept in a file of the test's own."""
     from cifar_core.analysis import labels
 
     marks = tmp_path / "marks.json"
     monkeypatch.setattr(labels, "MARKS_FILE", marks)
-    monkeypatch.setattr(labels.read_marks, "__defaults__", (marks,))
-    monkeypatch.setattr(labels.write_marks, "__defaults__", (marks,))
+    for function in (labels.read_marks, labels.write_marks, labels.set_mark):
+        monkeypatch.setattr(function, "__defaults__", (marks,))
+    return marks
+
+
+def test_label_issues_page_marks_an_image_and_shows_accuracy_without_it(lab, marks_file):
+    from cifar_core.analysis import labels
+
+    marks = marks_file
     app = open_page("pages/10_Label_issues.py")
     boxes = app.checkbox
     assert boxes and not any(box.value for box in boxes)
@@ -35,6 +46,36 @@ def test_label_issues_page_marks_an_image_and_shows_accuracy_without_it(lab, mon
     index = int(first.rsplit("_", 1)[1])
     assert labels.read_marks(marks) == {index}
     assert any(m.label == "Without the 1 marked" for m in app.metric)
+
+
+def test_two_visitors_marking_at_once_keep_each_other_s_marks(lab, marks_file):
+    # Each page wrote back its own view of every mark shown: a second visitor's tick erased the first's
+    # mark (and an untick made elsewhere came back), because a checkbox keeps the state its page saw.
+    from cifar_core.analysis import labels
+
+    first, second = open_page("pages/10_Label_issues.py"), open_page("pages/10_Label_issues.py")
+    index = [int(box.key.rsplit("_", 1)[1]) for box in first.checkbox]
+    first.checkbox[0].check().run()
+    second.checkbox[1].check().run()
+    assert labels.read_marks(marks_file) == {index[0], index[1]}
+    assert [box.value for box in second.checkbox[:2]] == [True, True]  # the other visitor's mark is shown
+    second.checkbox[0].uncheck().run()
+    first.checkbox[2].check().run()
+    assert labels.read_marks(marks_file) == {index[1], index[2]}
+    assert [box.value for box in first.checkbox[:3]] == [False, True, True]
+
+
+def test_a_mark_never_overwrites_a_marks_file_it_cannot_read(lab, marks_file):
+    from cifar_core.analysis import labels
+
+    app = open_page("pages/10_Label_issues.py")
+    marks_file.write_text("{half")
+    app.checkbox[0].check().run()
+    assert not app.exception
+    assert marks_file.read_text() == "{half"  # the marks someone made are not replaced by one click
+    assert any("marks.json" in e.value for e in app.error)
+    with pytest.raises(RunFolderError):
+        labels.set_mark(3, True, marks_file)
 
 
 def test_embedding_page_maps_two_runs_in_one_webgl_figure(lab):

@@ -2,8 +2,10 @@
 a person makes ("this label is wrong"), kept in a small JSON file under artifacts/."""
 from __future__ import annotations
 
+import fcntl
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +45,25 @@ def read_marks(path: Path = MARKS_FILE) -> set[int]:
 
 def write_marks(marked: set[int], path: Path = MARKS_FILE) -> None:
     runs.atomic_write_text(path, json.dumps({"wrong_labels": sorted(marked)}, indent=1) + "\n")
+
+
+def set_mark(index: int, wrong: bool, path: Path = MARKS_FILE) -> set[int]:
+    """Mark (or unmark) one test image as wrongly labelled; the marks after. The file is read and
+    written under a lock: marks other visitors made meanwhile are kept, and a file that cannot be
+    read is refused (RunFolderError), never replaced by this one mark."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)  # per open file: Streamlit's sessions (threads) wait for each other too
+        marked = read_marks(path)
+        if wrong:
+            marked.add(index)
+        else:
+            marked.discard(index)
+        write_marks(marked, path)
+        return marked
+    finally:
+        os.close(folder)  # releases the lock
 
 
 def accuracy_without(y_true: np.ndarray, y_pred: np.ndarray, excluded: set[int]) -> float:
