@@ -105,13 +105,22 @@ class Room:
             return list(reversed(self._photos))
 
     def save(self, folder: Path) -> int:
-        """Write the gallery as PNG files into `folder` (the presenter's choice); returns how many."""
+        """Write the gallery as PNG files into `folder` (the presenter's choice), never over a file there:
+        each is named by the room's code and the photo's number, so a later room saved into the same
+        folder (the default is one a day) adds its photos beside the earlier room's, and this room's
+        photos saved before are left as they are. Returns how many of the gallery the folder holds."""
         from PIL import Image
 
         folder.mkdir(parents=True, exist_ok=True)
         photos = self.photos()
         for photo in photos:
-            Image.fromarray(photo.image).save(folder / f"audience-{photo.number:03d}.png")
+            encoded = io.BytesIO()
+            Image.fromarray(photo.image).save(encoded, format="PNG")
+            try:
+                with open(folder / f"audience-{self.code}-{photo.number:03d}.png", "xb") as handle:
+                    handle.write(encoded.getvalue())
+            except FileExistsError:
+                continue  # saved before
         return len(photos)
 
 

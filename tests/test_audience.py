@@ -108,8 +108,8 @@ def test_the_gallery_is_bounded_and_saved_only_when_asked(room, tmp_path, monkey
         bounded.add(png_bytes(np.full((8, 8, 3), value * 40, np.uint8)))
     assert [p.number for p in bounded.photos()] == [5, 4, 3]
     assert bounded.save(tmp_path / "saved") == 3
-    assert sorted(p.name for p in (tmp_path / "saved").iterdir()) == ["audience-003.png", "audience-004.png",
-                                                                       "audience-005.png"]
+    assert sorted(p.name for p in (tmp_path / "saved").iterdir()) == [
+        "audience-ABC234-003.png", "audience-ABC234-004.png", "audience-ABC234-005.png"]
 
 
 def test_join_codes_are_unambiguous_and_random():
@@ -240,7 +240,8 @@ def test_saved_photos_are_the_gallery_pixels(tmp_path):
     pixels = np.random.default_rng(4).integers(0, 256, (20, 30, 3), dtype=np.uint8)
     room.add(png_bytes(pixels))
     assert room.save(tmp_path / "nested" / "folder") == 1
-    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "nested" / "folder" / "audience-001.png")), pixels)
+    saved = tmp_path / "nested" / "folder" / "audience-ABC234-001.png"
+    np.testing.assert_array_equal(np.asarray(Image.open(saved)), pixels)
 
 
 def test_a_form_without_a_photo_or_with_text_instead_is_refused(client, room):
@@ -366,7 +367,25 @@ def test_the_gallery_can_be_saved_again_into_the_same_folder(tmp_path):
     assert room.save(tmp_path / "gallery") == 1
     room.add(PHOTO)
     assert room.save(tmp_path / "gallery") == 2
-    assert sorted(p.name for p in (tmp_path / "gallery").iterdir()) == ["audience-001.png", "audience-002.png"]
+    assert sorted(p.name for p in (tmp_path / "gallery").iterdir()) == ["audience-ABC234-001.png",
+                                                                         "audience-ABC234-002.png"]
+
+
+def test_a_later_room_saved_into_the_same_folder_keeps_the_earlier_room_s_photos(tmp_path):
+    # The default folder is one a day, and every room numbers its photos from 1: the afternoon talk's
+    # gallery replaced the morning's, photo for photo.
+    from PIL import Image
+
+    morning, afternoon = audience.Room(code="ABC234"), audience.Room(code="XYZ789")
+    morning.add(png_bytes(np.zeros((8, 8, 3), np.uint8)))
+    afternoon.add(png_bytes(np.full((8, 8, 3), 255, np.uint8)))
+    folder = tmp_path / "studio-audience-today"
+    assert morning.save(folder) == 1 and afternoon.save(folder) == 1
+    kept = {p.name: np.asarray(Image.open(p)).max() for p in folder.iterdir()}
+    assert kept == {"audience-ABC234-001.png": 0, "audience-XYZ789-001.png": 255}
+    (folder / "audience-ABC234-001.png").write_bytes(b"the presenter's edit")
+    assert morning.save(folder) == 1  # saved again: what is there already is left as it is
+    assert (folder / "audience-ABC234-001.png").read_bytes() == b"the presenter's edit"
 
 
 def test_the_audience_server_is_bounded_and_runs_beside_the_dashboard(room, monkeypatch):
