@@ -17,6 +17,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from contextlib import contextmanager
@@ -219,9 +220,7 @@ def launch_analysis(run_dir: Path | str, analyses: tuple[str, ...]) -> Job:
     run_dir = Path(run_dir)
     if not (run_dir / runs.MODEL_FILE).is_file():
         raise CifarError(f"{run_dir.name} has no trained model to analyse")
-    job = _insert_job(run_dir, json.dumps({ANALYZE_KEY: list(chosen)}))
-    _spawn(job, resume=False)
-    return get_job(job.id)
+    return _start_new(lambda: _insert_job(run_dir, json.dumps({ANALYZE_KEY: list(chosen)})))
 
 
 def launch_export(run_dir: Path | str, fmt: str, quantize: str | None = None) -> Job:
@@ -233,9 +232,7 @@ def launch_export(run_dir: Path | str, fmt: str, quantize: str | None = None) ->
     run_dir = Path(run_dir)
     if not (run_dir / runs.MODEL_FILE).is_file():
         raise CifarError(f"{run_dir.name} has no trained model to export")
-    job = _insert_job(run_dir, json.dumps({EXPORT_KEY: {"format": fmt, "quantize": quantize}}))
-    _spawn(job, resume=False)
-    return get_job(job.id)
+    return _start_new(lambda: _insert_job(run_dir, json.dumps({EXPORT_KEY: {"format": fmt, "quantize": quantize}})))
 
 
 def get_job(job_id: int) -> Job:
@@ -322,14 +319,36 @@ def mark_dead(job: Job) -> None:
 
 # --- launching and stopping --------------------------------------------------------------------
 
+# Jobs at once: each is a process of its own with TensorFlow and its data in memory (a transfer model
+# at 224 px takes gigabytes), and two cores shared by more trainings only make each slower. A button
+# clicked again, or by several visitors, is refused with the reason rather than thrashing the laptop.
+MAX_ACTIVE_JOBS = 3
+_launching = threading.Lock()  # the dashboard's sessions are threads: one count-then-start at a time
+
+
+def _check_room_for_a_job() -> None:
+    active = [job.id for job in list_jobs() if job.state in ACTIVE_STATES]  # dead workers marked first
+    if len(active) >= MAX_ACTIVE_JOBS:
+        raise CifarError(f"{len(active)} jobs are running or queued (job {', '.join(map(str, active))}); this "
+                         f"machine runs at most {MAX_ACTIVE_JOBS} at once: wait for one to finish, or cancel one")
+
+
 def launch(config: TrainConfig, run_dir: Path | None = None) -> Job:
     """Create a job and start its worker process; returns at once. A config the worker would
-    refuse (a missing teacher, settings its model cannot use) is refused here, before any row."""
+    refuse (a missing teacher, settings its model cannot use) is refused here, before any row,
+    and so is a job beyond MAX_ACTIVE_JOBS."""
     from .training.checks import check_training_config
 
     check_training_config(config)
-    job = create_job(config, run_dir)
-    _spawn(job, resume=False)
+    return _start_new(lambda: create_job(config, run_dir))
+
+
+def _start_new(make_job) -> Job:
+    """A new job's row (and run folder) made by `make_job` and its worker started, if there is room."""
+    with _launching:
+        _check_room_for_a_job()
+        job = make_job()
+        _spawn(job, resume=False)
     return get_job(job.id)
 
 
@@ -337,10 +356,12 @@ def resume_job(job_id: int) -> Job:
     job = get_job(job_id)
     if job.config is None and not job.analyses and not job.export:
         raise CifarError(f"job {job_id} cannot be resumed: {job.message}")
-    if worker_alive(job):
-        raise CifarError(f"job {job_id} is still running (its worker holds the run folder)")
-    update_job(job_id, state="queued", pid=None, pid_started=None, message=None)
-    _spawn(get_job(job_id), resume=True)
+    with _launching:
+        if worker_alive(job):
+            raise CifarError(f"job {job_id} is still running (its worker holds the run folder)")
+        _check_room_for_a_job()
+        update_job(job_id, state="queued", pid=None, pid_started=None, message=None)
+        _spawn(get_job(job_id), resume=True)
     return get_job(job_id)
 
 

@@ -599,6 +599,31 @@ def test_analysis_and_export_jobs_need_a_trained_model_and_start_a_worker(db, tm
     assert spawned == [(analysis.id, False), (export.id, False)]
 
 
+def test_jobs_beyond_the_machine_s_share_are_refused_with_the_reason_before_anything_is_made(db, tmp_path, spawned,
+                                                                                              monkeypatch):
+    # A Start button clicked again and again (or by several visitors) started a training process each,
+    # every one with TensorFlow and its data in memory, on two cores.
+    monkeypatch.setattr(jobs, "MAX_ACTIVE_JOBS", 2)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / runs.MODEL_FILE).write_bytes(b"model")
+    first, second = jobs.launch(CONFIG, tmp_path / "first"), jobs.launch_analysis(run_dir, ("labels",))
+    folders = set(runs.runs_root().iterdir()) if runs.runs_root().exists() else set()
+    refusal = f"^2 jobs are running or queued \\(job {second.id}, {first.id}\\); this machine runs at most 2 at once"
+    for start in (lambda: jobs.launch(CONFIG), lambda: jobs.launch_analysis(run_dir, ("labels",)),
+                  lambda: jobs.launch_export(run_dir, "onnx")):
+        with pytest.raises(CifarError, match=refusal):
+            start()
+    assert len(jobs.list_jobs()) == 2 and len(spawned) == 2
+    assert (set(runs.runs_root().iterdir()) if runs.runs_root().exists() else set()) == folders  # no run folder
+    jobs.update_job(first.id, state="interrupted")  # its worker stopped: there is room for one again
+    assert jobs.resume_job(first.id).state == "queued" and spawned[-1] == (first.id, True)
+    with pytest.raises(CifarError, match="^2 jobs are running"):
+        jobs.launch_export(run_dir, "onnx")
+    jobs.update_job(second.id, state="completed")
+    assert jobs.launch_export(run_dir, "onnx").export == ("onnx", None)
+
+
 def test_the_worker_runs_an_analysis_or_an_export_and_records_the_outcome(db, tmp_path, spawned, monkeypatch):
     from cifar_core import analysis, export
 
