@@ -100,27 +100,34 @@ def classify_bytes(run: LoadedRun, data: bytes, name: str = "image", k: int = 3)
 def evaluate_run(run_dir: Path | str, source: str | None = None, input_size: int | None = None) -> dict:
     """Re-measure a saved model on the test split; rewrites metrics and predictions. At an
     `input_size` other than the model's it only measures (measure_at_input_size)."""
-    from .data import load_dataset
     from .evaluation import measure_on_test
 
     run = load_run_model(run_dir)
-    other_size = input_size not in (None, run.input_size)
-    if other_size:
+    if input_size not in (None, run.input_size):
         check_other_input_size(run, input_size)  # before the data is loaded
+        return measure_at_input_size(run, _test_data(run, source), input_size)
+    # It rewrites the run's figures: one writer per run folder, refused before minutes of measuring
+    # while a resume, an analysis or an export holds it.
+    with runs.RunWriter(run.run_dir):
+        dataset = _test_data(run, source)
+        fresh, probs, probs_tta = measure_on_test(run.model, dataset.x_test, dataset.y_test, dataset.class_names,
+                                                  run.input_size, run.config.tta)
+        metrics = runs.read_metrics(run.run_dir) or {}
+        metrics.update(fresh, data=dataset.description)
+        runs.write_predictions(run.run_dir, dataset.y_test, probs, probs_tta)
+        runs.atomic_write_json(run.run_dir / runs.METRICS_FILE, metrics)
+    return metrics
+
+
+def _test_data(run: LoadedRun, source: str | None):
+    """The dataset a run is measured on (the run's own unless `source` names another), with its classes."""
+    from .data import load_dataset
+
     dataset = load_dataset(source or run.config.data, image_size=run.data_image_size)
     if tuple(dataset.class_names) != run.class_names:
         raise RunFolderError(f"the data's classes {list(dataset.class_names)} differ from the model's "
                              f"{list(run.class_names)}")
-    if other_size:
-        return measure_at_input_size(run, dataset, input_size)
-    fresh, probs, probs_tta = measure_on_test(run.model, dataset.x_test, dataset.y_test, dataset.class_names,
-                                              run.input_size, run.config.tta)
-    metrics_path = run.run_dir / runs.METRICS_FILE
-    metrics = runs.read_metrics(run.run_dir) or {}
-    metrics.update(fresh, data=dataset.description)
-    runs.write_predictions(run.run_dir, dataset.y_test, probs, probs_tta)
-    runs.atomic_write_json(metrics_path, metrics)
-    return metrics
+    return dataset
 
 
 def check_other_input_size(run: LoadedRun, input_size: int) -> None:

@@ -56,6 +56,22 @@ def test_train_evaluate_predict(trained_run, tmp_path, capsys):
     assert line == f"{photo}: {expected}"
 
 
+def test_evaluate_is_one_more_writer_and_waits_its_turn(trained_run, capsys):
+    # evaluate rewrote metrics.json and predictions.npz without the run's writer lock: beside an
+    # analysis, an export or a resume of the same run, two processes wrote one folder.
+    from cifar_core import runs
+
+    before = {name: (trained_run / name).read_bytes() for name in (runs.METRICS_FILE, runs.PREDICTIONS_FILE)}
+    with runs.RunWriter(trained_run):
+        code, _, err = run_cli(capsys, "evaluate", str(trained_run))
+        assert code == 2 and err.startswith(f"error: cli-run is being written by another process (pid {os.getpid()})")
+        assert {name: (trained_run / name).read_bytes() for name in before} == before
+        code, out, _ = run_cli(capsys, "evaluate", str(trained_run), "--input-size", "32")  # its own size: a writer
+        assert code == 2
+    code, out, _ = run_cli(capsys, "evaluate", str(trained_run))
+    assert code == 0 and "test accuracy" in out and not runs.writer_alive(trained_run)
+
+
 def test_a_measure_at_another_input_size_says_so(capsys, monkeypatch):
     from cifar_core import inference
 
