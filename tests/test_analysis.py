@@ -339,7 +339,7 @@ def test_one_mark_changes_only_its_own_image_and_waits_for_another_writer(tmp_pa
     import os
     import threading
 
-    path = tmp_path / "marks" / "marks.json"  # its folder made on the first mark
+    path = tmp_path / "artifacts" / "fresh" / "marks.json"  # its folders made on the first mark
     assert labels.set_mark(7, True, path) == {7}
     assert labels.set_mark(3, True, path) == {3, 7}
     assert labels.set_mark(7, False, path) == {3} == labels.read_marks(path)

@@ -384,8 +384,13 @@ def test_a_later_room_saved_into_the_same_folder_keeps_the_earlier_room_s_photos
     kept = {p.name: np.asarray(Image.open(p)).max() for p in folder.iterdir()}
     assert kept == {"audience-ABC234-001.png": 0, "audience-XYZ789-001.png": 255}
     (folder / "audience-ABC234-001.png").write_bytes(b"the presenter's edit")
-    assert morning.save(folder) == 1  # saved again: what is there already is left as it is
+    morning.add(png_bytes(np.zeros((8, 8, 3), np.uint8)))
+    morning.add(png_bytes(np.zeros((8, 8, 3), np.uint8)))
+    (folder / "audience-ABC234-003.png").write_bytes(b"another edit")  # the newest photo's name, taken
+    assert morning.save(folder) == 3  # saved again: what is there already is left as it is, the rest added
     assert (folder / "audience-ABC234-001.png").read_bytes() == b"the presenter's edit"
+    assert (folder / "audience-ABC234-003.png").read_bytes() == b"another edit"
+    assert (folder / "audience-ABC234-002.png").read_bytes().startswith(b"\x89PNG")
 
 
 def test_the_audience_server_is_bounded_and_runs_beside_the_dashboard(room, monkeypatch):

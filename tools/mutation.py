@@ -36,12 +36,14 @@ MUTMUT = [sys.executable, "-m", "mutmut"]
 # class is matched on the line the mutant adds (mutmut's names change with the code;
 # the shape of an equivalent change does not) and says why no test can tell.
 EQUIVALENT: list[tuple[str, str]] = [
-    (r'execute\("(pragma journal_mode=wal|PRAGMA JOURNAL_MODE=WAL)"\)|"(insert into jobs|INSERT INTO JOBS) \(',
+    (r'execute\("(pragma journal_mode=wal|PRAGMA JOURNAL_MODE=WAL)"\)|"(insert into jobs|INSERT INTO JOBS) \(|'
+     r'execute\("(select count\(\*\) from jobs|SELECT COUNT\(\*\) FROM JOBS)"\)',
      "SQL keywords and names are case-insensitive"),
     (r'fields\["UPDATED_AT"\]', "SQLite column names are case-insensitive"),
     (r'(en|de)code\("(LATIN1|UTF-8|ASCII)"|encoding="UTF-8"|encoding=None\) as handle', "codec names are "
      "case-insensitive, and /proc files are ASCII"),
-    (r'stacklevel=|warnings\.warn\(problem, \)|"started \(run folders are untouched\)", \)',
+    (r'stacklevel=|warnings\.warn\(problem, \)|"started \(run folders are untouched\)", \)|'
+     r'f"\{MAX_LISTED_JOBS:,\} in all", \)',
      "only changes which line a warning is attributed to; the message is what is shown"),
     (r'keras\.models\.load_model\(path, (compile=(True|None), |safe_mode=True\))',
      "check_model_file refuses optimizers, so the files it passes hold no compile configuration to act on"),
@@ -117,6 +119,9 @@ EQUIVALENT: list[tuple[str, str]] = [
     (r'headers\.get\("ACCEPT", ""\)|headers\.get\("accept", "XXXX"\)', "Starlette's headers are "
      "case-insensitive, and a request without an Accept header holds no text/html whatever the default"),
     (r'segno\.make\(text, error="M"\)|kind="PNG"', "segno reads error levels and image kinds in either case"),
+    (r'\.save\(encoded, format="png"\)', "Pillow reads format names in either case"),
+    (r'os\.open\(path\.parent, os\.O_RDONLY & os\.O_DIRECTORY\)', "the folder was just made (mkdir refuses a "
+     "file or FIFO by that name), and Linux opens a folder read-only with or without O_DIRECTORY"),
     (r'timeout: float = 11\.0|time\.sleep\(1\.05\)|time\.monotonic\(\) >= deadline|_thread\.join\((None|11)\)',
      "how long start() waits for a server that never listens, how often it looks, and how long stop() waits for "
      "a stuck one: when, not what, and no test can time it without racing the server"),
