@@ -120,6 +120,7 @@ EQUIVALENT: list[tuple[str, str]] = [
      "case-insensitive, and a request without an Accept header holds no text/html whatever the default"),
     (r'segno\.make\(text, error="M"\)|kind="PNG"', "segno reads error levels and image kinds in either case"),
     (r'\.save\(encoded, format="png"\)', "Pillow reads format names in either case"),
+    (r'popitem\(last=None\)', "None is falsy: the oldest entry goes either way"),
     (r'os\.open\(path\.parent, os\.O_RDONLY & os\.O_DIRECTORY\)', "the folder was just made (mkdir refuses a "
      "file or FIFO by that name), and Linux opens a folder read-only with or without O_DIRECTORY"),
     (r'timeout: float = 11\.0|time\.sleep\(1\.05\)|time\.monotonic\(\) >= deadline|_thread\.join\((None|11)\)',
