@@ -139,6 +139,9 @@ def test_a_drop_of_more_photos_than_a_read_takes_reads_the_first_and_says_so(stu
     assert len([md for md in app.markdown if md.value.startswith("Prediction:")]) == 2 * 2  # two photos, two models
     assert len(decoded) == 2
     assert "3 photos dropped: the first 2 are read. Drop the others in another round." in [w.value for w in app.warning]
+    monkeypatch.setattr(ui, "MAX_PHOTOS", 3)  # exactly as many as a read takes: all of them, nothing to say
+    app.run()
+    assert len(decoded) == 2 + 3 and not any("photos dropped" in w.value for w in app.warning)
 
 
 def test_the_joint_answer_says_agreement_and_the_runs_track_record():
