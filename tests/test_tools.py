@@ -169,3 +169,20 @@ def test_a_mutation_run_that_did_not_mutate_a_module_keeps_its_previous_score():
     everything = {**only_b, "modules": {"a": row(11, 0.7), "b": row(30, 0.95)}}
     assert mutation.merge_into(previous, everything, seconds=60.0) is everything  # a full run starts afresh
     assert mutation.merge_into({}, only_b, seconds=None)["modules"]["a"]["score"] is None
+
+
+def test_the_listing_cost_tool_times_both_listings_bounded_and_whole(monkeypatch, capsys, tmp_path):
+    from cifar_core import jobs, runs
+    from tools import listing_cost
+
+    monkeypatch.setattr(runs, "MAX_LISTED_RUNS", 2)  # restored afterwards: the tool lifts both bounds
+    monkeypatch.setattr(jobs, "MAX_LISTED_JOBS", 2)
+    monkeypatch.setenv("CIFAR_JOBS_DB", str(tmp_path / "unused.sqlite"))
+    listed = []
+    list_runs = runs.list_runs
+    monkeypatch.setattr(runs, "list_runs", lambda root: listed.append(len(list_runs(root)[0])))
+    assert listing_cost.main(["--runs", "3", "--jobs", "4"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("CPU: ") and listed == [2, 2, 2, 3, 3, 3]
+    assert lines[1].startswith("runs folder of 3: ") and lines[2].startswith("job registry of 4: ")
+    assert all(line.endswith(" ms bounded") and " ms read whole, " in line for line in lines[1:])
