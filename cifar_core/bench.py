@@ -92,7 +92,8 @@ PEAK_CONV = (256, 32, 64, 128)
 COMPUTE_DTYPES = {"float32": "float32", "mixed_bfloat16": "bfloat16"}
 
 
-def _best_seconds(call, repeats: int) -> float:
+def best_seconds(call, repeats: int) -> float:
+    """The fastest of `repeats` timed calls, after one untimed call that traces, loads and warms."""
     call()  # trace and warm
     best = float("inf")
     for _ in range(repeats):
@@ -120,8 +121,8 @@ def _peaks_in(dtype: str, repeats: int) -> dict:
     conv = tf.function(lambda: tf.nn.conv2d(x, k, 1, "SAME")[0, 0, 0, 0])
     matmul_flops = 2 * PEAK_MATMUL_SIDE ** 3
     conv_flops = 2 * batch * side * side * c_out * c_in * 9
-    return {"matmul_gflops": round(matmul_flops / _best_seconds(lambda: matmul().numpy(), repeats) / 1e9, 1),
-            "conv_gflops": round(conv_flops / _best_seconds(lambda: conv().numpy(), repeats) / 1e9, 1)}
+    return {"matmul_gflops": round(matmul_flops / best_seconds(lambda: matmul().numpy(), repeats) / 1e9, 1),
+            "conv_gflops": round(conv_flops / best_seconds(lambda: conv().numpy(), repeats) / 1e9, 1)}
 
 
 # Run in a child process: oneDNN reads ONEDNN_VERBOSE once, when TensorFlow loads.

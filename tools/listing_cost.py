@@ -15,18 +15,11 @@ from pathlib import Path
 
 from cifar_core import jobs, runs
 from cifar_core.backend import cpu_name
+from cifar_core.bench import best_seconds
 from cifar_core.config import TrainConfig
 
+REPEATS = 3
 SHIPPED_RUN = Path(__file__).resolve().parent.parent / "artifacts" / "runs" / "demo-cifar10"
-
-
-def best_seconds(call, repeats: int = 3) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        call()
-        best = min(best, time.perf_counter() - started)
-    return best
 
 
 def crowd_of_runs(root: Path, count: int) -> None:
@@ -58,11 +51,11 @@ def main(argv: list[str] | None = None) -> int:
         crowd_of_runs(root, args.runs)
         os.environ["CIFAR_JOBS_DB"] = str(Path(scratch) / "jobs.sqlite")
         crowd_of_jobs(args.jobs)
-        bounded_runs = best_seconds(lambda: runs.list_runs(root))
-        bounded_jobs = best_seconds(jobs.list_jobs)
+        bounded_runs = best_seconds(lambda: runs.list_runs(root), REPEATS)
+        bounded_jobs = best_seconds(jobs.list_jobs, REPEATS)
         runs.MAX_LISTED_RUNS, jobs.MAX_LISTED_JOBS = args.runs, args.jobs
-        whole_runs = best_seconds(lambda: runs.list_runs(root))
-        whole_jobs = best_seconds(jobs.list_jobs)
+        whole_runs = best_seconds(lambda: runs.list_runs(root), REPEATS)
+        whole_jobs = best_seconds(jobs.list_jobs, REPEATS)
     print(f"CPU: {cpu_name()}")
     print(f"runs folder of {args.runs:,}: {whole_runs * 1000:.0f} ms read whole, {bounded_runs * 1000:.0f} ms "
           f"bounded")
