@@ -294,12 +294,49 @@ def test_cached_features_are_used_only_when_they_fit_the_head(cached, tmp_path, 
     from cifar_core.training import features
 
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="predictions")])
-    path = runs.feature_cache_file(tmp_path, "train")
+    images = np.zeros((4, 8, 8, 3), np.uint8)
+    path = runs.feature_cache_file(tmp_path, f"train-{features._version(images, 8)}")
     path.parent.mkdir(parents=True)
     np.save(path, cached)
     fresh = np.full((4, 3), 2.0, np.float32)
     monkeypatch.setattr(features, "extract_features", lambda *args, **kwargs: fresh)
-    found = features.cached_features(model, tmp_path, "train", np.zeros((4, 8, 8, 3), np.uint8), 8)
+    found = features.cached_features(model, tmp_path, "train", images, 8)
     fits = cached.shape == (4, 3) and cached.dtype == np.float32 and np.isfinite(cached).all()
     assert np.array_equal(found, cached if fits else fresh)
     assert np.array_equal(np.load(path), cached if fits else fresh)  # a misfit is replaced on disk
+
+
+def test_cached_features_are_those_of_the_same_images_at_the_same_size(tmp_path, monkeypatch):
+    # The cache was named by its split alone: features of other images of the same count and width (a
+    # data source changed before a resume, a run folder from someone else) trained the head on garbage.
+    import keras
+
+    from cifar_core import runs
+    from cifar_core.training import features
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="predictions")])
+    computed = []
+
+    def extract(model, images, input_size, flip=False, run_dir=None):
+        computed.append((int(images[0, 0, 0, 0]), input_size, flip))
+        return np.full((len(images), 3), len(computed), np.float32)
+
+    monkeypatch.setattr(features, "extract_features", extract)
+    first, second = np.zeros((4, 8, 8, 3), np.uint8), np.ones((4, 8, 8, 3), np.uint8)
+    folder = runs.checkpoint_file(tmp_path, "")
+    folder.mkdir(parents=True)
+    np.save(runs.feature_cache_file(tmp_path, "train"), np.ones((4, 3), np.float32))  # an unversioned one
+    features.cached_features(model, tmp_path, "train", first, 8, flip=True)
+    features.cached_features(model, tmp_path, "train", first, 8)
+    features.cached_features(model, tmp_path, "test", first, 8)
+    assert features.cached_features(model, tmp_path, "train", first, 8)[0, 0] == 2  # the same: from the cache
+    assert features.cached_features(model, tmp_path, "train", second, 8)[0, 0] == 4  # other images: computed
+    assert features.cached_features(model, tmp_path, "train", second, 16)[0, 0] == 5  # another size: computed
+    assert computed == [(0, 8, True), (0, 8, False), (0, 8, False), (1, 8, False), (1, 16, False)]
+    version = features._version
+    assert {path.name for path in folder.iterdir()} == {  # the latest of each split and flip, no other
+        f"features-test-{version(first, 8)}.npy", f"features-train-{version(second, 16)}.npy",
+        f"features-train-{version(first, 8)}-flip.npy"}
+    pixels = np.random.default_rng(0).integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)
+    assert version(pixels, 8) != version(pixels[:, :, :, ::-1], 8)  # the pixels count
+    assert version(first, 8) != version(first.reshape(4, 8, 24, 1), 8)  # and the shape
