@@ -7,7 +7,6 @@ mirror image, the only augmentation) makes the head's epochs nearly free.
 from __future__ import annotations
 
 import hashlib
-import re
 import time
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from ..safeio import read_cached_npy
 from .callbacks import PredictHeartbeat
 
 MAX_FEATURE_BYTES_PER_IMAGE = 4 * 4096  # float32 features; the Lite backbones give 1,280
+VERSION_LENGTH = 16  # hex digits of the images' digest in a cache file's name
 
 
 def extract_features(model, images: np.ndarray, input_size: int, flip: bool = False,
@@ -44,7 +44,7 @@ def cached_features(model, run_dir: Path, name: str, images: np.ndarray, input_s
         return features
     features = extract_features(model, images, input_size, flip, run_dir=run_dir)
     runs.atomic_write_npy(path, features)
-    _remove_other_versions(path, name, flip)
+    _remove_other_versions(run_dir, path, name, flip)
     return features
 
 
@@ -52,14 +52,15 @@ def _version(images: np.ndarray, input_size: int) -> str:
     """What features are of: the images' bytes and shape, and the size the backbone saw them at."""
     digest = hashlib.sha256(np.ascontiguousarray(images).data)  # 150 MB of CIFAR-10 in about 0.3 s
     digest.update(f"{images.shape}|{images.dtype}|{input_size}".encode())
-    return digest.hexdigest()[:16]
+    return digest.hexdigest()[:VERSION_LENGTH]
 
 
-def _remove_other_versions(kept: Path, name: str, flip: bool) -> None:
-    """Features of this split computed from other images (hundreds of MB each) go once new ones are written."""
-    stale = re.compile(rf"features-{re.escape(name)}(-[0-9a-f]{{16}})?{'-flip' if flip else ''}\.npy")
-    for found in kept.parent.iterdir():
-        if found != kept and stale.fullmatch(found.name):
+def _remove_other_versions(run_dir: Path, kept: Path, name: str, flip: bool) -> None:
+    """Features of this split computed from other images (hundreds of MB each) go once new ones are written:
+    every version by feature_cache_file's own naming (16 characters of digest), and the unversioned file of old."""
+    versions = runs.feature_cache_file(run_dir, f"{name}-{'?' * VERSION_LENGTH}", flip)
+    for found in [*versions.parent.glob(versions.name), runs.feature_cache_file(run_dir, name, flip)]:
+        if found != kept:
             found.unlink(missing_ok=True)
 
 
