@@ -201,11 +201,12 @@ def onednn_kernels(timeout: float = 180) -> dict:
 
 def time_training(model_name: str, steps: int, warmup: int = 3, batch_size: int | None = None,
                   precision: str | None = None, peaks: dict | None = None, config=None,
-                  fused_batchnorm: bool = True, ns_dtype: str | None = None) -> dict:
+                  stock: tuple[str, ...] = (), ns_dtype: str | None = None) -> dict:
     """Images/s of full training steps (augmentation pipeline included) on random images,
     and of the input pipeline alone. `model_name` names a recipe: a preset ("stage") or a
     model's own; the row's "model" is that name. `config` replaces the recipe, and the last two
-    arguments rebuild the previous recipe's kernels (`compare_with_previous`)."""
+    arguments rebuild the previous recipe's kernels (`compare_with_previous`): `stock` names the
+    training kernels (models/layers.py) built as Keras' own layers."""
     from .config import named_recipe
     from .models import build_model
     from .training.optimizers import compile_model
@@ -213,10 +214,9 @@ def time_training(model_name: str, steps: int, warmup: int = 3, batch_size: int 
 
     config = config or named_recipe(model_name, batch_size=batch_size, precision=precision)
     config = resolve_precision(config)
-    from .models.layers import stock_batchnorm
+    from .models.layers import stock_kernels
 
-    # The previous recipe's side builds with Keras' own batch norm.
-    with contextlib.nullcontext() if fused_batchnorm else stock_batchnorm():
+    with stock_kernels(*stock) if stock else contextlib.nullcontext():
         model = build_model(config.model, precision=config.precision, **config.model_options)
     compile_model(model, config, config.learning_rate, 1000, ns_dtype=ns_dtype)
     images_per_second, data = time_steps(model, config, steps, warmup)
@@ -264,6 +264,7 @@ def recipe_steps(model_name: str) -> list[tuple[str, dict]]:
     """From the previous recipe to today's, one change at a time: (name, time_training arguments).
     A preset on another model's recipe ("stage") changed only its own settings: one step."""
     from .config import PRESETS, PREVIOUS_RECIPES, preset_config, recipe_config
+    from .models.layers import TRAINING_KERNELS
 
     if model_name in PRESETS and PRESETS[model_name].model != model_name:
         current = preset_config(model_name)
@@ -271,17 +272,32 @@ def recipe_steps(model_name: str) -> list[tuple[str, dict]]:
                 ("today's recipe", dict(config=current))]
     previous = recipe_config(model_name, **PREVIOUS_RECIPES[model_name])
     current = recipe_config(model_name)
-    steps = [("previous recipe", dict(config=previous, fused_batchnorm=False, ns_dtype="float32")),
-             ("+ fused batch norm", dict(config=previous, ns_dtype="float32"))]
+    later = _later_kernels(current)  # off until their own step
+    steps = [("previous recipe", dict(config=previous, stock=TRAINING_KERNELS, ns_dtype="float32")),
+             ("+ fused batch norm", dict(config=previous, stock=later, ns_dtype="float32"))]
     if current.model_options != previous.model_options:
         changed = ", ".join(f"{k} {v}" for k, v in current.model_options.items()
                             if previous.model_options.get(k) != v)
-        steps.append((f"+ {changed}", dict(config=current.replace(precision=previous.precision), ns_dtype="float32")))
+        steps.append((f"+ {changed}", dict(config=current.replace(precision=previous.precision), stock=later,
+                                           ns_dtype="float32")))
     if current.optimizer == "muon":
-        steps.append(("+ bf16 Newton-Schulz (today's recipe)", dict(config=current)))
-    else:
-        steps[-1] = (steps[-1][0] + " (today's recipe)", dict(config=current))
+        steps.append(("+ bf16 Newton-Schulz", dict(config=current, stock=later)))
+    for i, kernel in enumerate(later):
+        steps.append((f"+ {KERNEL_STEP_NAMES[kernel]}", dict(config=current, stock=later[i + 1:])))
+    steps[-1] = (steps[-1][0] + " (today's recipe)", steps[-1][1])
     return steps
+
+
+KERNEL_STEP_NAMES = {"shifted_kernel_gradients": "shifted kernel gradients on small maps",
+                     "compiled_gelu": "compiled GELU"}
+
+
+def _later_kernels(config) -> tuple[str, ...]:
+    """The training kernels after fused batch norm that the recipe's model is built with."""
+    if config.model != "fastnet":
+        return ()
+    gelu = ("compiled_gelu",) if config.model_options.get("activation") == "gelu_tanh" else ()
+    return ("shifted_kernel_gradients", *gelu)
 
 
 def compare_with_previous(model_name: str, steps: int, peaks: dict | None, rounds: int = 2) -> dict:

@@ -9,7 +9,16 @@ import pytest
 from cifar_core import backend, bench
 from cifar_core.config import recipe_config
 from cifar_core.models import build_model
-from cifar_core.models.layers import FUSED_MIN_EPSILON, FusedBatchNormalization, stock_batchnorm, to_stock_layers
+from cifar_core.models.layers import (
+    FUSED_MIN_EPSILON,
+    TRAINING_KERNELS,
+    FusedBatchNormalization,
+    ShiftedGradConv2D,
+    TanhGelu,
+    shifted_kernel_gradient,
+    stock_kernels,
+    to_stock_layers,
+)
 from cifar_core.training import precision
 from cifar_core.training.optimizers import orthogonalise
 
@@ -106,11 +115,97 @@ def test_gelu_is_trained_by_its_tanh_form_and_saved_exact():
     assert np.max(np.abs(np.asarray(TanhGelu()(grid)) - np.asarray(exact))) < 1e-3
 
 
-def test_the_previous_kernels_are_one_switch_away():
-    with stock_batchnorm():
-        previous = build_model("demo")
-    assert not any(isinstance(layer, FusedBatchNormalization) for layer in previous.layers)
-    assert any(isinstance(layer, FusedBatchNormalization) for layer in build_model("demo").layers)
+def _kinds(model) -> set[type]:
+    return {type(layer) for layer in model.layers}
+
+
+def test_the_previous_kernels_are_one_switch_each():
+    with stock_kernels():
+        previous = build_model("fastnet", activation="gelu_tanh")
+    assert not _kinds(previous) & {FusedBatchNormalization, ShiftedGradConv2D}
+    assert not any(layer.compiled for layer in previous.layers if isinstance(layer, TanhGelu))
+    with stock_kernels("shifted_kernel_gradients"):
+        one_off = build_model("fastnet", activation="gelu_tanh")
+    assert FusedBatchNormalization in _kinds(one_off) and ShiftedGradConv2D not in _kinds(one_off)
+    assert all(layer.compiled for layer in one_off.layers if isinstance(layer, TanhGelu))
+    today = build_model("fastnet", activation="gelu_tanh")
+    assert {FusedBatchNormalization, ShiftedGradConv2D, TanhGelu} <= _kinds(today)
+    assert FusedBatchNormalization in _kinds(build_model("demo"))
+    with pytest.raises(ValueError, match="fused_batchnorm"):
+        with stock_kernels("fused_batchnorm"):
+            pass
+    assert set(TRAINING_KERNELS) == {"fused_batch_norm", "shifted_kernel_gradients", "compiled_gelu"}
+
+
+def test_fastnet_batch_norm_runs_on_the_fused_kernel():
+    """1e-5 sat a hair below the fused kernel's floor and silently kept fastnet on Keras' path."""
+    model = build_model("fastnet")
+    norms = [layer for layer in model.layers if isinstance(layer, FusedBatchNormalization)]
+    assert len(norms) == 6 and all(layer._fusable(keras.ops.zeros((1, 4, 4, layer.gamma.shape[0])), None)
+                                   for layer in norms)
+
+
+@pytest.mark.parametrize("side, kernel_size", [(3, (3, 3)), (7, (3, 3)), (5, (2, 2)), (4, (1, 3))])
+def test_the_shifted_kernel_gradient_is_the_convolution_s_own(side, kernel_size):
+    import tensorflow as tf
+
+    rng = np.random.default_rng(side)
+    x = tf.constant(rng.normal(size=(3, side, side + 1, 4)), tf.float32)
+    dy = tf.constant(rng.normal(size=(3, side, side + 1, 5)), tf.float32)
+    expected = tf.raw_ops.Conv2DBackpropFilter(input=x, filter_sizes=[*kernel_size, 4, 5], out_backprop=dy,
+                                               strides=[1, 1, 1, 1], padding="SAME")
+    np.testing.assert_allclose(shifted_kernel_gradient(x, dy, kernel_size).numpy(), expected.numpy(),
+                               rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("side", [3, 8, 9])
+def test_a_shifted_gradient_convolution_trains_as_keras_own_does(side):
+    """Same output and gradients as Keras' Conv2D, on maps it takes (<= 8 px) and maps it leaves."""
+    import tensorflow as tf
+
+    shifted = ShiftedGradConv2D(6, 3, padding="same", use_bias=True)
+    stock = keras.layers.Conv2D(6, 3, padding="same", use_bias=True)
+    x = tf.constant(np.random.default_rng(0).normal(size=(2, side, side, 4)), tf.float32)
+    for layer in (shifted, stock):
+        layer.build(x.shape)
+    stock.set_weights(shifted.get_weights())
+    results = []
+    for layer in (shifted, stock):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x)
+            loss = tf.reduce_sum(y * tf.sin(y))
+        results.append([y, *tape.gradient(loss, [x, *layer.trainable_weights])])
+    for a, b in zip(*results):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
+    assert shifted._shiftable(x) == (side <= 8)
+
+
+def test_cases_the_shifted_gradient_cannot_take_are_keras_own():
+    x = keras.ops.zeros((1, 6, 6, 3))
+    for options in (dict(strides=2), dict(dilation_rate=2), dict(padding="valid"), dict(groups=3)):
+        layer = ShiftedGradConv2D(3, 3, **{"padding": "same", **options})
+        layer.build(x.shape)
+        assert not layer._shiftable(x), options
+    open_size = ShiftedGradConv2D(3, 3, padding="same")
+    assert not open_size._shiftable(keras.KerasTensor((None, None, None, 3)))
+
+
+def test_the_compiled_gelu_and_its_gradient_are_the_tanh_form_s():
+    import tensorflow as tf
+
+    grid = tf.constant(np.linspace(-6, 6, 97).reshape(1, 97), tf.float32)
+    results = []
+    for layer in (TanhGelu(), TanhGelu(compiled=False)):
+        with tf.GradientTape() as tape:
+            tape.watch(grid)
+            y = layer(grid)
+        results.append((y, tape.gradient(y, grid)))
+    (y, dy), (y_ref, dy_ref) = results
+    np.testing.assert_allclose(y.numpy(), y_ref.numpy(), atol=1e-6)
+    np.testing.assert_allclose(dy.numpy(), dy_ref.numpy(), atol=1e-5)
+    bf16 = TanhGelu(dtype="mixed_bfloat16")(grid)
+    assert bf16.dtype == tf.bfloat16 and np.max(np.abs(tf.cast(bf16, tf.float32).numpy() - y_ref.numpy())) < 0.05
 
 
 def test_fastnet_activation_is_a_checked_option():
@@ -314,23 +409,25 @@ def test_training_rows_report_their_share_of_the_peak():
 def test_comparison_times_each_change_from_the_previous_recipe_in_one_call(monkeypatch):
     seen = []
 
-    def fake(model_name, steps, peaks=None, config=None, fused_batchnorm=True, ns_dtype=None):
-        seen.append((config, fused_batchnorm, ns_dtype))
-        return {"train_images_per_second": 100.0 * (1 + len(seen) % 4) + len(seen)}
+    def fake(model_name, steps, peaks=None, config=None, stock=(), ns_dtype=None):
+        seen.append((config, stock, ns_dtype))
+        return {"train_images_per_second": 100.0 * (1 + len(seen) % 6) + len(seen)}
 
     monkeypatch.setattr(bench, "time_training", fake)
     result = bench.compare_with_previous("fastnet", steps=3, peaks=None, rounds=2)
     names = [row["step"] for row in result["steps"]]
-    assert names == ["previous recipe", "+ fused batch norm", "+ activation gelu_tanh",
-                     "+ bf16 Newton-Schulz (today's recipe)"]
-    assert len(seen) == 8 and seen[:4] == seen[4:]  # the same four, alternated twice
-    previous, fused, silu, today = seen[:4]
-    assert previous[0].model_options == {} and not previous[1] and previous[2] == "float32"
-    assert fused[1] and fused[0].model_options == {}
-    assert silu[0].model_options == {"activation": "gelu_tanh"} and silu[2] == "float32"
-    assert today[0].precision == "auto" and today[2] is None
-    assert result["steps"][0]["train_images_per_second"] == 205.0  # the best of its two rounds
-    assert result["speedup"] == pytest.approx(result["steps"][-1]["train_images_per_second"] / 205.0, rel=0.01)
+    assert names == ["previous recipe", "+ fused batch norm", "+ activation gelu_tanh", "+ bf16 Newton-Schulz",
+                     "+ shifted kernel gradients on small maps", "+ compiled GELU (today's recipe)"]
+    assert len(seen) == 12 and seen[:6] == seen[6:]  # the same six, alternated twice
+    previous, fused, gelu, newton, shifted, today = seen[:6]
+    assert previous[0].model_options == {} and previous[1] == TRAINING_KERNELS and previous[2] == "float32"
+    later = ("shifted_kernel_gradients", "compiled_gelu")
+    assert fused[1] == later and fused[0].model_options == {}
+    assert gelu[0].model_options == {"activation": "gelu_tanh"} and gelu[1] == later and gelu[2] == "float32"
+    assert newton[0].precision == "auto" and newton[1] == later and newton[2] is None
+    assert shifted[1] == ("compiled_gelu",) and today[1] == () and today[2] is None
+    assert result["steps"][0]["train_images_per_second"] == 207.0  # the best of its two rounds
+    assert result["speedup"] == pytest.approx(result["steps"][-1]["train_images_per_second"] / 207.0, abs=0.005)
 
 
 def test_a_transfer_preset_is_compared_stretch_by_stretch_and_projected_over_its_epochs(monkeypatch):
