@@ -84,6 +84,7 @@ class Room:
         self.limiter = limiter or RateLimiter()
         self._photos: deque[AudiencePhoto] = deque(maxlen=MAX_GALLERY)
         self._numbers = itertools.count(1)
+        self._saved_through = 0  # the highest photo number a save has written or found written
         self._lock = threading.Lock()
 
     def admits(self, code: str) -> bool:
@@ -104,6 +105,11 @@ class Room:
         with self._lock:
             return list(reversed(self._photos))
 
+    def unsaved(self) -> int:
+        """How many photos of the gallery no save has written yet (closing the room loses them)."""
+        with self._lock:
+            return sum(photo.number > self._saved_through for photo in self._photos)
+
     def save(self, folder: Path) -> int:
         """Write the gallery as PNG files into `folder` (the presenter's choice), never over a file there:
         each is named by the room's code and the photo's number, so a later room saved into the same
@@ -121,6 +127,9 @@ class Room:
                     handle.write(encoded.getvalue())
             except FileExistsError:
                 continue  # saved before
+        if photos:
+            with self._lock:
+                self._saved_through = max(self._saved_through, photos[0].number)
         return len(photos)
 
 

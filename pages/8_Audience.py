@@ -42,8 +42,25 @@ if save.button("Save the gallery", key="audience_save"):
     except OSError as exc:
         st.error(f"Could not save to {save_to}: {exc}")
 if close.button("Close the room", key="audience_close"):
-    ui.close_audience_room()
-    st.rerun()
+    if room.unsaved():
+        st.session_state["audience_confirm_close"] = True  # the next run asks before anything is lost
+    else:
+        ui.close_audience_room()
+        st.rerun()
+unsaved = room.unsaved()
+if st.session_state.get("audience_confirm_close") and not unsaved:
+    st.session_state["audience_confirm_close"] = False  # saved meanwhile: nothing left to lose
+if st.session_state.get("audience_confirm_close"):
+    right.warning(f"{unsaved} photo(s) are not saved; closing the room forgets them. Save the gallery first, "
+                  "or close anyway.")
+    discard, keep = right.columns(2)
+    if discard.button(f"Close and forget {unsaved} photo(s)", key="audience_discard"):
+        st.session_state["audience_confirm_close"] = False
+        ui.close_audience_room()
+        st.rerun()
+    if keep.button("Keep the room open", key="audience_keep"):
+        st.session_state["audience_confirm_close"] = False
+        st.rerun()
 
 
 @st.fragment(run_every=2)

@@ -445,3 +445,61 @@ def _qr_error_level(format_bits: int) -> str:
 def test_the_qr_code_survives_a_projector_s_glare():
     # A URL this short fits at level L; the code asks for at least M (15% of it may be unreadable).
     assert _qr_error_level(_qr_format_bits(audience.qr_png("http://10.0.0.1:8765/join/XYZ234"))) in "MQH"
+
+
+def test_the_room_counts_the_photos_no_save_has_written(tmp_path):
+    room = audience.Room(code="ABC234")
+    assert room.unsaved() == 0
+    room.add(PHOTO)
+    room.add(PHOTO)
+    assert room.unsaved() == 2
+    room.save(tmp_path / "first")
+    assert room.unsaved() == 0
+    room.add(PHOTO)
+    assert room.unsaved() == 1  # only the one that came after the save
+    room.save(tmp_path / "second")
+    assert room.unsaved() == 0
+
+
+def _presenter_page(monkeypatch, room):
+    from cifar_core import ui
+
+    monkeypatch.setattr(audience.sys, "argv", ["streamlit_app.py", "--audience", "--audience-port", "0"])
+    stopped = []
+
+    class FakeServer:
+        def __init__(self):
+            self.room = room
+
+        def join_url(self):
+            return f"http://192.168.1.20:8502/join/{room.code}"
+
+        def stop(self):
+            stopped.append(True)
+
+    monkeypatch.setitem(ui._audience, "server", FakeServer())
+    return open_page("pages/8_Audience.py"), stopped
+
+
+@pytest.mark.integration
+def test_closing_a_room_with_unsaved_photos_asks_first_and_keeping_it_loses_nothing(studio, monkeypatch):
+    room = audience.Room(code="XYZ789")
+    room.add(PHOTO)
+    page, stopped = _presenter_page(monkeypatch, room)
+    page.button(key="audience_close").click().run()
+    assert not stopped and any("1 photo(s) are not saved" in w.value for w in page.warning)
+    page.button(key="audience_keep").click().run()
+    assert not stopped and not page.warning and len(room.photos()) == 1
+    page.button(key="audience_close").click().run()
+    page.button(key="audience_discard").click().run()
+    assert stopped == [True]
+
+
+@pytest.mark.integration
+def test_a_saved_room_closes_at_once(studio, monkeypatch, tmp_path):
+    room = audience.Room(code="XYZ789")
+    room.add(PHOTO)
+    room.save(tmp_path)
+    page, stopped = _presenter_page(monkeypatch, room)
+    page.button(key="audience_close").click().run()
+    assert stopped == [True] and not page.warning

@@ -92,8 +92,9 @@ def test_saved_models_hold_only_keras_layers_and_predict_the_same():
     x = np.random.default_rng(0).integers(0, 255, (4, 32, 32, 3)).astype("float32")
     model(x, training=True)  # moves the statistics away from their initial values
     plain = to_stock_layers(model)
-    assert not any(isinstance(layer, FusedBatchNormalization) for layer in plain.layers)
+    assert not any(isinstance(layer, (FusedBatchNormalization, ShiftedGradConv2D)) for layer in plain.layers)
     assert sum(type(layer) is keras.layers.BatchNormalization for layer in plain.layers) == 6
+    assert sum(type(layer) is keras.layers.Conv2D for layer in plain.layers) == 7  # the whitening's and six
     assert plain.get_layer("block1_bn1").dtype_policy.name == "mixed_bfloat16"
     np.testing.assert_allclose(plain.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-2, atol=1e-3)
     demo = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
@@ -176,7 +177,7 @@ def test_a_shifted_gradient_convolution_trains_as_keras_own_does(side):
             y = layer(x)
             loss = tf.reduce_sum(y * tf.sin(y))
         results.append([y, *tape.gradient(loss, [x, *layer.trainable_weights])])
-    for a, b in zip(*results):
+    for a, b in zip(*results, strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
     assert shifted._shiftable(x) == (side <= 8)
 

@@ -186,3 +186,21 @@ def test_the_listing_cost_tool_times_both_listings_bounded_and_whole(monkeypatch
     assert lines[0].startswith("CPU: ") and listed == [2] * 4 + [3] * 4  # a warm-up call, then three timed
     assert lines[1].startswith("runs folder of 3: ") and lines[2].startswith("job registry of 4: ")
     assert all(line.endswith(" ms bounded") and " ms read whole, " in line for line in lines[1:])
+
+
+def test_the_step_profile_sums_each_op_type_per_step_over_tensorflow_s_threads():
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    tool = _load_tool("research.step_profile")
+    space = xplane_pb2.XSpace()
+    plane = space.planes.add(name="/host:CPU")
+    names = {1: "block1_conv1/Conv2D:_MklNativeConv2D", 2: "gelu/mul:Mul", 3: "Process", 4: "train_step"}
+    for key, name in names.items():
+        plane.event_metadata[key].name = name
+    compute, python = plane.lines.add(name="tf_Compute/1"), plane.lines.add(name="python")
+    for key, ps in [(1, 30e9), (1, 10e9), (2, 4e9), (3, 99e9)]:
+        compute.events.add(metadata_id=key, duration_ps=int(ps))
+    python.events.add(metadata_id=4, duration_ps=int(500e9))
+    table = tool.milliseconds_per_op(space, steps=2)
+    assert table == {"_MklNativeConv2D": (20.0, 1.0), "Mul": (2.0, 0.5)}  # the step and Python left out
+    assert list(table) == ["_MklNativeConv2D", "Mul"]  # the costliest first
