@@ -293,11 +293,11 @@ KERNEL_STEP_NAMES = {"shifted_kernel_gradients": "shifted kernel gradients on sm
 
 
 def _later_kernels(config) -> tuple[str, ...]:
-    """The training kernels after fused batch norm that the recipe's model is built with."""
-    if config.model != "fastnet":
-        return ()
+    """The training kernels after fused batch norm that take time off the recipe's step (the shifted
+    gradients only in bf16: fastnet's and g3's recipes)."""
+    shifted = ("shifted_kernel_gradients",) if config.model in ("fastnet", "g3") else ()
     gelu = ("compiled_gelu",) if config.model_options.get("activation") == "gelu_tanh" else ()
-    return ("shifted_kernel_gradients", *gelu)
+    return (*shifted, *gelu)
 
 
 def compare_with_previous(model_name: str, steps: int, peaks: dict | None, rounds: int = 2) -> dict:

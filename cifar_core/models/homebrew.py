@@ -63,7 +63,7 @@ def build_g3(input_shape=(32, 32, 3), num_classes: int = 10, dense_units: int = 
     # and the study's network had exactly 416,490.
     x = keras.layers.Rescaling(1.0 / 255, name="rescale")(inputs)
     for i, (filters, batchnorm, maxpool, dropout) in enumerate(G3_STAGES, start=1):
-        x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"conv{i}")(x)
+        x = conv2d(filters, 3, padding="same", activation="relu", name=f"conv{i}")(x)
         if batchnorm:
             x = batch_norm(name=f"bn{i}")(x)
         if maxpool:
@@ -159,7 +159,7 @@ def build_demo(input_shape=(32, 32, 3), num_classes: int = 10, widths=DEMO_WIDTH
     inputs = keras.Input(input_shape, name="image")
     x = _normalize(inputs)
     for i, width in enumerate(widths, start=1):
-        x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"conv{i}")(x)
+        x = conv2d(width, 3, padding="same", use_bias=False, name=f"conv{i}")(x)
         # Short runs: BN's moving statistics must settle within a few hundred steps.
         x = batch_norm(momentum=0.9, name=f"bn{i}")(x)
         x = keras.layers.Activation("relu", name=f"relu{i}")(x)

@@ -66,8 +66,9 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
                      epsilon=self.epsilon, is_training=False)[0]
 
 
-# Feature maps of at most this many pixels a side get their kernel gradient from shifted matmuls
-# (ShiftedGradConv2D); larger ones keep oneDNN's backward-weights kernel, which wins there.
+# bf16 feature maps of at most this many pixels a side get their kernel gradient from shifted matmuls
+# (ShiftedGradConv2D); larger ones, and float32 ones, keep oneDNN's backward-weights kernel, which wins
+# there (BENCHMARKS.md: fastnet 1.27x and g3 1.09x from it in bf16; the float32 demo net 0.87x).
 SHIFTED_GRAD_MAX_SIDE = 8
 
 
@@ -92,12 +93,14 @@ class ShiftedGradConv2D(keras.layers.Conv2D):
     """Conv2D whose kernel gradient on small feature maps is `shifted_kernel_gradient`.
 
     The forward pass and the input gradient are oneDNN's as before; every case the shifted
-    form does not cover (another backend, stride, dilation, padding, groups or layout, or a
-    feature map larger than SHIFTED_GRAD_MAX_SIDE) is Keras' own convolution."""
+    form does not cover or does not speed up (another backend, stride, dilation, padding, groups
+    or layout, a feature map larger than SHIFTED_GRAD_MAX_SIDE, a compute dtype other than bf16)
+    is Keras' own convolution."""
 
     def _shiftable(self, inputs) -> bool:
         side = max(inputs.shape[1] or 0, inputs.shape[2] or 0)
         return (keras.backend.backend() == "tensorflow" and 0 < side <= SHIFTED_GRAD_MAX_SIDE
+                and keras.backend.standardize_dtype(inputs.dtype) == "bfloat16"
                 and None not in inputs.shape[1:3] and self.padding == "same"
                 and self.data_format == "channels_last" and self.groups == 1
                 and tuple(self.strides) == (1, 1) and tuple(self.dilation_rate) == (1, 1))
