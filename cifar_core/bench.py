@@ -468,6 +468,11 @@ def run_benchmarks(source: str | None, output: Path, models: list[str], steps: i
         results["comparison"].append(compare_transfer_preset(name, steps, peaks=peaks) if _is_transfer_preset(name)
                                      else compare_with_previous(name, steps, peaks))
         print("previous vs current:", results["comparison"][-1])
+    results["peaks_after"] = measure_peaks()
+    results["peaks_held"] = peaks_held(peaks, results["peaks_after"])
+    if not results["peaks_held"]:
+        print(f"the machine's peaks moved during the call (before {peaks}, after {results['peaks_after']}): "
+              "its rows are not comparable with each other; run it again", file=sys.stderr)
     runs.atomic_write_text(output, json.dumps(results, indent=2) + "\n")
     machine_file().parent.mkdir(parents=True, exist_ok=True)
     runs.atomic_write_text(machine_file(), json.dumps(results, indent=2) + "\n")  # what the Train page reads
@@ -475,6 +480,16 @@ def run_benchmarks(source: str | None, output: Path, models: list[str], steps: i
 
 
 MAX_BENCH_BYTES = 1 << 20
+# A shared host's throughput can move within minutes (2 cores of one Intel Xeon measured a bf16
+# convolution peak of 886, 2,257 and 922 GFLOP/s in one afternoon): a call whose peaks moved by more
+# than this between its start and its end says so, as its side-by-side rows may straddle the move.
+PEAK_DRIFT = 0.2
+
+
+def peaks_held(before: dict, after: dict) -> bool:
+    """Whether every peak measured at the end is within PEAK_DRIFT of the same peak at the start."""
+    pairs = [(before[dtype][kind], after.get(dtype, {}).get(kind)) for dtype in before for kind in before[dtype]]
+    return all(isinstance(end, (int, float)) and abs(end - start) <= PEAK_DRIFT * start for start, end in pairs)
 
 
 def _is_transfer_preset(name: str) -> bool:

@@ -483,6 +483,26 @@ def test_bench_compares_transfer_presets_by_their_stretches_and_recipes_by_their
     monkeypatch.setattr(bench, "compare_with_previous", lambda name, steps, peaks: {"model": name})
     results = bench.run_benchmarks("keras", tmp_path / "bench.json", [], steps=2, compare=["lite0-224", "g3"])
     assert results["comparison"] == [{"model": "lite0-224", "kind": "transfer"}, {"model": "g3"}]
+    assert results["peaks_after"] == {} and results["peaks_held"]
+
+
+def test_a_bench_says_whether_the_machine_s_peaks_held_through_the_call(monkeypatch, tmp_path, capsys):
+    start = {"float32": {"conv_gflops": 250.0}, "mixed_bfloat16": {"conv_gflops": 900.0, "matmul_gflops": 600.0}}
+    assert bench.peaks_held(start, start)
+    assert bench.peaks_held(start, {"float32": {"conv_gflops": 300.0},  # +20%: held
+                                    "mixed_bfloat16": {"conv_gflops": 720.0, "matmul_gflops": 600.0}})
+    assert not bench.peaks_held(start, {"float32": {"conv_gflops": 250.0},
+                                        "mixed_bfloat16": {"conv_gflops": 2257.0, "matmul_gflops": 600.0}})
+    assert not bench.peaks_held(start, {"float32": {"conv_gflops": 199.0},
+                                        "mixed_bfloat16": {"conv_gflops": 900.0, "matmul_gflops": 600.0}})
+    assert not bench.peaks_held(start, {"float32": {"conv_gflops": 250.0}})  # a peak missing at the end
+    peaks = iter([start, {**start, "mixed_bfloat16": {"conv_gflops": 2257.0, "matmul_gflops": 600.0}}])
+    monkeypatch.setattr(bench, "measure_peaks", lambda: next(peaks))
+    monkeypatch.setattr(bench, "onednn_kernels", lambda: {"verdict": "not checked"})
+    monkeypatch.setattr(bench, "machine_file", lambda: tmp_path / "machine.json")
+    results = bench.run_benchmarks("keras", tmp_path / "bench.json", [], steps=2)
+    assert not results["peaks_held"] and "run it again" in capsys.readouterr().err
+    assert json.loads((tmp_path / "bench.json").read_text())["peaks_after"]["mixed_bfloat16"]["conv_gflops"] == 2257.0
 
 
 def test_g3_has_no_muon_step():
