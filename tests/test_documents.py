@@ -158,3 +158,14 @@ def test_the_per_cpu_bench_table_has_one_row_per_bench_file(tmp_path, monkeypatc
         "| Zen 9 ([bench-results.json](bench-results.json)) | 2026-12-01 | 1,000 / 2,000 | 500 (61%) | 1,000 (50%) "
         "| — | — | 1.67 min | fastnet 1.50x, g3 1.25x |",
         "| Old CPU ([b.json](cpus/b.json)) | 2026-12-01 | 100 / 200 | — | 1,000 (50%) | — | 300 (45%) | — | — |"]
+
+
+def test_the_bench_table_says_whether_the_peaks_held_through_the_call():
+    from tools import report
+
+    assert report._peaks_note({"peaks": {}}) == ""  # a file from before the check says nothing
+    held = {"peaks_after": {"mixed_bfloat16": {"conv_gflops": 917.1}}, "peaks_held": True}
+    assert report._peaks_note(held) == (" The peaks measured again at the call's end held "
+                                        "(bf16 convolution 917 GFLOP/s).")
+    moved = {"peaks_after": {"float32": {"conv_gflops": 2257.2}}, "peaks_held": False}
+    assert "moved by more than 20%" in report._peaks_note(moved) and "2,257" in report._peaks_note(moved)

@@ -268,7 +268,7 @@ def bench_tables() -> str:
     machine, onednn = report["machine"], report.get("onednn") or {}
     lines = [f"Measured {report['measured_at'][:10]} on {machine['cpu']}, {machine['cores']} cores, Keras "
              f"{machine['keras']} on {machine['backend']} ([docs/bench-results.json](docs/bench-results.json)). "
-             f"oneDNN: {onednn.get('verdict', 'not checked')}.", ""]
+             f"oneDNN: {onednn.get('verdict', 'not checked')}.{_peaks_note(report)}", ""]
     peaks = report.get("peaks") or {}
     lines.append(table(["peak through TensorFlow", *peaks], [
         [f"{PEAK_NAMES[key]}", *(f"{peaks[p][key]:,.0f} GFLOP/s" for p in peaks)] for key in PEAK_NAMES]))
@@ -292,6 +292,16 @@ def bench_tables() -> str:
              f"{row['percent_of_conv_peak']:.0f}%" if row.get("percent_of_conv_peak") is not None else "—"]
             for row in comparison["steps"]]))
     return "\n".join(lines)
+
+
+def _peaks_note(report: dict) -> str:
+    """What the peaks did during the call (bench measures them again at its end; older files did not)."""
+    after = report.get("peaks_after")
+    if not after:
+        return ""
+    conv = after.get("mixed_bfloat16", after.get("float32", {})).get("conv_gflops")
+    held = "held" if report.get("peaks_held") else "moved by more than 20%, so its rows may not compare"
+    return f" The peaks measured again at the call's end {held} (bf16 convolution {conv:,.0f} GFLOP/s)."
 
 
 def bench_cpus_table() -> str:
