@@ -1,6 +1,7 @@
 """The stage machinery: live points, per-epoch predictions, race and replay curves, the photo
 reader and the model worker process."""
 import io
+import itertools
 import os
 import signal
 import zipfile
@@ -197,8 +198,12 @@ def test_one_pass_gives_the_evaluation_probabilities_and_each_photo_its_own_grad
     layer = REGISTRY["g3"].last_conv_layer
     for view, heatmap in zip(views, reading.heatmaps, strict=True):
         batch = next(iter(make_inference_dataset(view[None], 1, tiny_run.input_size))).numpy()
-        np.testing.assert_allclose(heatmap, grad_cam(tiny_run.model, batch, layer), atol=1e-2)  # graph vs eager
+        # Graph (3 photos) against eager (1): oneDNN picks other kernels per shape, and on an AMX Xeon
+        # the normalised maps differed by up to 0.021 (1e-2 held on the Zens); another photo's map is
+        # further away than that (asserted below), so a swap would still fail.
+        np.testing.assert_allclose(heatmap, grad_cam(tiny_run.model, batch, layer), atol=3e-2)
         assert heatmap.min() >= 0 and heatmap.max() <= 1
+    assert min(np.abs(a - b).max() for a, b in itertools.combinations(reading.heatmaps, 2)) > 0.1
 
 
 @pytest.mark.integration
