@@ -208,17 +208,10 @@ def time_training(model_name: str, steps: int, warmup: int = 3, batch_size: int 
     arguments rebuild the previous recipe's kernels (`compare_with_previous`): `stock` names the
     training kernels (models/layers.py) built as Keras' own layers."""
     from .config import named_recipe
-    from .models import build_model
-    from .training.optimizers import compile_model
     from .training.precision import resolve_precision
 
-    config = config or named_recipe(model_name, batch_size=batch_size, precision=precision)
-    config = resolve_precision(config)
-    from .models.layers import stock_kernels
-
-    with stock_kernels(*stock) if stock else contextlib.nullcontext():
-        model = build_model(config.model, precision=config.precision, **config.model_options)
-    compile_model(model, config, config.learning_rate, 1000, ns_dtype=ns_dtype)
+    config = resolve_precision(config or named_recipe(model_name, batch_size=batch_size, precision=precision))
+    model = compiled_training_model(config, stock, ns_dtype)
     images_per_second, data = time_steps(model, config, steps, warmup)
     flops = forward_flops(model)
     gflops = training_step_flops(model) * images_per_second / 1e9  # every layer trains: 3x the forward pass
@@ -229,6 +222,19 @@ def time_training(model_name: str, steps: int, warmup: int = 3, batch_size: int 
             "percent_of_conv_peak": _share_of_peak(gflops, peaks, config.precision),
             "pipeline_images_per_second": round(time_pipeline(data, steps, config.batch_size), 1),
             "epoch_minutes_50k": round(CIFAR10_TRAIN_IMAGES / images_per_second / 60, 2)}
+
+
+def compiled_training_model(config, stock: tuple[str, ...] = (), ns_dtype: str | None = None):
+    """The config's model as its training builds it (`stock`: training kernels built as Keras' own),
+    compiled with its optimizer; the config's precision must be resolved."""
+    from .models import build_model
+    from .models.layers import stock_kernels
+    from .training.optimizers import compile_model
+
+    with stock_kernels(*stock) if stock else contextlib.nullcontext():
+        model = build_model(config.model, precision=config.precision, **config.model_options)
+    compile_model(model, config, config.learning_rate, 1000, ns_dtype=ns_dtype)
+    return model
 
 
 def time_steps(model, config, steps: int, warmup: int, input_size: int | None = None):

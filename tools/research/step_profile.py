@@ -44,23 +44,16 @@ def milliseconds_per_op(space, steps: int) -> dict[str, tuple[float, float]]:
 
 def profile(recipe: str, steps: int, stock: tuple[str, ...] = ()) -> tuple[float, dict]:
     """(images/s of the profiled steps, milliseconds_per_op) for `steps` steps after 3 warm-up ones."""
-    import contextlib
-
     import tensorflow as tf
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
     from cifar_core import backend, bench
     from cifar_core.config import named_recipe
-    from cifar_core.models import build_model
-    from cifar_core.models.layers import stock_kernels
-    from cifar_core.training.optimizers import compile_model
     from cifar_core.training.precision import resolve_precision
 
     backend.configure()
     config = resolve_precision(named_recipe(recipe))
-    with stock_kernels(*stock) if stock else contextlib.nullcontext():
-        model = build_model(config.model, precision=config.precision, **config.model_options)
-    compile_model(model, config, config.learning_rate, 1000)
+    model = bench.compiled_training_model(config, stock)
     bench.time_steps(model, config, 2, 3)
     with tempfile.TemporaryDirectory() as logdir:
         tf.profiler.experimental.start(logdir)
